@@ -74,7 +74,10 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
 
 /// Parses TOML text into `T`, collecting every problem: syntax, unknown keys, wrong types
 /// (the first one that stops parsing) and the semantic validation.
-pub fn parse<T: DeserializeOwned + Validate>(text: &str, source_name: &str) -> Result<T, ConfigError> {
+pub fn parse<T: DeserializeOwned + Validate>(
+    text: &str,
+    source_name: &str,
+) -> Result<T, ConfigError> {
     let fail = |problems: Vec<String>| ConfigError {
         source_name: source_name.to_string(),
         problems,
@@ -203,7 +206,8 @@ mod tests {
 
     #[test]
     fn lists_every_problem() {
-        let err = parse::<Conf>("name = \"\"\ntypo = 1\n[inner]\nprot = 3\n", "t.toml").unwrap_err();
+        let err =
+            parse::<Conf>("name = \"\"\ntypo = 1\n[inner]\nprot = 3\n", "t.toml").unwrap_err();
         let all = err.problems.join("\n");
         assert!(all.contains("typo: unknown field `typo`"), "{all}");
         assert!(all.contains("inner.prot: unknown field `prot`"), "{all}");
@@ -218,7 +222,11 @@ mod tests {
         assert!(err.problems[0].starts_with("name: invalid type"), "{err}");
         let err = parse::<Conf>("name = \n", "t.toml").unwrap_err();
         assert!(err.problems[0].starts_with("line 1:"), "{err}");
-        let err = parse::<Conf>("name = \"x\"\n[[items]]\nsize = 0\n[inner]\nport=1\n", "t").unwrap_err();
-        assert_eq!(err.problems, vec!["items[0].size: must be positive".to_string()]);
+        let err =
+            parse::<Conf>("name = \"x\"\n[[items]]\nsize = 0\n[inner]\nport=1\n", "t").unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec!["items[0].size: must be positive".to_string()]
+        );
     }
 }

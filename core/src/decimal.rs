@@ -136,7 +136,10 @@ mod tests {
         assert!(matches!(parse_exact("1.2.3"), Err(DecimalError::Syntax(_))));
         assert!(matches!(parse_exact(""), Err(DecimalError::Syntax(_))));
         assert!(matches!(parse_exact("1e"), Err(DecimalError::Syntax(_))));
-        assert!(matches!(parse_exact("0.0000000001"), Err(DecimalError::Scale(_))));
+        assert!(matches!(
+            parse_exact("0.0000000001"),
+            Err(DecimalError::Scale(_))
+        ));
         assert!(matches!(parse_exact("1e40"), Err(DecimalError::Range(_))));
         assert!(matches!(parse_exact("1e-999"), Err(DecimalError::Scale(_))));
     }

@@ -18,6 +18,8 @@ pub mod model;
 pub mod pki;
 #[cfg(feature = "arrow")]
 pub mod schema;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tls;
 pub mod wire;
 

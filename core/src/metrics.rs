@@ -71,7 +71,11 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     } else if path == "/healthz" {
         ("200 OK", "text/plain".to_string(), b"ok\n".to_vec())
     } else {
-        ("404 Not Found", "text/plain".to_string(), b"try /metrics\n".to_vec())
+        (
+            "404 Not Found",
+            "text/plain".to_string(),
+            b"try /metrics\n".to_vec(),
+        )
     };
     let header = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -165,7 +165,9 @@ impl FromStr for Kind {
 }
 
 /// Quality flags the device or agent attached to a reading. Empty means "measured, good".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Quality(u16);
 
 impl Quality {
@@ -203,7 +205,10 @@ impl Quality {
         Quality(self.0 | other.0)
     }
     pub fn from_name(name: &str) -> Option<Quality> {
-        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(q, _)| *q)
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(q, _)| *q)
     }
     /// Flag names in a fixed order.
     pub fn names(self) -> Vec<&'static str> {
@@ -300,11 +305,23 @@ mod tests {
         assert!(DeviceId::new("inv-042").is_ok());
         assert!(DeviceId::new("a.b_c-D9").is_ok());
         assert_eq!(DeviceId::new(""), Err(IdError::Empty));
-        assert!(matches!(DeviceId::new("a/b"), Err(IdError::BadChar('/', 1, _))));
-        assert!(matches!(DeviceId::new("x".repeat(65)), Err(IdError::TooLong(65, 64))));
+        assert!(matches!(
+            DeviceId::new("a/b"),
+            Err(IdError::BadChar('/', 1, _))
+        ));
+        assert!(matches!(
+            DeviceId::new("x".repeat(65)),
+            Err(IdError::TooLong(65, 64))
+        ));
         assert!(Channel::new("energy_import").is_ok());
-        assert!(matches!(Channel::new("Energy"), Err(IdError::BadChar('E', 0, _))));
-        assert!(matches!(Channel::new("a-b"), Err(IdError::BadChar('-', 1, _))));
+        assert!(matches!(
+            Channel::new("Energy"),
+            Err(IdError::BadChar('E', 0, _))
+        ));
+        assert!(matches!(
+            Channel::new("a-b"),
+            Err(IdError::BadChar('-', 1, _))
+        ));
     }
 
     #[test]

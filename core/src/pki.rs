@@ -26,10 +26,7 @@ pub enum PkiError {
         source: std::io::Error,
     },
     #[error("{what}: {source}")]
-    Cert {
-        what: String,
-        source: rcgen::Error,
-    },
+    Cert { what: String, source: rcgen::Error },
     #[error("{0} already exists; refusing to overwrite a CA (remove it first)")]
     Exists(PathBuf),
 }
@@ -67,7 +64,8 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(path))?;
     }
     #[cfg(not(unix))]
     let _ = private;
@@ -85,14 +83,21 @@ impl Issued {
     }
 }
 
-fn leaf_params(cn: &str, sans: Vec<String>, eku: ExtendedKeyUsagePurpose) -> Result<CertificateParams, PkiError> {
+fn leaf_params(
+    cn: &str,
+    sans: Vec<String>,
+    eku: ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(sans).map_err(cert_err(format!("names for {cn}")))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     dn.push(DnType::OrganizationName, "gridmeter");
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![eku];
     params.use_authority_key_identifier_extension = true;
     let now = time_now();
@@ -137,7 +142,8 @@ impl Ca {
         let cert_pem = std::fs::read_to_string(&crt).map_err(io_err(&crt))?;
         let key_pem = std::fs::read_to_string(&key).map_err(io_err(&key))?;
         let key = KeyPair::from_pem(&key_pem).map_err(cert_err(key.display().to_string()))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(cert_err(crt.display().to_string()))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(cert_err(crt.display().to_string()))?;
         Ok(Ca { cert_pem, issuer })
     }
 
@@ -148,7 +154,11 @@ impl Ca {
             return Err(PkiError::Exists(crt));
         }
         write_file(&crt, &self.cert_pem, false)?;
-        write_file(&dir.join("ca.key"), &self.issuer.key().serialize_pem(), true)
+        write_file(
+            &dir.join("ca.key"),
+            &self.issuer.key().serialize_pem(),
+            true,
+        )
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -157,7 +167,9 @@ impl Ca {
 
     fn issue(&self, params: CertificateParams, what: &str) -> Result<Issued, PkiError> {
         let key = KeyPair::generate().map_err(cert_err(format!("{what} key")))?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(cert_err(what.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(cert_err(what.to_string()))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -166,9 +178,17 @@ impl Ca {
 
     /// A broker certificate for `localhost`, `127.0.0.1`, `::1` and `extra_names`.
     pub fn issue_server(&self, extra_names: &[String]) -> Result<Issued, PkiError> {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         names.extend(extra_names.iter().cloned());
-        let params = leaf_params("gridmeter-broker", names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        let params = leaf_params(
+            "gridmeter-broker",
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
         self.issue(params, "server certificate")
     }
 
@@ -201,7 +221,8 @@ pub fn init_dir(dir: &Path, server_names: &[String], devices: &[DeviceId]) -> Re
         ca.issue_client("collector")?.write(dir, "collector")?;
     }
     for d in devices {
-        ca.issue_device(d)?.write(&dir.join("devices"), d.as_str())?;
+        ca.issue_device(d)?
+            .write(&dir.join("devices"), d.as_str())?;
     }
     Ok(ca)
 }
@@ -214,7 +235,12 @@ mod tests {
     fn issues_a_working_chain() {
         let dir = tempfile::tempdir().unwrap();
         let dev = DeviceId::new("inv-042").unwrap();
-        init_dir(dir.path(), &["broker.example".into()], std::slice::from_ref(&dev)).unwrap();
+        init_dir(
+            dir.path(),
+            &["broker.example".into()],
+            std::slice::from_ref(&dev),
+        )
+        .unwrap();
         // Reload and issue another device from the saved CA.
         let ca = Ca::load(dir.path()).unwrap();
         ca.issue_device(&DeviceId::new("m-2").unwrap())

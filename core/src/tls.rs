@@ -51,7 +51,10 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Reads all certificates of a PEM file; at least one is required.
-pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path, what)?;
     let content = |message: String| TlsError::Content {
         what,
@@ -62,7 +65,9 @@ pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| content(format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(content("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
+        return Err(content(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
     }
     Ok(certs)
 }

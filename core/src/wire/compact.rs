@@ -107,8 +107,7 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
             limits.max_decompressed_bytes
         )));
     }
-    let body: CompactBatch =
-        postcard::from_bytes(&plain).map_err(|e| err(format!("body: {e}")))?;
+    let body: CompactBatch = postcard::from_bytes(&plain).map_err(|e| err(format!("body: {e}")))?;
     let device_id = DeviceId::new(body.device_id.as_str()).map_err(|e| BatchError::Field {
         field: "device_id".into(),
         message: format!("{:?} {e}", body.device_id),
@@ -137,11 +136,19 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         let parsed = (|| {
             let (channel, kind, unit) = series
                 .get(r.series as usize)
-                .ok_or(("series", format!("series index {} is out of range", r.series)))?
+                .ok_or((
+                    "series",
+                    format!("series index {} is out of range", r.series),
+                ))?
                 .clone()?;
             let ts = validate::ts_from_micros(r.ts_us).map_err(|m| ("ts", m))?;
             let value = rust_decimal::Decimal::try_from_i128_with_scale(r.mantissa, r.scale as u32)
-                .map_err(|e| ("value", format!("mantissa {} scale {}: {e}", r.mantissa, r.scale)))?;
+                .map_err(|e| {
+                    (
+                        "value",
+                        format!("mantissa {} scale {}: {e}", r.mantissa, r.scale),
+                    )
+                })?;
             let value = validate::value(value).map_err(|m| ("value", m))?;
             let quality = Quality::from_bits(r.quality)
                 .ok_or(("quality", format!("unknown quality bits {:#x}", r.quality)))?;

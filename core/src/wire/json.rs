@@ -73,7 +73,10 @@ fn u64_field(v: &RawValue, field: &'static str) -> Result<u64, FieldErr> {
     serde_json::from_str::<u64>(v.get()).map_err(|_| {
         (
             field,
-            format!("expected an integer from 0 to 2^64-1, got {}", short(v.get())),
+            format!(
+                "expected an integer from 0 to 2^64-1, got {}",
+                short(v.get())
+            ),
         )
     })
 }
@@ -111,7 +114,10 @@ fn parse_reading(raw: &RawValue) -> Result<Reading, FieldErr> {
     } else {
         return Err((
             "value",
-            format!("expected a number or a decimal string, got {}", short(value_raw)),
+            format!(
+                "expected a number or a decimal string, got {}",
+                short(value_raw)
+            ),
         ));
     };
     let value = decimal::parse_exact(&value_text).map_err(|e| ("value", e.to_string()))?;
@@ -161,7 +167,12 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: RawBatch = serde_json::from_str(text).map_err(|e| BatchError::Json {
-        message: e.to_string().split(" at line ").next().unwrap_or("").to_string(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or("")
+            .to_string(),
         line: e.line(),
         column: e.column(),
     })?;
@@ -169,10 +180,11 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         field: f.into(),
         message: m,
     })?;
-    let device_text = string_field(device_raw, "device_id").map_err(|(f, m)| BatchError::Field {
-        field: f.into(),
-        message: m,
-    })?;
+    let device_text =
+        string_field(device_raw, "device_id").map_err(|(f, m)| BatchError::Field {
+            field: f.into(),
+            message: m,
+        })?;
     let device_id = DeviceId::new(device_text.as_str()).map_err(|e| BatchError::Field {
         field: "device_id".into(),
         message: format!("{device_text:?} {e}"),

@@ -5,7 +5,11 @@ use rust_decimal::Decimal;
 use std::str::FromStr;
 
 fn sample() -> Batch {
-    let ts = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+    let ts = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
     Batch {
         device_id: DeviceId::new("inv-042").unwrap(),
         readings: vec![
@@ -71,27 +75,53 @@ fn reject_of(reading: &str) -> String {
 #[test]
 fn bad_readings_name_index_and_field() {
     let base = |f: &str| {
-        format!(r#"{{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1",{f}}}"#)
+        format!(
+            r#"{{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1",{f}}}"#
+        )
     };
     assert!(reject_of(&base(r#""seq":"x""#)).starts_with("readings[1]"));
-    let m = reject_of(r#"{"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1"}"#);
+    let m = reject_of(
+        r#"{"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1"}"#,
+    );
     assert_eq!(m, "readings[1].seq: is missing");
-    let m = reject_of(r#"{"seq":-1,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1"}"#);
+    let m = reject_of(
+        r#"{"seq":-1,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1"}"#,
+    );
     assert!(m.starts_with("readings[1].seq: expected an integer"), "{m}");
-    let m = reject_of(r#"{"seq":2,"ts":"yesterday","channel":"c","kind":"gauge","unit":"W","value":"1"}"#);
-    assert!(m.starts_with("readings[1].ts: \"yesterday\" is not an RFC 3339"), "{m}");
-    let m = reject_of(r#"{"seq":2,"ts":"2026-11-22T10:15:00","channel":"c","kind":"gauge","unit":"W","value":"1"}"#);
+    let m = reject_of(
+        r#"{"seq":2,"ts":"yesterday","channel":"c","kind":"gauge","unit":"W","value":"1"}"#,
+    );
+    assert!(
+        m.starts_with("readings[1].ts: \"yesterday\" is not an RFC 3339"),
+        "{m}"
+    );
+    let m = reject_of(
+        r#"{"seq":2,"ts":"2026-11-22T10:15:00","channel":"c","kind":"gauge","unit":"W","value":"1"}"#,
+    );
     assert!(m.starts_with("readings[1].ts:"), "no offset: {m}");
-    let m = reject_of(r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"C","kind":"gauge","unit":"W","value":"1"}"#);
+    let m = reject_of(
+        r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"C","kind":"gauge","unit":"W","value":"1"}"#,
+    );
     assert!(m.starts_with("readings[1].channel:"), "{m}");
-    let m = reject_of(r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"volts","unit":"W","value":"1"}"#);
+    let m = reject_of(
+        r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"volts","unit":"W","value":"1"}"#,
+    );
     assert!(m.starts_with("readings[1].kind: unknown kind"), "{m}");
-    let m = reject_of(r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":true}"#);
+    let m = reject_of(
+        r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":true}"#,
+    );
     assert!(m.starts_with("readings[1].value: expected a number"), "{m}");
-    let m = reject_of(r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"NaN"}"#);
+    let m = reject_of(
+        r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"NaN"}"#,
+    );
     assert!(m.starts_with("readings[1].value:"), "{m}");
-    let m = reject_of(r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1","quality":["bogus"]}"#);
-    assert!(m.starts_with("readings[1].quality: unknown quality flag"), "{m}");
+    let m = reject_of(
+        r#"{"seq":2,"ts":"2026-11-22T10:15:00Z","channel":"c","kind":"gauge","unit":"W","value":"1","quality":["bogus"]}"#,
+    );
+    assert!(
+        m.starts_with("readings[1].quality: unknown quality flag"),
+        "{m}"
+    );
     let m = reject_of(r#""just a string""#);
     assert!(m.starts_with("readings[1]: expected an object"), "{m}");
 }
@@ -106,19 +136,35 @@ fn batch_errors_are_clear() {
     let e = decode(br#"{"readings":[]}"#, &lim).unwrap_err();
     assert_eq!(e.to_string(), "field device_id: is missing");
     let e = decode(br#"{"device_id":"a/b","readings":[]}"#, &lim).unwrap_err();
-    assert!(e.to_string().starts_with("field device_id: \"a/b\" contains '/'"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("field device_id: \"a/b\" contains '/'"),
+        "{e}"
+    );
     let e = decode(br#"{"device_id":7,"readings":[]}"#, &lim).unwrap_err();
     assert!(e.to_string().contains("expected a string"), "{e}");
     let e = decode(b"", &lim).unwrap_err();
     assert_eq!(e, BatchError::Empty);
-    let small = Limits { max_payload_bytes: 10, ..lim };
+    let small = Limits {
+        max_payload_bytes: 10,
+        ..lim
+    };
     let e = decode(br#"{"device_id":"d1","readings":[]}"#, &small).unwrap_err();
     assert_eq!(e.reason(), "too_large");
-    let few = Limits { max_readings: 1, ..lim };
+    let few = Limits {
+        max_readings: 1,
+        ..lim
+    };
     let e = decode(&json::encode(&sample()), &few).unwrap_err();
-    assert!(matches!(e, BatchError::TooManyReadings { count: 3, limit: 1 }), "{e}");
+    assert!(
+        matches!(e, BatchError::TooManyReadings { count: 3, limit: 1 }),
+        "{e}"
+    );
     let e = decode(&compact::encode(&sample()).unwrap(), &few).unwrap_err();
-    assert!(matches!(e, BatchError::TooManyReadings { count: 3, limit: 1 }), "{e}");
+    assert!(
+        matches!(e, BatchError::TooManyReadings { count: 3, limit: 1 }),
+        "{e}"
+    );
     let e = decode(&[0, b'G', b'M', 2, 1, 2], &lim).unwrap_err();
     assert!(e.to_string().contains("version 2 is not supported"), "{e}");
 }
@@ -132,7 +178,10 @@ fn topic_must_match_payload() {
     assert_eq!(e.reason(), "device_mismatch");
     let e = decode_for_topic("gridmeter/v2/inv-042/readings", &p, &lim).unwrap_err();
     assert_eq!(e.reason(), "bad_topic");
-    assert_eq!(topic_for(&DeviceId::new("x").unwrap()), "gridmeter/v1/x/readings");
+    assert_eq!(
+        topic_for(&DeviceId::new("x").unwrap()),
+        "gridmeter/v1/x/readings"
+    );
 }
 
 #[test]

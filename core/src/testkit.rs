@@ -1,0 +1,357 @@
+//! Test kit: a real PKI and a real Mosquitto broker with mutual TLS and per-device ACLs.
+//!
+//! Tests of every component talk to the same kind of broker production uses, on loopback:
+//! `require_certificate true`, `use_identity_as_username true` (the certificate CN becomes
+//! the MQTT username) and an ACL that lets device X publish only to
+//! `gridmeter/v1/X/readings`. Enabled by the `testkit` feature (dev-dependencies only).
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::model::DeviceId;
+use crate::pki::{self, Ca, PkiError};
+use crate::tls::TlsFiles;
+
+/// A PKI directory with CA, broker, collector and device certificates.
+pub struct Pki {
+    dir: PathBuf,
+    ca: Ca,
+}
+
+impl Pki {
+    /// Creates (or reuses) the PKI in `dir` with certificates for `devices`.
+    pub fn new(dir: &Path, devices: &[&str]) -> Result<Pki, PkiError> {
+        let ids: Vec<DeviceId> = devices
+            .iter()
+            .map(|d| DeviceId::new(*d).expect("test device ids are valid"))
+            .collect();
+        let ca = pki::init_dir(dir, &[], &ids)?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            ca,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// TLS files of the `collector` client.
+    pub fn collector(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.ca_cert(),
+            cert: self.dir.join("collector.crt"),
+            key: self.dir.join("collector.key"),
+        }
+    }
+
+    /// TLS files of a device; issues its certificate if it does not exist yet.
+    pub fn device(&self, id: &str) -> TlsFiles {
+        let devices = self.dir.join("devices");
+        if !devices.join(format!("{id}.crt")).exists() {
+            let dev = DeviceId::new(id).expect("test device ids are valid");
+            self.ca
+                .issue_device(&dev)
+                .and_then(|i| i.write(&devices, id))
+                .expect("issue a device certificate");
+        }
+        TlsFiles {
+            ca: self.ca_cert(),
+            cert: devices.join(format!("{id}.crt")),
+            key: devices.join(format!("{id}.key")),
+        }
+    }
+
+    /// TLS files of an arbitrary client common name (e.g. a second collector).
+    pub fn client(&self, common_name: &str) -> TlsFiles {
+        if !self.dir.join(format!("{common_name}.crt")).exists() {
+            self.ca
+                .issue_client(common_name)
+                .and_then(|i| i.write(&self.dir, common_name))
+                .expect("issue a client certificate");
+        }
+        TlsFiles {
+            ca: self.ca_cert(),
+            cert: self.dir.join(format!("{common_name}.crt")),
+            key: self.dir.join(format!("{common_name}.key")),
+        }
+    }
+}
+
+/// How to run the test broker.
+#[derive(Debug, Clone)]
+pub struct MosquittoOptions {
+    /// Enforce the per-device ACL (default true). Without it any certified client may
+    /// publish anywhere (useful for benchmarks publishing as many devices).
+    pub acl: bool,
+    /// Keep sessions and queued messages on disk across restarts (default true).
+    pub persistence: bool,
+    /// Lines appended to the generated mosquitto.conf.
+    pub extra_conf: String,
+}
+
+impl Default for MosquittoOptions {
+    fn default() -> Self {
+        MosquittoOptions {
+            acl: true,
+            persistence: true,
+            extra_conf: String::new(),
+        }
+    }
+}
+
+/// A running `mosquitto` on 127.0.0.1 with TLS client certificates. Killed on drop.
+pub struct Mosquitto {
+    port: u16,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+/// The ACL the test broker enforces; the same rules as deploy/mosquitto/acl.
+pub const ACL: &str = "\
+# Collectors (CN collector, collector-*) read every device's readings, plain or shared.
+user collector
+topic read gridmeter/v1/+/readings
+topic read $share/+/gridmeter/v1/+/readings
+
+# Every device may publish only to its own topic (%u = certificate CN = device_id).
+pattern write gridmeter/v1/%u/readings
+";
+
+/// Finds a free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// The mosquitto binary: `$MOSQUITTO` or `/usr/sbin/mosquitto`.
+pub fn mosquitto_bin() -> PathBuf {
+    std::env::var_os("MOSQUITTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port and waits until it accepts connections.
+    pub fn start(pki: &Pki, opts: MosquittoOptions) -> std::io::Result<Mosquitto> {
+        let dir = tempfile::Builder::new().prefix("gm-mosquitto").tempdir()?;
+        let port = free_port();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let acl_path = dir.path().join("acl");
+        let mut acl = ACL.to_string();
+        // Extra collector identities used by tests with several collectors.
+        for n in 1..=4 {
+            acl.push_str(&format!(
+                "\nuser collector-{n}\ntopic read gridmeter/v1/+/readings\ntopic read $share/+/gridmeter/v1/+/readings\n"
+            ));
+        }
+        std::fs::write(&acl_path, acl)?;
+        let conf = dir.path().join("mosquitto.conf");
+        let mut f = std::fs::File::create(&conf)?;
+        writeln!(f, "per_listener_settings false")?;
+        // When started as root, mosquitto drops to the `mosquitto` user, which could not read
+        // the test PKI or the temp dirs; keep the invoking user (ignored when not root).
+        writeln!(
+            f,
+            "user {}",
+            std::env::var("USER").unwrap_or_else(|_| "root".into())
+        )?;
+        writeln!(f, "allow_anonymous false")?;
+        if opts.persistence {
+            writeln!(f, "persistence true")?;
+            writeln!(f, "persistence_location {}/", data.display())?;
+            writeln!(f, "autosave_interval 1")?;
+        } else {
+            writeln!(f, "persistence false")?;
+        }
+        writeln!(
+            f,
+            "log_dest file {}",
+            dir.path().join("mosquitto.log").display()
+        )?;
+        writeln!(f, "log_type error")?;
+        writeln!(f, "log_type warning")?;
+        writeln!(f, "log_type notice")?;
+        writeln!(f, "log_type information")?;
+        writeln!(f, "max_queued_messages 1000000")?;
+        writeln!(f, "max_inflight_messages 100")?;
+        writeln!(f, "listener {port} 127.0.0.1")?;
+        writeln!(f, "cafile {}", pki.ca_cert().display())?;
+        writeln!(f, "certfile {}", pki.server_cert().display())?;
+        writeln!(f, "keyfile {}", pki.server_key().display())?;
+        writeln!(f, "require_certificate true")?;
+        writeln!(f, "use_identity_as_username true")?;
+        if opts.acl {
+            writeln!(f, "acl_file {}", acl_path.display())?;
+        }
+        writeln!(f, "{}", opts.extra_conf)?;
+        drop(f);
+        let mut m = Mosquitto {
+            port,
+            dir,
+            conf,
+            child: None,
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(std::io::Error::other(format!(
+                        "mosquitto exited with {status}; log:\n{}",
+                        self.log()
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "mosquitto did not listen on port {} within 20 s; log:\n{}",
+                    self.port,
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The broker's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Path of the generated config (the ACL is beside it).
+    pub fn conf_path(&self) -> &Path {
+        &self.conf
+    }
+
+    /// Graceful stop (SIGTERM; mosquitto saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Abrupt stop (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same persistence.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        // The port may linger briefly; spawn retries until it listens.
+        self.spawn()
+    }
+
+    /// Starts it again after [`stop`](Self::stop) or [`kill`](Self::kill).
+    pub fn start_again(&mut self) -> std::io::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_requires_certificates_and_enforces_acl() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), &["dev-a", "dev-b"]).unwrap();
+        let broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
+        let port = broker.port().to_string();
+        let tls = |f: &TlsFiles| {
+            vec![
+                "--cafile".to_string(),
+                f.ca.display().to_string(),
+                "--cert".to_string(),
+                f.cert.display().to_string(),
+                "--key".to_string(),
+                f.key.display().to_string(),
+            ]
+        };
+        let run = |args: Vec<String>| {
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-m", "{}"])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let a = pki.device("dev-a");
+        let ok = run([
+            tls(&a),
+            vec!["-t".into(), "gridmeter/v1/dev-a/readings".into()],
+        ]
+        .concat());
+        assert!(ok.status.success(), "{ok:?}\n{}", broker.log());
+        // Without a client certificate the TLS handshake fails.
+        let no_cert = run(vec![
+            "--cafile".into(),
+            a.ca.display().to_string(),
+            "-t".into(),
+            "gridmeter/v1/dev-a/readings".into(),
+        ]);
+        assert!(
+            !no_cert.status.success(),
+            "a client without certificate connected"
+        );
+    }
+}

@@ -19,6 +19,7 @@ fi
 
 if [ -f deploy/tests/prometheus_scrape.sh ]; then
   echo "== Prometheus scrapes agent and collector"
+  cargo build --workspace --bins --locked
   bash deploy/tests/prometheus_scrape.sh
 fi
 echo "== all checks passed"

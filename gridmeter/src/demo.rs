@@ -1,8 +1,502 @@
-//! The local demo (filled in once the components land).
+//! `gridmeter demo`: the whole pipeline on one machine, with nothing installed.
+//!
+//! 1. A PKI (CA, broker, collector, one certificate per device) is generated on the fly.
+//! 2. An embedded MQTT broker (rumqttd) with client-certificate verification starts.
+//! 3. The collector (real code, in-process) subscribes over mTLS.
+//! 4. A simulated fleet — household meters, PV inverters, edge servers — runs the real agent
+//!    code, each agent with its own SQLite buffer, certificate and MQTT connection. Their
+//!    simulators run on a virtual clock, so a month of 15-minute readings flows in seconds.
+//! 5. Once every reading is acknowledged and landed, the collector flushes and stops; the
+//!    aggregator computes the usage tables; the billing export bills the period.
+//!
+//! Configs of every component are written as TOML under `<out>/config/`, so each step can be
+//! rerun by hand with the components' own binaries.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, NaiveDate, Utc};
+use gridmeter_core::{config, pki, DeviceId};
+use prometheus::Registry;
+use rust_decimal::Decimal;
+use tokio::sync::watch;
 
 #[derive(clap::Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Where everything goes (PKI, buffers, data root, exports). Wiped at start if it holds
+    /// an earlier demo.
+    #[arg(long, default_value = "demo-data")]
+    out: PathBuf,
+    /// Number of simulated devices (60% household meters, 25% PV inverters, 15% edge servers).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Short mode for CI: 12 devices over 2026-10-24..27 (includes the DST change).
+    #[arg(long)]
+    short: bool,
+    /// Keep the collector and agents' /metrics endpoints up until Ctrl-C after the run.
+    #[arg(long)]
+    hold: bool,
+}
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the demo is not assembled yet")
+/// Marks a directory as a demo output that may be wiped.
+const MARKER: &str = ".gridmeter-demo";
+/// Simulated energy registers wrap after this many Wh (8 digits).
+const REGISTER_MAX: &str = "99999999";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Household,
+    Pv,
+    Edge,
+}
+
+struct Plan {
+    period: gridmeter_billing::Period,
+    sim_start: DateTime<Utc>,
+    sim_until: DateTime<Utc>,
+    devices: Vec<(DeviceId, Role)>,
+}
+
+fn ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc))
+}
+
+fn plan(args: &DemoArgs) -> anyhow::Result<Plan> {
+    let (period, sim_start, sim_until, default_n) = if args.short {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d");
+        (
+            gridmeter_billing::Period::range(d("2026-10-24")?, d("2026-10-27")?)
+                .context("period")?,
+            ts("2026-10-23T12:00:00Z")?,
+            ts("2026-10-27T12:00:00Z")?,
+            12,
+        )
+    } else {
+        (
+            gridmeter_billing::Period::month(2026, 10).context("period")?,
+            ts("2026-09-30T12:00:00Z")?,
+            ts("2026-11-01T12:00:00Z")?,
+            200,
+        )
+    };
+    let n = args.devices.unwrap_or(default_n).max(1);
+    let devices = (0..n)
+        .map(|i| {
+            // Spread the roles over the fleet in the 60/25/15 proportions.
+            let (role, prefix) = match i * 20 / n {
+                0..=11 => (Role::Household, "hh"),
+                12..=16 => (Role::Pv, "pv"),
+                _ => (Role::Edge, "edge"),
+            };
+            let id = DeviceId::new(format!("{prefix}-{:04}", i + 1))?;
+            Ok((id, role))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Plan {
+        period,
+        sim_start,
+        sim_until,
+        devices,
+    })
+}
+
+fn prepare_out(out: &Path) -> anyhow::Result<PathBuf> {
+    if out.exists() {
+        if !out.join(MARKER).exists() {
+            bail!(
+                "{} exists and is not a gridmeter demo directory; choose another --out",
+                out.display()
+            );
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("wipe {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    std::fs::write(out.join(MARKER), "written by `gridmeter demo`; safe to delete\n")?;
+    Ok(std::fs::canonicalize(out)?)
+}
+
+/// `preferred` if it is free on loopback, else any free port.
+fn local_addr(preferred: u16) -> anyhow::Result<SocketAddr> {
+    let port = match TcpListener::bind(("127.0.0.1", preferred)) {
+        Ok(_) => preferred,
+        Err(_) => TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+    };
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn toml_path(p: &Path) -> String {
+    // TOML basic strings: escape backslashes and quotes.
+    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn tls_inline(files: &gridmeter_core::tls::TlsFiles) -> String {
+    format!(
+        "{{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        toml_path(&files.ca),
+        toml_path(&files.cert),
+        toml_path(&files.key)
+    )
+}
+
+fn agent_toml(
+    out: &Path,
+    plan: &Plan,
+    index: usize,
+    device: &DeviceId,
+    role: Role,
+    broker_port: u16,
+    metrics: Option<SocketAddr>,
+) -> String {
+    let pki = out.join("pki");
+    let tls = gridmeter_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("devices").join(format!("{device}.crt")),
+        key: pki.join("devices").join(format!("{device}.key")),
+    };
+    let profile = match role {
+        Role::Household => "household_meter",
+        Role::Pv => "pv_inverter",
+        Role::Edge => "edge_server",
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "device_id = \"{device}\"");
+    if let Some(addr) = metrics {
+        let _ = writeln!(s, "metrics_listen = \"{addr}\"");
+    }
+    let _ = writeln!(s, "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}");
+    let _ = writeln!(s, "tls = {}", tls_inline(&tls));
+    let _ = writeln!(s, "batch_max_readings = 500");
+    let _ = writeln!(
+        s,
+        "\n[buffer]\npath = \"{}\"",
+        toml_path(&out.join("agents").join(format!("{device}.sqlite")))
+    );
+    let _ = writeln!(
+        s,
+        "\n[[sources]]\ntype = \"simulator\"\nprofile = \"{profile}\"\nseed = {index}\nregister_max = {REGISTER_MAX}\nstart = \"{}\"\nuntil = \"{}\"\nstep_secs = 900\nas_fast_as_possible = true",
+        plan.sim_start.to_rfc3339(),
+        plan.sim_until.to_rfc3339()
+    );
+    s
+}
+
+fn collector_toml(out: &Path, broker_port: u16, metrics: SocketAddr) -> String {
+    let pki = out.join("pki");
+    let tls = gridmeter_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("collector.crt"),
+        key: pki.join("collector.key"),
+    };
+    format!(
+        "collector_id = \"demo-1\"\ndata_root = \"{}\"\nwal_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"demo-collector\"\ntls = {}\n",
+        toml_path(&out.join("data")),
+        toml_path(&out.join("collector-wal")),
+        tls_inline(&tls)
+    )
+}
+
+/// The billing registry: one customer and site per device.
+fn registry_toml(plan: &Plan) -> String {
+    let mut s = format!("default_register_max = \"{REGISTER_MAX}\"\n");
+    for (device, role) in &plan.devices {
+        let n = &device.as_str()[device.as_str().find('-').map_or(0, |i| i + 1)..];
+        let (tariff, currency, tz, tax, name) = match role {
+            Role::Household => ("household_tou", "EUR", "Europe/Berlin", "0.19", "Household"),
+            Role::Pv => ("pv_net_billing", "EUR", "Europe/Berlin", "0.19", "PV site"),
+            Role::Edge => ("edge_compute", "USD", "America/New_York", "0.08875", "Edge server"),
+        };
+        let _ = write!(
+            s,
+            "\n[[customers]]\nid = \"C-{n}\"\nname = \"{name} {n}\"\ntariff = \"{tariff}\"\ncurrency = \"{currency}\"\ntax_rate = \"{tax}\"\ntime_zone = \"{tz}\"\n\n[[sites]]\nid = \"S-{n}\"\ncustomer = \"C-{n}\"\n\n[[devices]]\nid = \"{device}\"\nsite = \"S-{n}\"\n[devices.channels]\n"
+        );
+        let channels: &[(&str, &str)] = match role {
+            Role::Household => &[("energy_import", "import_energy"), ("power", "power")],
+            Role::Pv => &[("energy_yield", "export_energy"), ("ac_power", "power")],
+            Role::Edge => &[
+                ("cpu_seconds", "cpu"),
+                ("memory_used_bytes", "memory"),
+                ("\"net.rx_bytes\"", "network"),
+                ("\"net.tx_bytes\"", "network"),
+                ("http_requests", "requests"),
+            ],
+        };
+        for (channel, quantity) in channels {
+            let _ = writeln!(s, "{channel} = {{ quantity = \"{quantity}\" }}");
+        }
+    }
+    s
+}
+
+const TARIFFS: &str = r#"# Demo tariffs (see billing-export/README.md for every option).
+
+[tariffs.household_tou]
+description = "Household time-of-use, Europe/Berlin local time"
+[[tariffs.household_tou.components]]
+type = "time_of_use"
+name = "energy"
+quantity = "import_energy"
+unit = "kWh"
+default_period = "offpeak"
+periods = [ { name = "peak", rate = "0.3850" }, { name = "offpeak", rate = "0.2610" } ]
+rules = [ { period = "peak", days = ["mon", "tue", "wed", "thu", "fri"], from_hour = 7, to_hour = 21 } ]
+[[tariffs.household_tou.components]]
+type = "fixed"
+name = "standing_charge"
+monthly = "11.90"
+
+[tariffs.pv_net_billing]
+description = "PV net billing: export credited per interval"
+components = [
+  { type = "flat", name = "export_credit", quantity = "export_energy", unit = "kWh", rate = "0.0811", credit = true },
+  { type = "fixed", name = "metering_service", monthly = "4.50" },
+]
+
+[tariffs.edge_compute]
+description = "Edge server: CPU, memory, network and requests"
+components = [
+  { type = "flat", name = "cpu", quantity = "cpu", unit = "h", rate = "0.045" },
+  { type = "flat", name = "memory", quantity = "memory", unit = "GBh", rate = "0.006" },
+  { type = "flat", name = "network", quantity = "network", unit = "GB", rate = "0.09" },
+  { type = "flat", name = "requests", quantity = "requests", unit = "Mrequests", rate = "0.40" },
+]
+"#;
+
+/// Sum of every sample of a counter or gauge family across registries.
+fn metric_sum<'a>(registries: impl IntoIterator<Item = &'a Registry>, name: &str) -> f64 {
+    registries
+        .into_iter()
+        .flat_map(|r| r.gather())
+        .filter(|mf| mf.name() == name)
+        .flat_map(|mf| mf.get_metric().to_vec())
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let step = |msg: &str| println!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+    let plan = plan(&args)?;
+    let out = prepare_out(&args.out)?;
+    let cfg_dir = out.join("config");
+    std::fs::create_dir_all(cfg_dir.join("agents"))?;
+    std::fs::create_dir_all(out.join("agents"))?;
+
+    // 1. PKI.
+    let ids: Vec<DeviceId> = plan.devices.iter().map(|(d, _)| d.clone()).collect();
+    pki::init_dir(&out.join("pki"), &[], &ids).context("generate the PKI")?;
+    step(&format!(
+        "PKI: CA, broker, collector and {} device certificates in {}",
+        ids.len(),
+        out.join("pki").display()
+    ));
+
+    // 2. Embedded broker with client-certificate verification.
+    let broker = gridmeter_collector::EmbeddedBroker::start(&out.join("pki"), 0)
+        .context("start the embedded MQTT broker")?;
+    let broker_port = broker.port();
+    step(&format!(
+        "embedded MQTT broker (rumqttd, mTLS) on 127.0.0.1:{broker_port}"
+    ));
+
+    // 3. Collector.
+    let collector_metrics = local_addr(9102)?;
+    let collector_text = collector_toml(&out, broker_port, collector_metrics);
+    std::fs::write(cfg_dir.join("collector.toml"), &collector_text)?;
+    let collector_cfg: gridmeter_collector::CollectorConfig =
+        config::parse(&collector_text, "collector.toml")?;
+    let collector_registry = Registry::new();
+    let (collector_stop, collector_stop_rx) = watch::channel(false);
+    let collector = tokio::spawn(gridmeter_collector::run(
+        collector_cfg,
+        collector_registry.clone(),
+        wait_for(collector_stop_rx),
+    ));
+    step(&format!(
+        "collector subscribed; metrics on http://{collector_metrics}/metrics"
+    ));
+
+    // 4. The fleet.
+    let agent_metrics = local_addr(9101)?;
+    let (agents_stop, agents_stop_rx) = watch::channel(false);
+    let mut agent_registries = Vec::new();
+    let mut agents = Vec::new();
+    for (i, (device, role)) in plan.devices.iter().enumerate() {
+        let metrics = (i == 0).then_some(agent_metrics);
+        let text = agent_toml(&out, &plan, i, device, *role, broker_port, metrics);
+        let path = cfg_dir.join("agents").join(format!("{device}.toml"));
+        std::fs::write(&path, &text)?;
+        let cfg: gridmeter_agent::AgentConfig = config::parse(&text, &path.display().to_string())?;
+        let registry = Registry::new();
+        if let Some(addr) = metrics {
+            gridmeter_core::metrics::serve(addr, registry.clone())
+                .await
+                .with_context(|| format!("serve agent metrics on {addr}"))?;
+        }
+        agent_registries.push(registry.clone());
+        agents.push(tokio::spawn(gridmeter_agent::run(
+            cfg,
+            registry,
+            wait_for(agents_stop_rx.clone()),
+        )));
+    }
+    let counts = |role: Role| plan.devices.iter().filter(|(_, r)| *r == role).count();
+    step(&format!(
+        "{} agents started ({} household meters, {} PV inverters, {} edge servers), simulating {} .. {} at 15-minute steps; agent {} metrics on http://{agent_metrics}/metrics",
+        plan.devices.len(),
+        counts(Role::Household),
+        counts(Role::Pv),
+        counts(Role::Edge),
+        plan.sim_start.format("%Y-%m-%d %H:%M"),
+        plan.sim_until.format("%Y-%m-%d %H:%M UTC"),
+        plan.devices[0].0,
+    ));
+
+    // 5. Wait until every reading is generated, acknowledged by the broker and landed.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut last = (-1.0, -1.0, -1.0);
+    let mut stable = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let collected = metric_sum(&agent_registries, "gridmeter_agent_readings_collected_total");
+        let sent = metric_sum(&agent_registries, "gridmeter_agent_readings_sent_total");
+        let accepted = metric_sum(
+            [&collector_registry],
+            "gridmeter_collector_readings_accepted_total",
+        );
+        step(&format!(
+            "readings generated {collected:>9.0}  acknowledged by broker {sent:>9.0}  landed by collector {accepted:>9.0}"
+        ));
+        if let Some(failed) = agents.iter().position(|a| a.is_finished()) {
+            let device = &plan.devices[failed].0;
+            match agents.swap_remove(failed).await {
+                Ok(Ok(())) => bail!("agent {device} stopped unexpectedly"),
+                Ok(Err(e)) => bail!("agent {device} failed: {e}"),
+                Err(e) => bail!("agent {device} panicked: {e}"),
+            }
+        }
+        if collector.is_finished() {
+            match collector.await {
+                Ok(Ok(())) => bail!("the collector stopped unexpectedly"),
+                Ok(Err(e)) => bail!("the collector failed: {e}"),
+                Err(e) => bail!("the collector panicked: {e}"),
+            }
+        }
+        let now = (collected, sent, accepted);
+        stable = if now == last && collected > 0.0 { stable + 1 } else { 0 };
+        last = now;
+        if stable >= 2 && sent >= collected && accepted >= collected {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the fleet did not drain within 15 minutes");
+        }
+    }
+    let _ = agents_stop.send(true);
+    for a in agents {
+        a.await.context("agent task")??;
+    }
+    let _ = collector_stop.send(true);
+    collector.await.context("collector task")??;
+    let landed = metric_sum(
+        [&collector_registry],
+        "gridmeter_collector_readings_accepted_total",
+    );
+    step(&format!(
+        "fleet drained; collector flushed {landed:.0} readings to {}",
+        out.join("data/raw").display()
+    ));
+
+    // 6. Aggregation.
+    let mut agg_cfg = gridmeter_aggregator::AggregatorConfig::new(out.join("data"));
+    agg_cfg.default_register_max = Some(REGISTER_MAX.parse()?);
+    let agg_metrics = gridmeter_aggregator::Metrics::unregistered();
+    let summary = gridmeter_aggregator::run_once(&agg_cfg, &agg_metrics).await?;
+    step(&format!(
+        "aggregator: {} readings into {} usage rows ({})",
+        summary.readings_processed,
+        summary.rows_written.values().sum::<usize>(),
+        summary
+            .rows_written
+            .iter()
+            .map(|(w, n)| format!("{w}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    // 7. Billing export.
+    std::fs::write(cfg_dir.join("registry.toml"), registry_toml(&plan))?;
+    std::fs::write(cfg_dir.join("tariffs.toml"), TARIFFS)?;
+    std::fs::write(
+        cfg_dir.join("billing.toml"),
+        format!(
+            "data_root = \"{}\"\nregistry = \"registry.toml\"\ntariffs = \"tariffs.toml\"\n",
+            toml_path(&out.join("data"))
+        ),
+    )?;
+    let export_cfg = gridmeter_billing::ExportConfig::load(&cfg_dir.join("billing.toml"))?;
+    let export = gridmeter_billing::run(&export_cfg, plan.period)?;
+    step(&format!(
+        "billing export {}: {} customers, {} statement lines, reconciled against raw readings ({} checks)",
+        export.period, export.customers, export.statement_lines, export.reconciliation_rows
+    ));
+
+    // 8. Summary.
+    let current = gridmeter_aggregator::current(&agg_cfg, "1d").await?;
+    let mut per_channel: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for row in &current {
+        if let Some(u) = row.usage.and_then(gridmeter_core::decimal::from_scaled_i128) {
+            *per_channel
+                .entry((row.channel.clone(), row.unit.clone()))
+                .or_default() += u;
+        }
+    }
+    println!("\n== gridmeter demo: done in {:.1} s", started.elapsed().as_secs_f64());
+    println!("readings landed: {landed:.0} from {} devices", plan.devices.len());
+    println!("usage over the simulated span (daily windows, current revision):");
+    for ((channel, unit), total) in &per_channel {
+        println!("  {channel:<20} {total:>24} {unit}");
+    }
+    println!("invoice totals for {} (incl. tax):", export.period);
+    for (currency, total) in &export.totals {
+        println!("  {currency} {total}");
+    }
+    println!("outputs:");
+    println!("  raw readings   {}", out.join("data/raw").display());
+    println!("  usage tables   {}", out.join("data/usage").display());
+    if let Some(dir) = &export.run_dir {
+        println!("  billing export {}", dir.display());
+    }
+    println!("  configs        {}", cfg_dir.display());
+    println!("  dead letters   {}", out.join("data/deadletter").display());
+    if args.hold {
+        println!(
+            "metrics: http://{collector_metrics}/metrics (collector), http://{agent_metrics}/metrics (agent {}); Ctrl-C to stop",
+            plan.devices[0].0
+        );
+        tokio::signal::ctrl_c().await?;
+    } else {
+        println!("metrics were served during the run at http://{collector_metrics}/metrics (collector) and http://{agent_metrics}/metrics (agent {}); pass --hold to keep them up", plan.devices[0].0);
+    }
+    broker.stop();
+    Ok(())
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,gridmeter=info".into()),
+                .unwrap_or_else(|_| "warn,gridmeter=info,rumqttd=off".into()),
         )
         .init();
     match Cli::parse().command {

@@ -190,7 +190,7 @@ impl Mosquitto {
         writeln!(f, "log_type notice")?;
         writeln!(f, "log_type information")?;
         writeln!(f, "max_queued_messages 1000000")?;
-        writeln!(f, "max_inflight_messages 100")?;
+        writeln!(f, "max_inflight_messages 1000")?;
         writeln!(f, "listener {port} 127.0.0.1")?;
         writeln!(f, "cafile {}", pki.ca_cert().display())?;
         writeln!(f, "certfile {}", pki.server_cert().display())?;

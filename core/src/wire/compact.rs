@@ -120,7 +120,8 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         });
     }
     // Validate the series table once; readings referring to a bad series are rejected.
-    let series: Vec<Result<(crate::model::Channel, Kind, String), (&'static str, String)>> = body
+    type Series = Result<(crate::model::Channel, Kind, String), (&'static str, String)>;
+    let series: Vec<Series> = body
         .series
         .iter()
         .map(|(c, k, u)| {

@@ -1,0 +1,115 @@
+//! The embedded broker: rumqttd with TLS and client-certificate verification, so the demo
+//! runs with nothing installed.
+//!
+//! It is a convenience, not the production broker: rumqttd 0.20 verifies client
+//! certificates against the CA but has no per-device ACL (any certified client may publish
+//! on any topic; the collector still rejects a payload whose device_id differs from its
+//! topic's) and cannot be stopped in-process (its threads end with the process). Production
+//! deployments use Mosquitto or EMQX (deploy/mosquitto/).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("embedded broker: {path} is missing (create the PKI with `gridmeter pki init`)")]
+    MissingFile { path: PathBuf },
+    #[error("embedded broker: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("embedded broker did not listen on 127.0.0.1:{0} within 20 s")]
+    NotListening(u16),
+}
+
+/// A running rumqttd on 127.0.0.1 (mTLS, MQTT 3.1.1).
+pub struct EmbeddedBroker {
+    port: u16,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker with `<pki_dir>/ca.crt`, `server.crt`, `server.key` on
+    /// `127.0.0.1:port` (0 picks a free port) and waits until it accepts connections.
+    pub fn start(pki_dir: &Path, port: u16) -> Result<EmbeddedBroker, BrokerError> {
+        let file = |name: &str| -> Result<String, BrokerError> {
+            let p = pki_dir.join(name);
+            if !p.is_file() {
+                return Err(BrokerError::MissingFile { path: p });
+            }
+            Ok(p.display().to_string())
+        };
+        let tls = TlsConfig::Rustls {
+            capath: Some(file("ca.crt")?),
+            certpath: file("server.crt")?,
+            keypath: file("server.key")?,
+        };
+        let port = if port == 0 {
+            TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+        } else {
+            port
+        };
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let server = ServerSettings {
+            name: "gridmeter-v4-tls".into(),
+            listen,
+            tls: Some(tls),
+            next_connection_delay_ms: 1,
+            connections: ConnectionSettings {
+                connection_timeout_ms: 60_000,
+                max_payload_size: 16 * 1024 * 1024,
+                max_inflight_count: 500,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        };
+        let config = Config {
+            id: 0,
+            router: RouterConfig {
+                max_connections: 10_010,
+                max_outgoing_packet_count: 500,
+                max_segment_size: 100 * 1024 * 1024,
+                max_segment_count: 10,
+                ..Default::default()
+            },
+            v4: Some(HashMap::from([("1".to_string(), server)])),
+            ..Default::default()
+        };
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!("embedded broker stopped: {e}");
+                }
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(listen).is_err() {
+            if Instant::now() > deadline {
+                return Err(BrokerError::NotListening(port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::info!(%listen, "embedded broker (rumqttd, mTLS) listening");
+        Ok(EmbeddedBroker {
+            port,
+            _thread: thread,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops accepting work from this handle. rumqttd 0.20 has no shutdown API: its
+    /// threads keep running until the process exits.
+    pub fn stop(self) {
+        tracing::debug!(
+            port = self.port,
+            "embedded broker handle dropped; rumqttd threads end with the process"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! The checkpoint: the dedup state as of the end of the last landed WAL segment.
+//!
+//! Written after that segment's Parquet files, atomically (temporary file, fsync, rename,
+//! fsync of the directory), as `<wal_dir>/checkpoint.bin` =
+//! `"GMCK" [version 1] [crc32 LE] [postcard(Checkpoint)]`. At start-up the collector loads
+//! it and replays the WAL segments after `last_segment` on top of it; because each segment
+//! is replayed from exactly the state it was first processed with, replay makes the same
+//! decisions (and the same files) as the first run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dedup::DedupState;
+use crate::wal::sync_dir;
+
+const MAGIC: &[u8; 5] = b"GMCK\x01";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last WAL segment whose output is in the object store (and whose effects are in
+    /// `state`).
+    pub last_segment: Option<u64>,
+    pub state: DedupState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path} is corrupt ({why}); refusing to start without dedup state (restore it or remove it deliberately)")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+pub fn path(wal_dir: &Path) -> PathBuf {
+    wal_dir.join("checkpoint.bin")
+}
+
+/// Loads the checkpoint; a missing file is an empty state.
+pub fn load(wal_dir: &Path) -> Result<Checkpoint, CheckpointError> {
+    let p = path(wal_dir);
+    let data = match std::fs::read(&p) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+        Err(source) => return Err(CheckpointError::Io { path: p, source }),
+    };
+    let corrupt = |why: &str| CheckpointError::Corrupt {
+        path: p.clone(),
+        why: why.to_string(),
+    };
+    if data.len() < MAGIC.len() + 4 || &data[..MAGIC.len()] != MAGIC {
+        return Err(corrupt("bad header"));
+    }
+    let crc_bytes: [u8; 4] = data[MAGIC.len()..MAGIC.len() + 4]
+        .try_into()
+        .map_err(|_| corrupt("short"))?;
+    let body = &data[MAGIC.len() + 4..];
+    if crc32fast::hash(body) != u32::from_le_bytes(crc_bytes) {
+        return Err(corrupt("CRC mismatch"));
+    }
+    postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// Writes the checkpoint atomically and durably.
+pub fn store(wal_dir: &Path, cp: &Checkpoint) -> Result<(), CheckpointError> {
+    let p = path(wal_dir);
+    let tmp = wal_dir.join("checkpoint.bin.tmp");
+    let io = |source| CheckpointError::Io {
+        path: p.clone(),
+        source,
+    };
+    let body = postcard::to_allocvec(cp).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(MAGIC).map_err(io)?;
+    f.write_all(&crc32fast::hash(&body).to_le_bytes())
+        .map_err(io)?;
+    f.write_all(&body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, &p).map_err(io)?;
+    sync_dir(wal_dir).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Checkpoint::default());
+        let mut cp = Checkpoint {
+            last_segment: Some(3),
+            ..Default::default()
+        };
+        cp.state
+            .devices
+            .entry("d1".into())
+            .or_default()
+            .seen
+            .insert_range(1, 100);
+        cp.state.clock_us = 42;
+        store(dir.path(), &cp).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), cp);
+        let mut bytes = std::fs::read(path(dir.path())).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(path(dir.path()), bytes).unwrap();
+        assert!(matches!(
+            load(dir.path()),
+            Err(CheckpointError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,89 @@
+//! `gridmeter-collector --config collector.toml` runs the collector;
+//! `gridmeter-collector --config collector.toml compact --date 2026-11-22` deduplicates a
+//! raw date partition (see `gridmeter_collector::compact`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gridmeter_collector::landing::{open_store, Landing};
+use gridmeter_collector::CollectorConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "gridmeter-collector",
+    version,
+    about = "Ingests meter readings over mTLS MQTT into raw Parquet, exactly once"
+)]
+struct Cli {
+    /// Path of collector.toml.
+    #[arg(long, short)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the collector (the default).
+    Run,
+    /// Rewrite raw/date=DATE/ with one row per (device_id, seq), keeping the earliest received_at.
+    Compact {
+        /// YYYY-MM-DD
+        #[arg(long)]
+        date: chrono::NaiveDate,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let config: CollectorConfig = gridmeter_core::config::load(&cli.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.cmd.unwrap_or(Cmd::Run) {
+            Cmd::Run => {
+                let shutdown = async {
+                    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("cannot listen for SIGTERM: {e}");
+                            let _ = tokio::signal::ctrl_c().await;
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    tracing::info!("shutting down");
+                };
+                gridmeter_collector::run(config, prometheus::Registry::new(), shutdown).await?;
+            }
+            Cmd::Compact { date } => {
+                let (store, root) = open_store(&config)?;
+                let landing = Landing::new(store, root, config.collector_id.clone());
+                let stats = gridmeter_collector::compact::compact_date(&landing, date).await?;
+                println!(
+                    "compacted raw/date={date}: {} files, {} rows in; {} rows ({} duplicates removed) in {} files out",
+                    stats.files_in,
+                    stats.rows_in,
+                    stats.rows_out,
+                    stats.rows_in - stats.rows_out,
+                    stats.files_out
+                );
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,108 @@
+//! The MQTT side: a persistent session with manual acks.
+//!
+//! `clean_session = false` and a stable client id make the broker keep the subscription
+//! and every unacked QoS 1 message while the collector is down, and redeliver them when it
+//! comes back. Manual acks make the PUBACK wait for the WAL fsync (see [`crate::wal`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+
+/// A message as handed to the ingest thread.
+pub struct Incoming {
+    pub publish: Publish,
+    pub received_at_us: i64,
+    pub at: Instant,
+}
+
+/// MQTT options for the collector: mTLS, persistent session, manual acks.
+pub fn options(
+    client_id: &str,
+    host: &str,
+    port: u16,
+    tls: rustls::ClientConfig,
+    keep_alive: Duration,
+    max_packet_bytes: usize,
+) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    o.set_keep_alive(keep_alive);
+    o.set_max_packet_size(max_packet_bytes, 64 * 1024);
+    o.set_request_channel_capacity(100_000);
+    o
+}
+
+/// Polls the event loop until `stop` turns true: forwards publishes to `tx`, (re)subscribes
+/// on every connection that has no session yet, and reconnects after errors.
+pub async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    tx: mpsc::Sender<Incoming>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let ev = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = stop.changed() => break,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let m = Incoming {
+                    publish: p,
+                    received_at_us: chrono::Utc::now().timestamp_micros(),
+                    at: Instant::now(),
+                };
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                metrics.connected.set(1);
+                backoff = Duration::from_millis(200);
+                tracing::info!(session_present = ack.session_present, %filter, "connected to broker");
+                // Subscribing again is harmless and covers a broker that lost its session.
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!("subscribe {filter}: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                tracing::info!(codes = ?s.return_codes, "subscribed");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.connected.set(0);
+                tracing::warn!("broker connection: {e}; reconnecting in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    metrics.connected.set(0);
+    let _ = client.try_disconnect();
+}
+
+/// Sends the PUBACKs the ingest thread releases (after the fsync).
+pub async fn ack_loop(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<Vec<Publish>>) {
+    while let Some(group) = rx.recv().await {
+        for p in &group {
+            if let Err(e) = client.ack(p).await {
+                // The connection is gone; the broker will redeliver, dedup absorbs it.
+                tracing::debug!("ack pkid {}: {e}", p.pkid);
+            }
+        }
+    }
+}

@@ -1,0 +1,685 @@
+//! The SQLite buffer: where a reading gets its seq and waits for the broker's PUBACK.
+//!
+//! # Durability
+//! WAL mode. Transactions that *insert* readings run with `synchronous=FULL`: the seq counter
+//! row is updated in the same transaction as the readings, and that transaction is fsync'd
+//! before any of its readings can be handed to the forwarder. With `NORMAL` a power cut
+//! could roll back a transaction whose readings were already published and acknowledged;
+//! the counter would then hand out the same seqs again with different content, which the
+//! collector would silently deduplicate away (a lost reading). Transactions that only
+//! *delete* acknowledged rows run with `synchronous=NORMAL`: losing one to a power cut only
+//! re-sends readings the collector already has (harmless duplicates), and the next FULL
+//! commit syncs the WAL anyway. Commits are batched (`commit_interval_ms`,
+//! `commit_max_readings`), so the fsync cost is paid per batch, not per reading.
+//!
+//! # Backfill policy
+//! Batches are taken oldest-first. While there is a backlog (more unsent readings than fit
+//! in one batch), every `live_every`-th batch (default 4) is taken from the *newest* unsent
+//! readings instead, so a days-long backfill after an outage still delivers live data within
+//! seconds and uses 3/4 of the bandwidth for the backlog. `live_every = 0` is strictly
+//! oldest-first. Within a batch readings are in seq order.
+//!
+//! # Disk budget
+//! The budget counts *logical* bytes: per row [`ROW_OVERHEAD`] bytes (rowid, timestamp,
+//! kind, quality and SQLite's record/index overhead, measured roughly) plus the bytes of the
+//! channel name, unit and value text. It is exact to maintain (no `stat` of WAL files whose
+//! size depends on checkpoints) and tracks the real file size within a small factor. When an
+//! insert takes the buffer over `max_buffer_bytes`, the oldest rows not currently in flight
+//! are deleted in the same transaction, and their seqs are recorded as gap records
+//! (`buffer_full`), merging adjacent ranges. Gap records travel in the `gaps` field of the
+//! next batches and are deleted only on that batch's PUBACK.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use gridmeter_core::{Channel, Gap, GapReason, Kind, Quality, Reading};
+use rusqlite::{params, Connection, OptionalExtension};
+use rust_decimal::Decimal;
+
+use crate::sources::Sample;
+
+/// Fixed per-row part of the logical size.
+pub const ROW_OVERHEAD: u64 = 48;
+
+/// Logical size of one buffered reading (see the module docs).
+pub fn row_bytes(channel: &str, unit: &str, value_text: &str) -> u64 {
+    ROW_OVERHEAD + (channel.len() + unit.len() + value_text.len()) as u64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("buffer: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// The seqs given to the new readings (`first..=last`), if any.
+    pub seqs: Option<(u64, u64)>,
+    /// Readings dropped to stay within the budget.
+    pub dropped: u64,
+}
+
+/// A batch taken for publishing. Its readings and gap records are marked in flight until
+/// [`Buffer::ack`] or [`Buffer::release_inflight`].
+#[derive(Debug, Clone)]
+pub struct OutBatch {
+    pub readings: Vec<Reading>,
+    pub gaps: Vec<(i64, Gap)>,
+    /// Taken from the newest readings (live data during a backfill).
+    pub live: bool,
+    bytes: u64,
+}
+
+/// Counts for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rows: u64,
+    pub bytes: u64,
+    pub gaps_pending: u64,
+    pub oldest_ts: Option<DateTime<Utc>>,
+}
+
+pub struct Buffer {
+    conn: Connection,
+    next_seq: u64,
+    rows: u64,
+    bytes: u64,
+    max_bytes: u64,
+    inflight: HashSet<u64>,
+    inflight_gaps: HashSet<i64>,
+    /// Every unsent row with seq <= cursor is in flight (oldest-first progress).
+    cursor: u64,
+    taken: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+    seq INTEGER PRIMARY KEY,
+    ts_us INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    unit TEXT NOT NULL,
+    value TEXT NOT NULL,
+    quality INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY,
+    from_seq INTEGER NOT NULL,
+    to_seq INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+";
+
+impl Buffer {
+    /// Opens (or creates) the buffer at `path`.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Buffer, BufferError> {
+        let open_err = |source| BufferError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!("buffer {}: journal_mode is {mode}, not WAL", path.display());
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let meta: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        // Defensive: never below anything already stored.
+        let max_row: Option<i64> =
+            conn.query_row("SELECT MAX(seq) FROM readings", [], |r| r.get(0))?;
+        let max_gap: Option<i64> =
+            conn.query_row("SELECT MAX(to_seq) FROM gaps", [], |r| r.get(0))?;
+        let next_seq = [
+            meta.unwrap_or(1),
+            max_row.map_or(1, |m| m + 1),
+            max_gap.map_or(1, |m| m + 1),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        .max(1) as u64;
+        let mut buffer = Buffer {
+            conn,
+            next_seq,
+            rows: 0,
+            bytes: 0,
+            max_bytes,
+            inflight: HashSet::new(),
+            inflight_gaps: HashSet::new(),
+            cursor: 0,
+            taken: 0,
+        };
+        buffer.recount()?;
+        Ok(buffer)
+    }
+
+    /// The seq the next reading will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Stores readings in one transaction, assigning seqs and advancing the persisted
+    /// counter in that same transaction; then enforces the disk budget.
+    pub fn insert(&mut self, samples: &[Sample]) -> Result<Inserted, BufferError> {
+        if samples.is_empty() {
+            return Ok(Inserted::default());
+        }
+        self.conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        let tx = self.conn.transaction()?;
+        let first = self.next_seq;
+        let mut seq = first;
+        let mut added = 0u64;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO readings (seq, ts_us, channel, kind, unit, value, quality) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut text = String::new();
+            for s in samples {
+                use std::fmt::Write;
+                text.clear();
+                let _ = write!(text, "{}", s.value);
+                st.execute(params![
+                    seq as i64,
+                    s.ts.timestamp_micros(),
+                    s.channel.as_str(),
+                    s.kind.code(),
+                    s.unit,
+                    text,
+                    s.quality.bits(),
+                ])?;
+                added += row_bytes(s.channel.as_str(), &s.unit, &text);
+                seq += 1;
+            }
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_seq', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [seq as i64],
+        )?;
+        let mut rows = self.rows + samples.len() as u64;
+        let mut bytes = self.bytes + added;
+        let mut dropped: Vec<u64> = Vec::new();
+        if bytes > self.max_bytes {
+            let mut after = 0i64;
+            let mut sel = tx.prepare_cached(
+                "SELECT seq, channel, unit, value FROM readings WHERE seq > ?1 ORDER BY seq LIMIT 1024",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
+            'outer: while bytes > self.max_bytes {
+                let page: Vec<(i64, u64)> = sel
+                    .query_map([after], |r| {
+                        let (c, u, v): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                        Ok((r.get::<_, i64>(0)?, row_bytes(&c, &u, &v)))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                if page.is_empty() {
+                    break;
+                }
+                for (s, b) in page {
+                    after = s;
+                    if self.inflight.contains(&(s as u64)) {
+                        continue;
+                    }
+                    del.execute([s])?;
+                    dropped.push(s as u64);
+                    rows -= 1;
+                    bytes -= b;
+                    if bytes <= self.max_bytes {
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        let mut new_gap_ids = Vec::new();
+        for (from, to) in runs(&dropped) {
+            let mergeable: Option<i64> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT id FROM gaps WHERE to_seq = ?1 AND reason = 'buffer_full'",
+                )?;
+                let ids: Vec<i64> = st
+                    .query_map([from as i64 - 1], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                ids.into_iter().find(|id| !self.inflight_gaps.contains(id))
+            };
+            match mergeable {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE gaps SET to_seq = ?1 WHERE id = ?2",
+                        params![to as i64, id],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO gaps (from_seq, to_seq, reason) VALUES (?1, ?2, 'buffer_full')",
+                        params![from as i64, to as i64],
+                    )?;
+                    new_gap_ids.push(tx.last_insert_rowid());
+                }
+            }
+        }
+        tx.commit()?;
+        self.next_seq = seq;
+        self.rows = rows;
+        self.bytes = bytes;
+        Ok(Inserted {
+            seqs: Some((first, seq - 1)),
+            dropped: dropped.len() as u64,
+        })
+    }
+
+    /// Takes the next batch to publish (see the module docs for the policy), or `None`
+    /// if nothing is waiting. Rows that cannot be decoded are removed and reported as a
+    /// `buffer_corrupt` gap.
+    pub fn next_batch(
+        &mut self,
+        max_readings: usize,
+        live_every: u32,
+    ) -> Result<Option<OutBatch>, BufferError> {
+        let available = self.rows.saturating_sub(self.inflight.len() as u64);
+        let live = live_every > 0
+            && available > max_readings as u64
+            && self.taken % u64::from(live_every) == u64::from(live_every) - 1;
+        let mut readings = Vec::new();
+        let mut bytes = 0u64;
+        let mut corrupt = Vec::new();
+        if available > 0 {
+            if live {
+                let limit = (max_readings + self.inflight.len()) as i64;
+                let mut st = self.conn.prepare_cached(
+                    "SELECT seq, ts_us, channel, kind, unit, value, quality FROM readings \
+                     WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2",
+                )?;
+                let rows: Vec<RawRow> = st
+                    .query_map(params![self.cursor as i64, limit], RawRow::from_row)?
+                    .collect::<Result<_, _>>()?;
+                for raw in rows {
+                    if readings.len() >= max_readings {
+                        break;
+                    }
+                    if self.inflight.contains(&raw.seq) {
+                        continue;
+                    }
+                    match raw.decode() {
+                        Some(r) => {
+                            bytes += raw.bytes();
+                            readings.push(r);
+                        }
+                        None => corrupt.push(raw.seq),
+                    }
+                }
+                readings.reverse();
+            } else {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT seq, ts_us, channel, kind, unit, value, quality FROM readings \
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let mut cursor = self.cursor;
+                'pages: loop {
+                    let rows: Vec<RawRow> = st
+                        .query_map(
+                            params![cursor as i64, max_readings as i64],
+                            RawRow::from_row,
+                        )?
+                        .collect::<Result<_, _>>()?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    for raw in rows {
+                        if readings.len() >= max_readings {
+                            break 'pages;
+                        }
+                        cursor = raw.seq;
+                        if self.inflight.contains(&raw.seq) {
+                            continue;
+                        }
+                        match raw.decode() {
+                            Some(r) => {
+                                bytes += raw.bytes();
+                                readings.push(r);
+                            }
+                            None => corrupt.push(raw.seq),
+                        }
+                    }
+                }
+                self.cursor = cursor;
+            }
+        }
+        if !corrupt.is_empty() {
+            self.drop_corrupt(&corrupt)?;
+        }
+        let gaps: Vec<(i64, Gap)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, from_seq, to_seq, reason FROM gaps ORDER BY from_seq LIMIT 200",
+            )?;
+            let all: Vec<(i64, i64, i64, String)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
+            all.into_iter()
+                .filter(|(id, ..)| !self.inflight_gaps.contains(id))
+                .filter_map(|(id, f, t, reason)| {
+                    Some((
+                        id,
+                        Gap {
+                            from_seq: u64::try_from(f).ok()?,
+                            to_seq: u64::try_from(t).ok()?,
+                            reason: GapReason::from_name(&reason)?,
+                        },
+                    ))
+                })
+                .collect()
+        };
+        if readings.is_empty() && gaps.is_empty() {
+            return Ok(None);
+        }
+        self.taken += 1;
+        self.inflight.extend(readings.iter().map(|r| r.seq));
+        self.inflight_gaps.extend(gaps.iter().map(|(id, _)| *id));
+        Ok(Some(OutBatch {
+            readings,
+            gaps,
+            live,
+            bytes,
+        }))
+    }
+
+    fn drop_corrupt(&mut self, seqs: &[u64]) -> Result<(), BufferError> {
+        tracing::error!(
+            "buffer: {} undecodable rows removed and reported as a gap",
+            seqs.len()
+        );
+        let tx = self.conn.transaction()?;
+        for s in seqs {
+            tx.execute("DELETE FROM readings WHERE seq = ?1", [*s as i64])?;
+        }
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        for (from, to) in runs(&sorted) {
+            tx.execute(
+                "INSERT INTO gaps (from_seq, to_seq, reason) VALUES (?1, ?2, 'buffer_corrupt')",
+                params![from as i64, to as i64],
+            )?;
+        }
+        tx.commit()?;
+        self.rows = self.rows.saturating_sub(seqs.len() as u64);
+        Ok(())
+    }
+
+    /// The broker acknowledged `batch`: delete its readings and gap records.
+    pub fn ack(&mut self, batch: &OutBatch) -> Result<(), BufferError> {
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let tx = self.conn.transaction()?;
+        let mut deleted = 0u64;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM readings WHERE seq = ?1")?;
+            for r in &batch.readings {
+                deleted += st.execute([r.seq as i64])? as u64;
+            }
+            let mut st = tx.prepare_cached("DELETE FROM gaps WHERE id = ?1")?;
+            for (id, _) in &batch.gaps {
+                st.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        for r in &batch.readings {
+            self.inflight.remove(&r.seq);
+        }
+        for (id, _) in &batch.gaps {
+            self.inflight_gaps.remove(id);
+        }
+        self.rows = self.rows.saturating_sub(deleted);
+        if deleted == batch.readings.len() as u64 {
+            self.bytes = self.bytes.saturating_sub(batch.bytes);
+        } else {
+            self.recount()?;
+        }
+        Ok(())
+    }
+
+    fn recount(&mut self) -> Result<(), BufferError> {
+        let (rows, bytes): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(?1 + length(CAST(channel AS BLOB)) + length(CAST(unit AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM readings",
+            [ROW_OVERHEAD as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.rows = rows as u64;
+        self.bytes = bytes as u64;
+        Ok(())
+    }
+
+    /// Forget what is in flight (the connection is gone; unacked batches will be re-read
+    /// from SQLite and sent again, oldest first).
+    pub fn release_inflight(&mut self) {
+        self.inflight.clear();
+        self.inflight_gaps.clear();
+        self.cursor = 0;
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn stats(&self) -> Result<Stats, BufferError> {
+        let gaps: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM gaps", [], |r| r.get(0))?;
+        let oldest: Option<i64> = self
+            .conn
+            .query_row("SELECT ts_us FROM readings ORDER BY seq LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(Stats {
+            rows: self.rows,
+            bytes: self.bytes,
+            gaps_pending: gaps as u64,
+            oldest_ts: oldest.and_then(DateTime::from_timestamp_micros),
+        })
+    }
+}
+
+/// Consecutive runs of sorted seqs as `(from, to)` ranges.
+fn runs(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in sorted {
+        match out.last_mut() {
+            Some((_, to)) if *to + 1 == s => *to = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+struct RawRow {
+    seq: u64,
+    ts_us: i64,
+    channel: String,
+    kind: u8,
+    unit: String,
+    value: String,
+    quality: u16,
+}
+
+impl RawRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            seq: r.get::<_, i64>(0)? as u64,
+            ts_us: r.get(1)?,
+            channel: r.get(2)?,
+            kind: r.get(3)?,
+            unit: r.get(4)?,
+            value: r.get(5)?,
+            quality: r.get(6)?,
+        })
+    }
+    fn bytes(&self) -> u64 {
+        row_bytes(&self.channel, &self.unit, &self.value)
+    }
+    fn decode(&self) -> Option<Reading> {
+        Some(Reading {
+            seq: self.seq,
+            ts: DateTime::from_timestamp_micros(self.ts_us)?,
+            channel: Channel::new(self.channel.clone()).ok()?,
+            kind: Kind::from_code(self.kind)?,
+            unit: self.unit.clone(),
+            value: Decimal::from_str(&self.value).ok()?,
+            quality: Quality::from_bits(self.quality)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(i: u64) -> Sample {
+        Sample {
+            ts: DateTime::from_timestamp(1_790_000_000 + i as i64, 0).unwrap(),
+            channel: Channel::new("energy_import").unwrap(),
+            kind: Kind::Counter,
+            unit: "Wh".into(),
+            value: Decimal::new(i as i64 * 15, 1),
+            quality: Quality::GOOD,
+        }
+    }
+
+    fn samples(from: u64, n: u64) -> Vec<Sample> {
+        (from..from + n).map(sample).collect()
+    }
+
+    #[test]
+    fn seqs_survive_reopen_and_ack_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite");
+        let mut b = Buffer::open(&path, 1 << 30).unwrap();
+        assert_eq!(b.insert(&samples(0, 10)).unwrap().seqs, Some((1, 10)));
+        let batch = b.next_batch(4, 0).unwrap().unwrap();
+        assert_eq!(
+            batch.readings.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(batch.readings[1].value, Decimal::new(15, 1));
+        b.ack(&batch).unwrap();
+        // Everything acked is gone; a reopen continues the counter.
+        let b2 = b.next_batch(100, 0).unwrap().unwrap();
+        b.ack(&b2).unwrap();
+        assert_eq!(b.stats().unwrap().rows, 0);
+        assert_eq!(b.stats().unwrap().bytes, 0);
+        drop(b);
+        let mut b = Buffer::open(&path, 1 << 30).unwrap();
+        assert_eq!(b.insert(&samples(0, 1)).unwrap().seqs, Some((11, 11)));
+    }
+
+    #[test]
+    fn release_resends_unacked_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(&dir.path().join("b.sqlite"), 1 << 30).unwrap();
+        b.insert(&samples(0, 6)).unwrap();
+        let a = b.next_batch(2, 0).unwrap().unwrap();
+        let c = b.next_batch(2, 0).unwrap().unwrap();
+        assert_eq!(c.readings[0].seq, 3);
+        b.ack(&c).unwrap();
+        b.release_inflight();
+        let again = b.next_batch(10, 0).unwrap().unwrap();
+        let seqs: Vec<u64> = again.readings.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 5, 6]);
+        assert_eq!(a.readings.len(), 2);
+    }
+
+    #[test]
+    fn live_batches_interleave_during_backfill() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(&dir.path().join("b.sqlite"), 1 << 30).unwrap();
+        b.insert(&samples(0, 100)).unwrap();
+        let firsts: Vec<(u64, bool)> = (0..4)
+            .map(|_| {
+                let x = b.next_batch(10, 2).unwrap().unwrap();
+                (x.readings[0].seq, x.live)
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            vec![(1, false), (91, true), (11, false), (81, true)]
+        );
+        // No seq is ever taken twice while in flight.
+        let mut seen = HashSet::new();
+        while let Some(x) = b.next_batch(10, 2).unwrap() {
+            for r in &x.readings {
+                assert!(seen.insert(r.seq));
+            }
+        }
+        assert_eq!(seen.len(), 60);
+    }
+
+    #[test]
+    fn budget_drops_oldest_and_records_merged_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = row_bytes("energy_import", "Wh", "1.5");
+        let mut b = Buffer::open(&dir.path().join("b.sqlite"), one * 10 + 5).unwrap();
+        let mut dropped = 0;
+        for i in 0..5 {
+            dropped += b.insert(&samples(i * 4 + 1, 4)).unwrap().dropped;
+        }
+        let st = b.stats().unwrap();
+        assert!(st.bytes <= one * 10 + 5, "{st:?}");
+        assert_eq!(dropped, 20 - st.rows);
+        let batch = b.next_batch(100, 0).unwrap().unwrap();
+        assert_eq!(batch.gaps.len(), 1, "{:?}", batch.gaps);
+        let g = batch.gaps[0].1;
+        assert_eq!(
+            (g.from_seq, g.to_seq, g.reason),
+            (1, dropped, GapReason::BufferFull)
+        );
+        assert_eq!(batch.readings[0].seq, dropped + 1);
+        b.ack(&batch).unwrap();
+        assert_eq!(b.stats().unwrap().gaps_pending, 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn seq_never_reused(ops in proptest::collection::vec((1u64..20, any::<bool>(), any::<bool>()), 1..12)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("b.sqlite");
+            let mut all = HashSet::new();
+            let mut b = Buffer::open(&path, 2000).unwrap();
+            for (n, ack, reopen) in ops {
+                let ins = b.insert(&samples(0, n)).unwrap();
+                let (f, t) = ins.seqs.unwrap();
+                for s in f..=t {
+                    prop_assert!(all.insert(s), "seq {} reused", s);
+                }
+                if ack {
+                    if let Some(x) = b.next_batch(7, 3).unwrap() {
+                        b.ack(&x).unwrap();
+                    }
+                }
+                if reopen {
+                    drop(b);
+                    b = Buffer::open(&path, 2000).unwrap();
+                }
+            }
+        }
+    }
+}

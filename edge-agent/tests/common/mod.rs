@@ -1,0 +1,195 @@
+//! Shared helpers of the agent's integration tests: agent configs and a test-side MQTT
+//! subscriber (collector certificate, persistent session, QoS 1).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use gridmeter_agent::config::{
+    AgentConfig, BufferConfig, MqttConfig, Profile, SimulatorSource, SourceConfig, WireEncoding,
+};
+use gridmeter_core::testkit::Pki;
+use gridmeter_core::wire::{self, Decoded, Limits};
+use gridmeter_core::{DeviceId, Gap, Reading};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+pub fn agent_config(pki: &Pki, device: &str, port: u16, buffer: &Path) -> AgentConfig {
+    AgentConfig {
+        device_id: DeviceId::new(device).unwrap(),
+        mqtt: MqttConfig {
+            host: "127.0.0.1".into(),
+            port,
+            tls: pki.device(device),
+            keep_alive_secs: 5,
+            max_inflight: 8,
+            batch_max_readings: 50,
+            encoding: WireEncoding::Compact,
+            live_every: 4,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 1000,
+        },
+        buffer: BufferConfig {
+            path: buffer.to_path_buf(),
+            max_buffer_bytes: 64 * 1024 * 1024,
+            commit_interval_ms: 50,
+            commit_max_readings: 1000,
+        },
+        metrics_listen: None,
+        sources: vec![],
+    }
+}
+
+/// A virtual-clock household meter producing exactly `2 * steps` readings.
+pub fn virtual_meter(steps: i64, speedup: Option<f64>) -> SourceConfig {
+    let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();
+    SourceConfig::Simulator(SimulatorSource {
+        name: None,
+        interval_ms: 1000,
+        profile: Profile::HouseholdMeter,
+        seed: 1,
+        register_max: Some(99_999_999),
+        start: Some(start),
+        step_secs: Some(60),
+        speedup,
+        as_fast_as_possible: speedup.is_none(),
+        until: Some(start + chrono::Duration::seconds(60 * steps)),
+        peak_watts: None,
+    })
+}
+
+/// What the test-side subscriber saw, in arrival order.
+#[derive(Default)]
+pub struct Seen {
+    pub messages: Vec<Decoded>,
+    pub errors: Vec<String>,
+}
+
+impl Seen {
+    pub fn readings(&self) -> impl Iterator<Item = &Reading> {
+        self.messages.iter().flat_map(|m| m.readings.iter())
+    }
+    pub fn gaps(&self) -> Vec<Gap> {
+        self.messages
+            .iter()
+            .flat_map(|m| m.gaps.iter().copied())
+            .collect()
+    }
+    /// seq -> reading, asserting that a redelivered seq carries identical content.
+    pub fn dedup(&self) -> BTreeMap<u64, Reading> {
+        let mut by_seq: BTreeMap<u64, Reading> = BTreeMap::new();
+        for r in self.readings() {
+            if let Some(prev) = by_seq.get(&r.seq) {
+                assert_eq!(
+                    prev, r,
+                    "seq {} delivered twice with different content",
+                    r.seq
+                );
+            } else {
+                by_seq.insert(r.seq, r.clone());
+            }
+        }
+        by_seq
+    }
+}
+
+pub struct Subscriber {
+    pub seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Subscribes to every device's readings as the `collector` identity with a persistent
+/// session, and returns once the subscription is acknowledged.
+pub async fn subscribe(pki: &Pki, port: u16) -> Subscriber {
+    let tls = pki.collector().client_config().unwrap();
+    let mut opts = MqttOptions::new("collector", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_clean_session(false);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
+    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let s2 = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(wire::TOPIC_FILTER, QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let mut s = s2.lock().unwrap();
+                    match wire::decode_for_topic(&p.topic, &p.payload, &Limits::default()) {
+                        Ok(d) => {
+                            if !d.rejects.is_empty() {
+                                s.errors.push(format!("rejects: {:?}", d.rejects));
+                            }
+                            s.messages.push(d)
+                        }
+                        Err(e) => s.errors.push(e.to_string()),
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("subscription acknowledged within 30 s")
+        .unwrap();
+    Subscriber { seen, task }
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A metric's value from a registry (sum over label sets containing `label`), read from
+/// the text exposition (what Prometheus would scrape).
+pub fn metric(registry: &prometheus::Registry, name: &str, label: Option<(&str, &str)>) -> f64 {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric_name = series.split('{').next()?;
+            if metric_name != name {
+                return None;
+            }
+            if let Some((k, v)) = label {
+                if !series.contains(&format!("{k}=\"{v}\"")) {
+                    return None;
+                }
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}

@@ -1,0 +1,133 @@
+//! A bad config fails fast with every problem listed: unknown keys, an unreadable
+//! certificate and a bad Modbus register map, all in one run.
+
+use std::process::Command;
+
+use gridmeter_agent::AgentConfig;
+use gridmeter_core::testkit::Pki;
+
+fn bad_config(pki: &Pki) -> String {
+    let tls = pki.device("meter-c");
+    format!(
+        r#"device_id = "meter-c"
+colour = "red"
+
+[mqtt]
+host = "127.0.0.1"
+port = 8883
+tls = {{ ca = "{ca}", cert = "/nonexistent/meter-c.crt", key = "{key}" }}
+
+[buffer]
+path = "/tmp/x.sqlite"
+
+[[sources]]
+type = "modbus"
+address = "127.0.0.1:502"
+interval_ms = 0
+registers = [
+  {{ channel = "Energy-Import", address = 0, type = "u32", count = 1 }},
+  {{ channel = "power", address = 2, type = "i16", scale = "zero" }},
+  {{ channel = "power", address = 3, type = "f32", kind = "counter" }},
+]
+
+[[sources]]
+type = "simulator"
+speeed = 3
+
+[[sources]]
+type = "host"
+registers = []
+"#,
+        ca = tls.ca.display(),
+        key = tls.key.display(),
+    )
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), &["meter-c"]).unwrap();
+    let text = bad_config(&pki);
+    let err = gridmeter_core::config::parse::<AgentConfig>(&text, "agent.toml").unwrap_err();
+    let all = err.to_string();
+    for want in [
+        "colour: unknown field",
+        "sources[1].speeed: unknown field",
+        "sources[1].profile: is required for type \"simulator\"",
+        "sources[2].registers: is not used by type \"host\"",
+        "mqtt.tls.cert: client certificate /nonexistent/meter-c.crt: cannot read",
+        "sources[0].interval_ms: must be > 0",
+        "sources[0].registers[0].channel: \"Energy-Import\"",
+        "sources[0].registers[0].count: is 1 but type U32 occupies 2 register(s)",
+        "sources[0].registers[1].scale",
+        "sources[0].registers[2].channel: \"power\" is used twice",
+        "sources[0].registers[2].kind: f32 registers are approximate",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+
+    // The binary fails fast (exit code 2) and prints the same list.
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gridmeter-agent"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("problems:"), "{stderr}");
+    assert!(stderr.contains("colour: unknown field"), "{stderr}");
+    assert!(stderr.contains("is used twice"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_good_config_checks_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), &["meter-c"]).unwrap();
+    let tls = pki.device("meter-c");
+    let text = format!(
+        r#"device_id = "meter-c"
+metrics_listen = "127.0.0.1:9101"
+[mqtt]
+host = "broker.example"
+tls = {{ ca = "{}", cert = "{}", key = "{}" }}
+encoding = "json"
+[buffer]
+path = "/var/lib/gridmeter/buffer.sqlite"
+[[sources]]
+type = "host"
+[[sources]]
+type = "prometheus"
+url = "http://127.0.0.1:9100/metrics"
+include = ["http_requests_total"]
+[[sources]]
+type = "sunspec"
+address = "127.0.0.1:502"
+[[sources]]
+type = "simulator"
+profile = "household_meter"
+start = "2026-10-01T00:00:00Z"
+step_secs = 900
+speedup = 3600.0
+register_max = 99999999
+"#,
+        tls.ca.display(),
+        tls.cert.display(),
+        tls.key.display()
+    );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gridmeter-agent"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

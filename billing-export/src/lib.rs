@@ -1,1 +1,43 @@
-//! Placeholder: filled in by its issue.
+//! gridmeter-billing: registry + tariffs + usage -> statements, invoices, Green Button and a
+//! reconciliation the billing team can trust.
+//!
+//! - Reads `<data_root>/usage/15m/` (current revision per key) and `<data_root>/raw/` only
+//!   through the contract in ARCHITECTURE.md ([`tables`]).
+//! - Prices each device channel with the customer's tariff ([`tariff`]) in exact decimals,
+//!   rounding once per line ([`money`]).
+//! - Reconciles billed = usage = raw register difference ([`reconcile`]); any mismatch fails
+//!   the run and writes nothing but `_failed/reconciliation.csv`.
+//! - Writes `<out_dir>/exports/<period>/run-NNNN/` atomically; a later run of the same period
+//!   writes only adjustment lines against the previous run's ledger; same inputs give the
+//!   same bytes.
+//!
+//! ```no_run
+//! # use gridmeter_billing::*;
+//! let cfg = ExportConfig::load(std::path::Path::new("billing.toml"))?;
+//! let summary = run(&cfg, "2026-10".parse::<Period>().map_err(BillingError::Input)?)?;
+//! println!("{:?}", summary.run_dir);
+//! # Ok::<(), BillingError>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod espi;
+mod export;
+pub mod invoice;
+mod metrics;
+pub mod money;
+pub mod period;
+pub mod reconcile;
+pub mod registry;
+pub mod statement;
+pub mod tables;
+pub mod tariff;
+pub mod units;
+
+pub use config::ExportConfig;
+pub use error::BillingError;
+pub use export::{run, ExportSummary};
+pub use money::Rounding;
+pub use period::Period;
+pub use registry::{ChannelSpec, Customer, Device, Registry, Site};
+pub use tariff::{Component, Tariff, Tariffs};

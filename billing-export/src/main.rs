@@ -1,0 +1,91 @@
+//! `gridmeter-billing run --config billing.toml --period 2026-10 | --from D --to D`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+use gridmeter_billing::{run, ExportConfig, Period};
+
+#[derive(Parser)]
+#[command(
+    name = "gridmeter-billing",
+    about = "Billing export: statements, invoices, Green Button, reconciliation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Export one period (a local calendar month, or local dates [from, to)).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// YYYY-MM
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        period: Option<String>,
+        /// First local date (YYYY-MM-DD), inclusive.
+        #[arg(long, requires = "to")]
+        from: Option<NaiveDate>,
+        /// Last local date (YYYY-MM-DD), exclusive.
+        #[arg(long, requires = "from")]
+        to: Option<NaiveDate>,
+        /// Issue time written into invoices and feeds (RFC 3339); default: the period end.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            config,
+            period,
+            from,
+            to,
+            as_of,
+        } => {
+            let mut cfg = ExportConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            if as_of.is_some() {
+                cfg.as_of = as_of;
+            }
+            let period = match (period, from, to) {
+                (Some(p), None, None) => p.parse::<Period>().map_err(anyhow::Error::msg)?,
+                (None, Some(f), Some(t)) => {
+                    Period::range(f, t).context("--from must be before --to")?
+                }
+                _ => bail!("give --period YYYY-MM or --from and --to"),
+            };
+            let s = run(&cfg, period)?;
+            match &s.run_dir {
+                Some(d) => println!(
+                    "{} {}: {} lines ({} adjustments) for {} customers -> {}",
+                    s.period,
+                    s.run.as_deref().unwrap_or(""),
+                    s.statement_lines,
+                    s.adjustment_lines,
+                    s.customers,
+                    d.display()
+                ),
+                None => println!(
+                    "{}: no change since the last run; nothing written",
+                    s.period
+                ),
+            }
+            for (cur, t) in &s.totals {
+                println!("  total {cur} {t}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The registry: who is billed for which device channel, under which tariff, in which
+//! currency and time zone. TOML (see README.md); build it in code with the plain structs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use gridmeter_core::config::{Problems, Validate};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Customers, their sites and devices, and what each channel means.
+/// `Registry::default()` is empty but has the built-in [`default_channel_map`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    #[serde(default)]
+    pub customers: Vec<Customer>,
+    #[serde(default)]
+    pub sites: Vec<Site>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// Channel name -> billed quantity name, for devices that list no `channels` of their own.
+    /// Defaults to [`default_channel_map`].
+    #[serde(default = "default_channel_map")]
+    pub channel_map: BTreeMap<String, String>,
+    /// Counter register maximum for rollover, as configured in the aggregator
+    /// (`default_register_max`); the raw reconciliation must apply the same rules.
+    #[serde(default)]
+    pub default_register_max: Option<Decimal>,
+    /// Per channel name, like the aggregator's `[register_max]`.
+    #[serde(default)]
+    pub register_max: BTreeMap<String, Decimal>,
+    /// Meter swaps, like the aggregator's `[[meter_swaps]]`.
+    #[serde(default)]
+    pub meter_swaps: Vec<MeterSwap>,
+}
+
+/// A register replaced between two readings (same shape as the aggregator's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterSwap {
+    pub device_id: String,
+    pub channel: String,
+    pub at: DateTime<Utc>,
+    pub old_final: Decimal,
+    pub new_start: Decimal,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            customers: Vec::new(),
+            sites: Vec::new(),
+            devices: Vec::new(),
+            channel_map: default_channel_map(),
+            default_register_max: None,
+            register_max: BTreeMap::new(),
+            meter_swaps: Vec::new(),
+        }
+    }
+}
+
+/// The built-in mapping of well-known channel names to quantity names used by tariffs.
+pub fn default_channel_map() -> BTreeMap<String, String> {
+    [
+        ("energy_import", "import_energy"),
+        ("energy_export", "export_energy"),
+        ("energy_yield", "export_energy"),
+        ("cpu_seconds", "cpu"),
+        ("net_rx_bytes", "network"),
+        ("net_tx_bytes", "network"),
+        ("net.rx_bytes", "network"),
+        ("net.tx_bytes", "network"),
+        ("http_requests", "requests"),
+        ("memory_bytes", "memory"),
+        ("memory_used_bytes", "memory"),
+        ("water_volume", "water"),
+        ("gas_volume", "gas"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Key into the tariff file's `[tariffs.<name>]`.
+    pub tariff: String,
+    /// ISO 4217 code, e.g. "EUR".
+    pub currency: String,
+    /// Currency minor units (decimal places of amounts); 2 by default.
+    #[serde(default = "two")]
+    pub minor_units: u32,
+    /// Default tax rate for the customer's lines, e.g. "0.19".
+    #[serde(default)]
+    pub tax_rate: Decimal,
+    /// IANA time zone, e.g. "Europe/Berlin": periods, time-of-use and dates are local.
+    pub time_zone: String,
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub id: String,
+    pub customer: String,
+    #[serde(default)]
+    pub name: String,
+    /// When the site started/stopped being billed: RFC 3339 instant or local date
+    /// (`YYYY-MM-DD`, midnight in the customer's time zone). Unset: derived from its devices.
+    #[serde(default)]
+    pub installed: Option<String>,
+    #[serde(default)]
+    pub removed: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub id: String,
+    pub site: String,
+    /// Only usage windows starting in `[installed, removed)` are billed. RFC 3339 or local date.
+    #[serde(default)]
+    pub installed: Option<String>,
+    #[serde(default)]
+    pub removed: Option<String>,
+    /// CT/PT ratio: billed usage = measured usage × multiplier.
+    #[serde(default = "one")]
+    pub multiplier: Decimal,
+    /// Channel -> quantity mapping of this device; empty: the registry's `channel_map`.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelSpec>,
+}
+
+fn one() -> Decimal {
+    Decimal::ONE
+}
+
+/// What a channel of a device is billed as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// Quantity name tariffs refer to (e.g. `import_energy`).
+    pub quantity: String,
+    /// Register maximum of this counter (rollover); overrides the registry-wide settings.
+    #[serde(default)]
+    pub register_max: Option<Decimal>,
+}
+
+/// Parses an RFC 3339 instant or a local date (midnight in `tz`).
+pub fn parse_instant(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 instant nor a YYYY-MM-DD date"))?;
+    local_midnight(date, tz)
+}
+
+/// The first instant of local date `date` in `tz` (the earliest one if midnight is ambiguous,
+/// the first existing one if it does not exist).
+pub fn local_midnight(date: NaiveDate, tz: Tz) -> Result<DateTime<Utc>, String> {
+    let naive = date.and_hms_opt(0, 0, 0).ok_or("bad date")?;
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        chrono::LocalResult::Ambiguous(a, _) => Ok(a.with_timezone(&Utc)),
+        chrono::LocalResult::None => {
+            // Midnight skipped by a DST jump: the day starts at the first valid minute.
+            for m in 1..=180 {
+                let n = naive + chrono::Duration::minutes(m);
+                if let Some(t) = tz.from_local_datetime(&n).earliest() {
+                    return Ok(t.with_timezone(&Utc));
+                }
+            }
+            Err(format!("no local midnight on {date} in {tz}"))
+        }
+    }
+}
+
+impl Registry {
+    /// The counter rules of one device channel for the raw reconciliation.
+    pub fn counter_rules(
+        &self,
+        device: &str,
+        channel: &str,
+        spec: &ChannelSpec,
+    ) -> crate::reconcile::CounterRules {
+        crate::reconcile::CounterRules {
+            register_max: spec
+                .register_max
+                .or_else(|| self.register_max.get(channel).copied())
+                .or(self.default_register_max),
+            swaps: self
+                .meter_swaps
+                .iter()
+                .filter(|s| s.device_id == device && s.channel == channel)
+                .map(|s| (s.at.timestamp_micros(), s.old_final, s.new_start))
+                .collect(),
+        }
+    }
+
+    pub fn customer(&self, id: &str) -> Option<&Customer> {
+        self.customers.iter().find(|c| c.id == id)
+    }
+
+    /// The channel mapping of `device`.
+    pub fn channels_of(&self, device: &Device) -> BTreeMap<String, ChannelSpec> {
+        if !device.channels.is_empty() {
+            return device.channels.clone();
+        }
+        self.channel_map
+            .iter()
+            .map(|(ch, q)| {
+                (
+                    ch.clone(),
+                    ChannelSpec {
+                        quantity: q.clone(),
+                        register_max: None,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl Validate for Registry {
+    fn validate(&self, p: &mut Problems) {
+        let mut customers = BTreeMap::new();
+        for (i, c) in self.customers.iter().enumerate() {
+            let at = format!("customers[{i}]");
+            if c.id.is_empty() {
+                p.push(format!("{at}.id"), "must not be empty");
+            }
+            if customers.insert(c.id.as_str(), c).is_some() {
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate customer id {:?}", c.id),
+                );
+            }
+            if c.time_zone.parse::<Tz>().is_err() {
+                p.push(
+                    format!("{at}.time_zone"),
+                    format!("unknown time zone {:?}", c.time_zone),
+                );
+            }
+            if c.currency.len() != 3 || !c.currency.chars().all(|ch| ch.is_ascii_uppercase()) {
+                p.push(
+                    format!("{at}.currency"),
+                    "must be an ISO 4217 code like \"EUR\"",
+                );
+            }
+            if c.minor_units > 4 {
+                p.push(format!("{at}.minor_units"), "must be 0..=4");
+            }
+            if c.tax_rate.is_sign_negative() || c.tax_rate >= Decimal::ONE {
+                p.push(format!("{at}.tax_rate"), "must be in [0, 1)");
+            }
+        }
+        let mut sites = BTreeMap::new();
+        for (i, s) in self.sites.iter().enumerate() {
+            let at = format!("sites[{i}]");
+            if sites.insert(s.id.as_str(), s).is_some() {
+                p.push(format!("{at}.id"), format!("duplicate site id {:?}", s.id));
+            }
+            match customers.get(s.customer.as_str()) {
+                None => p.push(
+                    format!("{at}.customer"),
+                    format!("unknown customer {:?}", s.customer),
+                ),
+                Some(c) => {
+                    let tz = c.time_zone.parse::<Tz>().unwrap_or(Tz::UTC);
+                    for (k, v) in [("installed", &s.installed), ("removed", &s.removed)] {
+                        if let Some(Err(e)) = v.as_deref().map(|t| parse_instant(t, tz)) {
+                            p.push(format!("{at}.{k}"), e);
+                        }
+                    }
+                }
+            }
+        }
+        let mut devices = BTreeSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let at = format!("devices[{i}]");
+            if !devices.insert(d.id.as_str()) {
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate device id {:?}", d.id),
+                );
+            }
+            if gridmeter_core::DeviceId::new(d.id.clone()).is_err() {
+                p.push(format!("{at}.id"), "must match [A-Za-z0-9._-]{1,64}");
+            }
+            if d.multiplier <= Decimal::ZERO {
+                p.push(format!("{at}.multiplier"), "must be positive");
+            }
+            let tz = sites
+                .get(d.site.as_str())
+                .and_then(|s| customers.get(s.customer.as_str()))
+                .and_then(|c| c.time_zone.parse::<Tz>().ok());
+            match tz {
+                None if !sites.contains_key(d.site.as_str()) => {
+                    p.push(format!("{at}.site"), format!("unknown site {:?}", d.site))
+                }
+                _ => {
+                    let tz = tz.unwrap_or(Tz::UTC);
+                    let mut parsed = Vec::new();
+                    for (k, v) in [("installed", &d.installed), ("removed", &d.removed)] {
+                        match v.as_deref().map(|t| parse_instant(t, tz)) {
+                            Some(Err(e)) => p.push(format!("{at}.{k}"), e),
+                            Some(Ok(t)) => parsed.push(t),
+                            None => {}
+                        }
+                    }
+                    if let (Some(_), Some(_), [a, b]) =
+                        (&d.installed, &d.removed, parsed.as_slice())
+                    {
+                        if b <= a {
+                            p.push(format!("{at}.removed"), "must be after installed");
+                        }
+                    }
+                }
+            }
+            for ch in d.channels.keys() {
+                if gridmeter_core::Channel::new(ch.clone()).is_err() {
+                    p.push(format!("{at}.channels.{ch}"), "is not a valid channel name");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Statement lines and their CSV/Parquet form (the stable schema documented in README.md).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{DateTime, SecondsFormat, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BillingError;
+use crate::money::{fixed, QUALITY_SCALE, QUANTITY_SCALE};
+
+/// What a line is: a charge of a first export, or the difference against what was exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineType {
+    Charge,
+    Adjustment,
+}
+
+impl LineType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineType::Charge => "charge",
+            LineType::Adjustment => "adjustment",
+        }
+    }
+}
+
+/// One statement line. Money and quantities are exact decimals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub line_type: LineType,
+    pub customer_id: String,
+    pub site_id: String,
+    pub device_id: String,
+    pub channel: String,
+    /// Tariff component name; `tax` for tax lines.
+    pub component: String,
+    /// Time-of-use period, tier block, or month (fixed charges); empty otherwise.
+    pub band: String,
+    pub period: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub quantity: Decimal,
+    pub unit: String,
+    pub rate: Decimal,
+    pub amount: Decimal,
+    pub currency: String,
+    pub minor_units: u32,
+    pub tax_rate: Decimal,
+    /// The usage this line bills in the channel's unit, multiplier applied (reconciled).
+    pub usage_quantity: Decimal,
+    pub usage_unit: String,
+    /// Share of the usage that was estimated or interpolated, 0..1.
+    pub quality: Decimal,
+    /// Highest usage revision used.
+    pub revision: i64,
+    /// For adjustments: the revision previously exported.
+    pub previous_revision: Option<i64>,
+    pub peak_at: Option<DateTime<Utc>>,
+    pub peak_at_local: String,
+}
+
+impl Line {
+    /// Identity of a line across runs (for corrections).
+    pub fn key(&self) -> (String, String, String, String, String, String) {
+        (
+            self.customer_id.clone(),
+            self.site_id.clone(),
+            self.device_id.clone(),
+            self.channel.clone(),
+            self.component.clone(),
+            self.band.clone(),
+        )
+    }
+    pub fn is_tax(&self) -> bool {
+        self.component == "tax"
+    }
+}
+
+/// Column names of the statement files, in order.
+pub const COLUMNS: [&str; 24] = [
+    "run",
+    "line_type",
+    "customer_id",
+    "site_id",
+    "device_id",
+    "channel",
+    "component",
+    "band",
+    "period",
+    "period_start",
+    "period_end",
+    "quantity",
+    "unit",
+    "rate",
+    "amount",
+    "currency",
+    "tax_rate",
+    "usage_quantity",
+    "usage_unit",
+    "quality",
+    "revision",
+    "previous_revision",
+    "peak_at",
+    "peak_at_local",
+];
+
+pub fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// RFC 4180 field: quoted when it contains a comma, quote, CR or LF.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The CSV text (header + one row per line, CRLF line ends as RFC 4180 says).
+pub fn to_csv(run: &str, lines: &[Line]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push_str("\r\n");
+    for l in lines {
+        let fields = [
+            run.to_string(),
+            l.line_type.as_str().to_string(),
+            l.customer_id.clone(),
+            l.site_id.clone(),
+            l.device_id.clone(),
+            l.channel.clone(),
+            l.component.clone(),
+            l.band.clone(),
+            l.period.clone(),
+            iso(l.period_start),
+            iso(l.period_end),
+            fixed(l.quantity, QUANTITY_SCALE),
+            l.unit.clone(),
+            fixed(l.rate, QUANTITY_SCALE),
+            fixed(l.amount, l.minor_units),
+            l.currency.clone(),
+            fixed(l.tax_rate, 4),
+            fixed(l.usage_quantity, QUANTITY_SCALE),
+            l.usage_unit.clone(),
+            fixed(l.quality, QUALITY_SCALE),
+            l.revision.to_string(),
+            l.previous_revision
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            l.peak_at.map(iso).unwrap_or_default(),
+            l.peak_at_local.clone(),
+        ];
+        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&row.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// Arrow schema of `statement_lines.parquet`: strings, `Timestamp(µs, UTC)` and
+/// `Decimal128(38, 9)` for every decimal (amounts carry the currency's minor units).
+pub fn schema() -> SchemaRef {
+    let ts = gridmeter_core::schema::ts_type();
+    let dec = gridmeter_core::schema::VALUE_TYPE;
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        s("run"),
+        s("line_type"),
+        s("customer_id"),
+        s("site_id"),
+        s("device_id"),
+        s("channel"),
+        s("component"),
+        s("band"),
+        s("period"),
+        Field::new("period_start", ts.clone(), false),
+        Field::new("period_end", ts.clone(), false),
+        Field::new("quantity", dec.clone(), false),
+        s("unit"),
+        Field::new("rate", dec.clone(), false),
+        Field::new("amount", dec.clone(), false),
+        s("currency"),
+        Field::new("tax_rate", dec.clone(), false),
+        Field::new("usage_quantity", dec.clone(), false),
+        s("usage_unit"),
+        Field::new("quality", dec, false),
+        Field::new("revision", DataType::Int64, false),
+        Field::new("previous_revision", DataType::Int64, true),
+        Field::new("peak_at", ts, true),
+        s("peak_at_local"),
+    ]))
+}
+
+fn scaled(v: Decimal) -> Result<i128, BillingError> {
+    let r = v.round_dp(QUANTITY_SCALE);
+    gridmeter_core::decimal::to_scaled_i128(r).ok_or_else(|| {
+        BillingError::output(
+            "statement parquet",
+            format!("{v} does not fit Decimal128(38, 9)"),
+        )
+    })
+}
+
+/// The Parquet file bytes (zstd; deterministic for the same lines and library version).
+pub fn to_parquet(run: &str, lines: &[Line]) -> Result<Vec<u8>, BillingError> {
+    let schema = schema();
+    let mut strs: Vec<StringBuilder> = (0..13).map(|_| StringBuilder::new()).collect();
+    let dec = || Decimal128Builder::new().with_data_type(gridmeter_core::schema::VALUE_TYPE);
+    let mut decs: Vec<Decimal128Builder> = (0..6).map(|_| dec()).collect();
+    let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let (mut ps, mut pe, mut peak) = (ts(), ts(), ts());
+    let (mut rev, mut prev) = (Int64Builder::new(), Int64Builder::new());
+    for l in lines {
+        let s = [
+            run,
+            l.line_type.as_str(),
+            &l.customer_id,
+            &l.site_id,
+            &l.device_id,
+            &l.channel,
+            &l.component,
+            &l.band,
+            &l.period,
+            &l.unit,
+            &l.currency,
+            &l.usage_unit,
+            &l.peak_at_local,
+        ];
+        for (b, v) in strs.iter_mut().zip(s) {
+            b.append_value(v);
+        }
+        for (b, v) in decs.iter_mut().zip([
+            l.quantity,
+            l.rate,
+            l.amount,
+            l.tax_rate,
+            l.usage_quantity,
+            l.quality,
+        ]) {
+            b.append_value(scaled(v)?);
+        }
+        ps.append_value(l.period_start.timestamp_micros());
+        pe.append_value(l.period_end.timestamp_micros());
+        peak.append_option(l.peak_at.map(|t| t.timestamp_micros()));
+        rev.append_value(l.revision);
+        prev.append_option(l.previous_revision);
+    }
+    let mut s: Vec<ArrayRef> = strs
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    let mut d: Vec<ArrayRef> = decs
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    let mut take_s = |n: usize| -> Vec<ArrayRef> { s.drain(..n).collect() };
+    let mut first = take_s(9); // run .. period
+    first.push(Arc::new(ps.finish()));
+    first.push(Arc::new(pe.finish()));
+    let unit = take_s(1);
+    let currency = take_s(1);
+    let usage_unit = take_s(1);
+    let peak_local = take_s(1);
+    let mut dd = |n: usize| -> Vec<ArrayRef> { d.drain(..n).collect() };
+    let q_rate_amount = dd(3);
+    let tax_usage = dd(2);
+    let quality = dd(1);
+    let mut cols: Vec<ArrayRef> = first;
+    cols.push(q_rate_amount[0].clone());
+    cols.extend(unit);
+    cols.push(q_rate_amount[1].clone());
+    cols.push(q_rate_amount[2].clone());
+    cols.extend(currency);
+    cols.extend(tax_usage.iter().take(2).cloned());
+    cols.extend(usage_unit);
+    cols.extend(quality);
+    cols.push(Arc::new(rev.finish()));
+    cols.push(Arc::new(prev.finish()));
+    cols.push(Arc::new(peak.finish()));
+    cols.extend(peak_local);
+    let batch = RecordBatch::try_new(schema.clone(), cols)
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_created_by("gridmeter-billing".to_string())
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props))
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    w.write(&batch)
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    w.close()
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    Ok(buf)
+}

@@ -1,0 +1,262 @@
+//! Test fixtures: usage and raw Parquet written per `gridmeter_core::schema::{usage, raw}`.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
+};
+use chrono::{DateTime, Duration, Utc};
+use gridmeter_core::decimal::to_scaled_i128;
+use parquet::arrow::ArrowWriter;
+use rust_decimal::Decimal;
+
+pub fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+pub fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+#[derive(Clone)]
+pub struct UsageRow {
+    pub device: String,
+    pub channel: String,
+    pub kind: String,
+    pub unit: String,
+    pub start: DateTime<Utc>,
+    pub usage: Option<Decimal>,
+    pub avg: Option<Decimal>,
+    pub flags: String,
+    pub revision: i64,
+}
+
+#[derive(Clone)]
+pub struct RawRow {
+    pub device: String,
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    pub channel: String,
+    pub kind: String,
+    pub unit: String,
+    pub value: Decimal,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A counter channel with a reading at every 15-minute boundary from `start`: `per` holds
+/// each window's increment. Returns the raw readings (len + 1) and the usage rows (revision 1).
+pub fn counter(
+    device: &str,
+    channel: &str,
+    unit: &str,
+    start: DateTime<Utc>,
+    per: &[Decimal],
+    seq0: u64,
+) -> (Vec<RawRow>, Vec<UsageRow>) {
+    let mut raw = Vec::new();
+    let mut usage = Vec::new();
+    let mut v = d("1000");
+    for i in 0..=per.len() {
+        let ts = start + Duration::minutes(15 * i as i64);
+        raw.push(RawRow {
+            device: device.into(),
+            seq: seq0 + i as u64,
+            ts,
+            channel: channel.into(),
+            kind: "counter".into(),
+            unit: unit.into(),
+            value: v,
+            received_at: ts + Duration::seconds(5),
+        });
+        if i < per.len() {
+            usage.push(UsageRow {
+                device: device.into(),
+                channel: channel.into(),
+                kind: "counter".into(),
+                unit: unit.into(),
+                start: ts,
+                usage: Some(per[i]),
+                avg: None,
+                flags: String::new(),
+                revision: 1,
+            });
+            v += per[i];
+        }
+    }
+    (raw, usage)
+}
+
+/// A gauge channel's usage rows with the given time-weighted averages.
+pub fn gauge(
+    device: &str,
+    channel: &str,
+    unit: &str,
+    start: DateTime<Utc>,
+    avgs: &[Decimal],
+) -> Vec<UsageRow> {
+    avgs.iter()
+        .enumerate()
+        .map(|(i, a)| UsageRow {
+            device: device.into(),
+            channel: channel.into(),
+            kind: "gauge".into(),
+            unit: unit.into(),
+            start: start + Duration::minutes(15 * i as i64),
+            usage: None,
+            avg: Some(*a),
+            flags: String::new(),
+            revision: 1,
+        })
+        .collect()
+}
+
+fn dec(v: &[Option<Decimal>]) -> ArrayRef {
+    Arc::new(
+        Decimal128Array::from(
+            v.iter()
+                .map(|x| x.map(|x| to_scaled_i128(x).unwrap()))
+                .collect::<Vec<_>>(),
+        )
+        .with_precision_and_scale(38, 9)
+        .unwrap(),
+    )
+}
+
+fn ts(v: &[i64]) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(v.to_vec()).with_timezone("UTC"))
+}
+
+fn write(path: &Path, batch: RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Writes `rows` to `<root>/usage/15m/<name>.parquet`.
+pub fn write_usage(root: &Path, name: &str, rows: &[UsageRow]) {
+    let s = |f: &dyn Fn(&UsageRow) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let starts: Vec<i64> = rows.iter().map(|r| r.start.timestamp_micros()).collect();
+    let ends: Vec<i64> = starts.iter().map(|s| s + 900_000_000).collect();
+    let none: Vec<Option<Decimal>> = rows.iter().map(|_| None).collect();
+    let batch = RecordBatch::try_new(
+        gridmeter_core::schema::usage(),
+        vec![
+            s(&|r| r.device.clone()),
+            s(&|r| r.channel.clone()),
+            s(&|r| r.kind.clone()),
+            s(&|r| r.unit.clone()),
+            s(&|_| "15m".to_string()),
+            ts(&starts),
+            ts(&ends),
+            dec(&rows.iter().map(|r| r.usage).collect::<Vec<_>>()),
+            dec(&none),
+            dec(&none),
+            dec(&rows.iter().map(|r| r.avg).collect::<Vec<_>>()),
+            dec(&none),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|_| 1i64).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    starts.iter().map(|s| Some(*s)).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from(ends.iter().map(|s| Some(*s)).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
+            dec(&rows.iter().map(|_| Some(Decimal::ONE)).collect::<Vec<_>>()),
+            s(&|r| r.flags.clone()),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            )),
+            ts(&ends),
+        ],
+    )
+    .unwrap();
+    write(
+        &root.join("usage/15m").join(format!("{name}.parquet")),
+        batch,
+    );
+}
+
+/// Writes `rows` to `<root>/raw/date=<date>/<name>.parquet`.
+pub fn write_raw(root: &Path, date: &str, name: &str, rows: &[RawRow]) {
+    let s = |f: &dyn Fn(&RawRow) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let batch = RecordBatch::try_new(
+        gridmeter_core::schema::raw(),
+        vec![
+            s(&|r| r.device.clone()),
+            Arc::new(UInt64Array::from(
+                rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            )),
+            ts(&rows
+                .iter()
+                .map(|r| r.ts.timestamp_micros())
+                .collect::<Vec<_>>()),
+            s(&|r| r.channel.clone()),
+            s(&|r| r.kind.clone()),
+            s(&|r| r.unit.clone()),
+            dec(&rows.iter().map(|r| Some(r.value)).collect::<Vec<_>>()),
+            s(&|_| String::new()),
+            ts(&rows
+                .iter()
+                .map(|r| r.received_at.timestamp_micros())
+                .collect::<Vec<_>>()),
+        ],
+    )
+    .unwrap();
+    write(
+        &root
+            .join("raw")
+            .join(format!("date={date}"))
+            .join(format!("{name}.parquet")),
+        batch,
+    );
+}
+
+pub fn config(root: &Path, registry: &str, tariffs: &str) -> gridmeter_billing::ExportConfig {
+    let registry = gridmeter_core::config::parse(registry, "registry").unwrap();
+    let tariffs = gridmeter_core::config::parse(tariffs, "tariffs").unwrap();
+    gridmeter_billing::ExportConfig::new(root, root, registry, tariffs)
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn invoice(dir: &Path, customer: &str) -> serde_json::Value {
+    serde_json::from_str(&read(
+        &dir.join("invoices").join(format!("{customer}.json")),
+    ))
+    .unwrap()
+}
+
+/// The invoice lines as (component, band, quantity, amount).
+pub fn items(inv: &serde_json::Value) -> Vec<(String, String, String, String)> {
+    inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["component"].as_str().unwrap().to_string(),
+                l["band"].as_str().unwrap().to_string(),
+                l["quantity"].as_str().unwrap().to_string(),
+                l["amount"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

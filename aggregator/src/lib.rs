@@ -1,1 +1,498 @@
-//! Placeholder: filled in by its issue.
+//! gridmeter-aggregator: raw readings → usage that billing can trust.
+//!
+//! - [`run_once`]: incremental. Finds raw files not processed yet, advances the per-device
+//!   watermark (max event time − allowed lateness), recomputes the affected windows from
+//!   raw with DataFusion and commits the rows whose values changed (revision 1 for a new
+//!   key, n+1 flagged `late` for a restatement).
+//! - [`rebuild`]: the same computation for a time range of every device; it writes nothing
+//!   when the tables already hold what raw says.
+//! - [`current`]: the latest revision per key.
+//!
+//! The semantics of a window (counter interpolation, rollover, reset, coverage, gauges)
+//! are in [`series`]; the table layout and commit protocol in [`table`].
+
+pub mod config;
+pub mod metrics;
+mod parallel;
+pub mod raw;
+pub mod series;
+pub mod state;
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+
+pub use config::AggregatorConfig;
+pub use metrics::Metrics;
+pub use table::UsageRow;
+
+use config::{WindowSpec, DAY_US};
+use raw::{RawFile, RawFilter, SeriesData};
+use series::{Prepared, SeriesParams, Swap, LATE};
+
+/// What can go wrong while aggregating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("query: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("unexpected data: {0}")]
+    Schema(String),
+    #[error("state file: {0}")]
+    State(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub files_processed: usize,
+    pub readings_processed: u64,
+    pub late_readings: u64,
+    /// Rows written per window table.
+    pub rows_written: BTreeMap<String, usize>,
+    /// Rows written with revision > 1, per window table.
+    pub revisions: BTreeMap<String, usize>,
+    /// Committed versions per window table.
+    pub commits: BTreeMap<String, u64>,
+}
+
+/// Which windows of a device to recompute.
+#[derive(Debug, Clone, Copy)]
+struct DeviceRange {
+    /// Windows starting at or after this are recomputed.
+    from: i64,
+    /// Earliest new reading (incremental runs): windows overlapping the time since the
+    /// series' reading before it are recomputed too, since interpolation across that
+    /// step changes.
+    earliest_new: Option<i64>,
+    /// Windows ending after this are not recomputed (besides the watermark).
+    to: i64,
+}
+
+/// The opened data root: object store (writes, listings) and the absolute path DataFusion
+/// scans.
+struct Root {
+    store: Arc<dyn ObjectStore>,
+    path: PathBuf,
+}
+
+fn open(config: &AggregatorConfig) -> Result<Root, Error> {
+    std::fs::create_dir_all(&config.data_root)?;
+    let path = std::fs::canonicalize(&config.data_root)?;
+    let store = LocalFileSystem::new_with_prefix(&path)?;
+    Ok(Root {
+        store: Arc::new(store),
+        path,
+    })
+}
+
+fn check(config: &AggregatorConfig) -> Result<(), Error> {
+    let mut p = gridmeter_core::config::Problems::new();
+    gridmeter_core::config::Validate::validate(config, &mut p);
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(p.iter().collect::<Vec<_>>().join("; ")))
+    }
+}
+
+fn day_of(us: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_micros(us.div_euclid(DAY_US) * DAY_US)
+        .map(|d| d.date_naive())
+        .unwrap_or_default()
+}
+
+fn align_day(us: i64) -> i64 {
+    us.div_euclid(DAY_US) * DAY_US
+}
+
+/// Processes the raw files not processed yet and commits what changed.
+pub async fn run_once(config: &AggregatorConfig, metrics: &Metrics) -> Result<RunSummary, Error> {
+    let started = std::time::Instant::now();
+    let result = run_once_inner(config, metrics).await;
+    match &result {
+        Ok(s) => {
+            metrics.last_success.set(Utc::now().timestamp() as f64);
+            tracing::info!(
+                files = s.files_processed,
+                readings = s.readings_processed,
+                late = s.late_readings,
+                rows = ?s.rows_written,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "aggregation run done"
+            );
+        }
+        Err(e) => tracing::error!("aggregation run failed: {e}"),
+    }
+    result
+}
+
+async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<RunSummary, Error> {
+    check(config)?;
+    let root = open(config)?;
+    let ctx = raw::session();
+    let mut state = state::State::load(root.store.as_ref()).await?;
+    let all_files = raw::list_raw(root.store.as_ref()).await?;
+    let new_files: Vec<RawFile> = all_files
+        .iter()
+        .filter(|f| !state.processed.contains(&f.path))
+        .cloned()
+        .collect();
+    let mut summary = RunSummary {
+        files_processed: new_files.len(),
+        ..Default::default()
+    };
+    if new_files.is_empty() {
+        return Ok(summary);
+    }
+    let lateness = config.lateness_us();
+    let times = raw::device_times(&ctx, &root.path, &new_files).await?;
+    // Per device: windows from `lo` (day-aligned) up to the new watermark are recomputed.
+    let mut ranges: HashMap<String, DeviceRange> = HashMap::new();
+    for (device, ts) in &times {
+        let (Some(&min_new), Some(&max_new)) = (ts.iter().min(), ts.iter().max()) else {
+            continue;
+        };
+        summary.readings_processed += ts.len() as u64;
+        let old_max = state.watermarks.get(device).copied();
+        let old_wm = old_max.map(|m| m - lateness);
+        if let Some(wm) = old_wm {
+            summary.late_readings += ts.iter().filter(|&&t| t < wm).count() as u64;
+        }
+        let new_max = old_max.map_or(max_new, |m| m.max(max_new));
+        state.watermarks.insert(device.clone(), new_max);
+        // Windows that become final now start after the old watermark's day.
+        let from = align_day(old_wm.map_or(min_new, |w| w.min(min_new)));
+        ranges.insert(
+            device.clone(),
+            DeviceRange {
+                from,
+                earliest_new: Some(min_new),
+                to: new_max - lateness,
+            },
+        );
+    }
+    metrics
+        .readings_processed
+        .inc_by(summary.readings_processed);
+    metrics.late_readings.inc_by(summary.late_readings);
+    let watermarks: HashMap<String, i64> = ranges.iter().map(|(d, r)| (d.clone(), r.to)).collect();
+    recompute(
+        config,
+        &root,
+        &ctx,
+        &all_files,
+        &ranges,
+        &watermarks,
+        true,
+        metrics,
+        &mut summary,
+    )
+    .await?;
+    state
+        .processed
+        .extend(new_files.iter().map(|f| f.path.clone()));
+    state.save(root.store.as_ref()).await?;
+    if let Some(max_wm) = state.watermarks.values().map(|m| m - lateness).max() {
+        let lag = (Utc::now().timestamp_micros() - max_wm) as f64 / 1e6;
+        metrics.watermark_lag.set(lag);
+    }
+    Ok(summary)
+}
+
+/// Recomputes every device's windows that start in `[from, to)` from raw and commits the
+/// rows that differ from the tables (revision n+1, without the `late` flag). Windows that
+/// are not final yet (the device's watermark has not passed their end) are left out, as in
+/// [`run_once`], so a rebuild of unchanged raw writes nothing.
+pub async fn rebuild(
+    config: &AggregatorConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    metrics: &Metrics,
+) -> Result<RunSummary, Error> {
+    check(config)?;
+    let root = open(config)?;
+    let ctx = raw::session();
+    let all_files = raw::list_raw(root.store.as_ref()).await?;
+    let lateness = config.lateness_us();
+    let times = raw::device_times(&ctx, &root.path, &all_files).await?;
+    let mut ranges = HashMap::new();
+    let mut watermarks = HashMap::new();
+    let (from, to) = (from.timestamp_micros(), to.timestamp_micros());
+    for (device, ts) in times {
+        if let Some(&max) = ts.iter().max() {
+            watermarks.insert(device.clone(), max - lateness);
+            ranges.insert(
+                device,
+                DeviceRange {
+                    from,
+                    earliest_new: None,
+                    to,
+                },
+            );
+        }
+    }
+    let mut summary = RunSummary {
+        files_processed: all_files.len(),
+        ..Default::default()
+    };
+    recompute(
+        config,
+        &root,
+        &ctx,
+        &all_files,
+        &ranges,
+        &watermarks,
+        false,
+        metrics,
+        &mut summary,
+    )
+    .await?;
+    metrics.last_success.set(Utc::now().timestamp() as f64);
+    Ok(summary)
+}
+
+/// The current rows (latest revision per key) of one window table, sorted by key.
+pub async fn current(config: &AggregatorConfig, window: &str) -> Result<Vec<UsageRow>, Error> {
+    let root = open(config)?;
+    let ctx = raw::session();
+    let table = table::UsageTable::new(root.store.clone(), &root.path, window);
+    let mut rows: Vec<UsageRow> = table
+        .current(&ctx, None, None)
+        .await?
+        .into_values()
+        .collect();
+    rows.sort_by_key(UsageRow::key);
+    Ok(rows)
+}
+
+fn params_for(config: &AggregatorConfig, s: &SeriesData) -> SeriesParams {
+    let scaled = |d| gridmeter_core::decimal::to_scaled_i128(d);
+    SeriesParams {
+        kind: s.kind,
+        register_max: config.register_max_for(&s.channel).and_then(scaled),
+        swaps: config
+            .meter_swaps
+            .iter()
+            .filter(|m| m.device_id == s.device_id && m.channel == s.channel)
+            .filter_map(|m| {
+                Some(Swap {
+                    at: m.at.timestamp_micros(),
+                    old_final: scaled(m.old_final)?,
+                    new_start: scaled(m.new_start)?,
+                })
+            })
+            .collect(),
+        max_gap_us: config.max_gap_us(),
+    }
+}
+
+/// Loads the raw series of the devices in `ranges` with enough history before each range
+/// that every window computed is fully determined by what was loaded; returns each series
+/// with the start of its windows to recompute.
+async fn load_with_context(
+    root: &Root,
+    ctx: &datafusion::prelude::SessionContext,
+    files: &[RawFile],
+    ranges: &HashMap<String, DeviceRange>,
+) -> Result<Vec<(SeriesData, i64)>, Error> {
+    let lowest = |r: &DeviceRange| r.earliest_new.map_or(r.from, |t| r.from.min(align_day(t)));
+    let Some(min_lo) = ranges.values().map(lowest).min() else {
+        return Ok(Vec::new());
+    };
+    let cut = day_of(min_lo) - chrono::Days::new(1);
+    let (early, late): (Vec<RawFile>, Vec<RawFile>) =
+        files.iter().cloned().partition(|f| f.date < cut);
+    let devices: HashSet<String> = ranges.keys().cloned().collect();
+    let filter = RawFilter {
+        devices: Some(devices),
+        ..Default::default()
+    };
+    let mut series = raw::load_series(ctx, &root.path, &late, &filter).await?;
+    // Where each series' recomputation starts, and whether the loaded readings reach back
+    // far enough to determine that window's start boundary.
+    let start_of = |s: &SeriesData| -> Option<(i64, bool)> {
+        let r = ranges.get(&s.device_id)?;
+        let from = match r.earliest_new {
+            None => r.from,
+            Some(t) => {
+                let before = s.points.partition_point(|p| p.ts < t);
+                let prev = if before > 0 {
+                    s.points[before - 1].ts
+                } else {
+                    t
+                };
+                r.from.min(align_day(prev))
+            }
+        };
+        let enough = s.points.first().is_some_and(|p| p.ts <= from);
+        Some((from, enough))
+    };
+    let need_more: HashSet<String> = series
+        .iter()
+        .filter(|s| start_of(s).is_some_and(|(_, enough)| !enough))
+        .map(|s| s.device_id.clone())
+        .collect();
+    if !need_more.is_empty() && !early.is_empty() {
+        let filter = RawFilter {
+            devices: Some(need_more),
+            ..Default::default()
+        };
+        let older = raw::load_series(ctx, &root.path, &early, &filter).await?;
+        let mut index: HashMap<(String, String), usize> = series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.device_id.clone(), s.channel.clone()), i))
+            .collect();
+        for o in older {
+            match index.get(&(o.device_id.clone(), o.channel.clone())) {
+                Some(&i) => {
+                    series[i].points.extend(o.points);
+                    series::dedup_and_sort(&mut series[i].points);
+                }
+                None => {
+                    index.insert((o.device_id.clone(), o.channel.clone()), series.len());
+                    series.push(o);
+                }
+            }
+        }
+    }
+    Ok(series
+        .into_iter()
+        .filter_map(|s| {
+            let (from, _) = start_of(&s)?;
+            Some((s, from))
+        })
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn recompute(
+    config: &AggregatorConfig,
+    root: &Root,
+    ctx: &datafusion::prelude::SessionContext,
+    files: &[RawFile],
+    ranges: &HashMap<String, DeviceRange>,
+    watermarks: &HashMap<String, i64>,
+    mark_late: bool,
+    metrics: &Metrics,
+    summary: &mut RunSummary,
+) -> Result<(), Error> {
+    let series = load_with_context(root, ctx, files, ranges).await?;
+    let specs = config.window_specs();
+    let computed_at = Utc::now().timestamp_micros();
+    let computed: Vec<(usize, UsageRow)> = parallel::flat_map(&series, |(s, from)| {
+        let Some(range) = ranges.get(&s.device_id) else {
+            return Vec::new();
+        };
+        let wm = watermarks.get(&s.device_id).copied().unwrap_or(i64::MIN);
+        let to = range.to.min(wm);
+        let params = params_for(config, s);
+        let prepared = Prepared::new(&s.points, &params);
+        let mut out = Vec::new();
+        for (wi, spec) in specs.iter().enumerate() {
+            for w in prepared.windows(spec.size_us, *from, to) {
+                out.push((wi, to_row(s, spec, w, computed_at)));
+            }
+        }
+        out
+    });
+    let min_from = series.iter().map(|(_, f)| *f).min();
+    let devices: HashSet<String> = ranges.keys().cloned().collect();
+    let mut by_window: Vec<Vec<UsageRow>> = specs.iter().map(|_| Vec::new()).collect();
+    for (wi, row) in computed {
+        by_window[wi].push(row);
+    }
+    for (spec, rows) in specs.iter().zip(by_window) {
+        let table = table::UsageTable::new(root.store.clone(), &root.path, &spec.name);
+        let current = if rows.is_empty() {
+            HashMap::new()
+        } else {
+            table.current(ctx, Some(&devices), min_from).await?
+        };
+        let mut changed = Vec::new();
+        for mut row in rows {
+            match current.get(&row.key()) {
+                Some(cur) if cur.same_values(&row) => {}
+                Some(cur) => {
+                    row.revision = cur.revision + 1;
+                    if mark_late {
+                        row.flags |= LATE;
+                    }
+                    changed.push(row);
+                }
+                None => changed.push(row),
+            }
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        let revisions = changed.iter().filter(|r| r.revision > 1).count();
+        let n = changed.len();
+        let timer = metrics.commit_duration.start_timer();
+        let op = if mark_late { "run" } else { "rebuild" };
+        let version = match table.commit(changed, op).await {
+            Ok(v) => v,
+            Err(e) => {
+                metrics.commit_errors.inc();
+                return Err(e);
+            }
+        };
+        timer.observe_duration();
+        metrics.commits.with_label_values(&[&spec.name]).inc();
+        metrics
+            .revisions
+            .with_label_values(&[&spec.name])
+            .inc_by(revisions as u64);
+        tracing::info!(window = %spec.name, version, rows = n, revisions, "committed");
+        *summary.rows_written.entry(spec.name.clone()).or_default() += n;
+        *summary.revisions.entry(spec.name.clone()).or_default() += revisions;
+        summary.commits.insert(spec.name.clone(), version);
+    }
+    Ok(())
+}
+
+fn to_row(
+    s: &SeriesData,
+    spec: &WindowSpec,
+    w: series::WindowValues,
+    computed_at: i64,
+) -> UsageRow {
+    UsageRow {
+        device_id: s.device_id.clone(),
+        channel: s.channel.clone(),
+        kind: s.kind.as_str().to_string(),
+        unit: s.unit.clone(),
+        window: spec.name.clone(),
+        window_start: w.start,
+        window_end: w.end,
+        usage: w.usage,
+        min: w.min,
+        max: w.max,
+        avg: w.avg,
+        last: w.last,
+        readings: w.readings,
+        first_ts: w.first_ts,
+        last_ts: w.last_ts,
+        coverage: w.coverage,
+        flags: w.flags,
+        revision: 1,
+        computed_at,
+    }
+}

@@ -56,6 +56,10 @@ pub struct CollectorConfig {
     /// (measured on the WAL's received_at clock, so replay declares the same holes).
     #[serde(default = "default_missing_after_secs")]
     pub missing_after_secs: u64,
+    /// A reading whose `ts` is more than this after the collector's `received_at` is kept
+    /// but flagged `clock_suspect` (the device clock runs ahead). See the README.
+    #[serde(default = "default_clock_skew_tolerance_secs")]
+    pub clock_skew_tolerance_secs: u64,
     /// Detect holes at all. Default: on without a share group, off with one (each member
     /// of a shared subscription sees only part of every device's seqs).
     #[serde(default)]
@@ -202,6 +206,9 @@ fn default_group_commit_max_messages() -> usize {
 fn default_missing_after_secs() -> u64 {
     300
 }
+fn default_clock_skew_tolerance_secs() -> u64 {
+    300
+}
 fn default_port() -> u16 {
     8883
 }
@@ -229,6 +236,7 @@ impl CollectorConfig {
             flush_interval_ms: default_flush_interval_ms(),
             group_commit_max_messages: default_group_commit_max_messages(),
             missing_after_secs: default_missing_after_secs(),
+            clock_skew_tolerance_secs: default_clock_skew_tolerance_secs(),
             detect_missing: None,
             metrics_listen: None,
             limits: LimitsConfig::default(),

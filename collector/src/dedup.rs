@@ -63,6 +63,25 @@ impl IntervalSet {
         self.ranges.splice(lo..hi, [(s, e)]);
     }
 
+    /// Removes `[a, b]` (a ≤ b), splitting a range that straddles it.
+    pub fn remove_range(&mut self, a: u64, b: u64) {
+        let (a, b) = (a.min(b), a.max(b));
+        let mut kept = Vec::with_capacity(self.ranges.len() + 1);
+        for &(s, e) in &self.ranges {
+            if e < a || s > b {
+                kept.push((s, e));
+                continue;
+            }
+            if s < a {
+                kept.push((s, a - 1));
+            }
+            if e > b {
+                kept.push((b + 1, e));
+            }
+        }
+        self.ranges = kept;
+    }
+
     pub fn min(&self) -> Option<u64> {
         self.ranges.first().map(|r| r.0)
     }

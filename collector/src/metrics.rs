@@ -21,6 +21,7 @@ pub struct Metrics {
     pub readings_rejected: IntCounterVec,
     pub readings_duplicate: IntCounter,
     pub gap_seqs: IntCounterVec,
+    pub clock_suspect_readings: IntCounter,
     pub landing_latency_seconds: Histogram,
     pub transmission_delay_seconds: Histogram,
     pub devices_seen: IntGauge,
@@ -76,6 +77,10 @@ impl Metrics {
                 "gridmeter_collector_gap_seqs_total",
                 "Seqs reported lost by agents (buffer_full, buffer_corrupt) or never seen (missing)",
                 "reason",
+            )?,
+            clock_suspect_readings: counter(
+                "gridmeter_collector_clock_suspect_readings_total",
+                "Accepted readings whose ts is more than clock_skew_tolerance_secs after received_at (flagged clock_suspect)",
             )?,
             landing_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -136,6 +141,7 @@ impl Metrics {
         registry.register(Box::new(m.readings_rejected.clone()))?;
         registry.register(Box::new(m.readings_duplicate.clone()))?;
         registry.register(Box::new(m.gap_seqs.clone()))?;
+        registry.register(Box::new(m.clock_suspect_readings.clone()))?;
         registry.register(Box::new(m.landing_latency_seconds.clone()))?;
         registry.register(Box::new(m.transmission_delay_seconds.clone()))?;
         registry.register(Box::new(m.devices_seen.clone()))?;

@@ -97,6 +97,7 @@ pub async fn run(
     let landing = Landing::new(store, local_root, config.collector_id.clone());
     let limits: Limits = config.limits.into();
     let missing_after_us = (config.missing_after_secs as i64).saturating_mul(1_000_000);
+    let skew_us = (config.clock_skew_tolerance_secs as i64).saturating_mul(1_000_000);
     let detect_missing = config.detect_missing();
 
     // 1. Recovery: land every WAL segment the checkpoint does not cover.
@@ -104,6 +105,7 @@ pub async fn run(
         &config.wal_dir,
         &landing,
         &limits,
+        skew_us,
         detect_missing,
         missing_after_us,
     )
@@ -172,6 +174,7 @@ pub async fn run(
         let ingest = Ingest {
             wal_dir: config.wal_dir.clone(),
             limits,
+            skew_us,
             group_max: config.group_commit_max_messages,
             flush_max_readings: config.flush_max_readings,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
@@ -272,6 +275,7 @@ async fn recover(
     wal_dir: &Path,
     landing: &Landing,
     limits: &Limits,
+    skew_us: i64,
     detect_missing: bool,
     missing_after_us: i64,
 ) -> Result<(DedupState, u64), CollectorError> {
@@ -289,7 +293,7 @@ async fn recover(
         let contents = wal::recover_segment(&path).map_err(wal_err(&path))?;
         let mut out = SegmentOutput::default();
         for rec in &contents.records {
-            process::process(&mut state, rec, limits, &mut out, None);
+            process::process(&mut state, rec, limits, skew_us, &mut out, None);
         }
         if detect_missing {
             process::declare_missing(&mut state, missing_after_us, &mut out, None);
@@ -319,6 +323,8 @@ async fn recover(
 struct Ingest {
     wal_dir: PathBuf,
     limits: Limits,
+    /// `clock_skew_tolerance_secs` in µs.
+    skew_us: i64,
     group_max: usize,
     flush_max_readings: usize,
     flush_interval: Duration,
@@ -385,7 +391,14 @@ impl Ingest {
                 self.metrics.bytes_written.inc_by(n);
                 self.metrics.wal_bytes.add(n as i64);
                 for rec in &records {
-                    process::process(&mut state, rec, &self.limits, &mut out, Some(&self.metrics));
+                    process::process(
+                        &mut state,
+                        rec,
+                        &self.limits,
+                        self.skew_us,
+                        &mut out,
+                        Some(&self.metrics),
+                    );
                 }
                 let publishes: Vec<rumqttc::Publish> =
                     group.iter().map(|m| m.publish.clone()).collect();
@@ -517,7 +530,9 @@ mod tests {
         drop(w);
         let seg2 = std::fs::read(wal::segment_path(&wal_dir, 2)).unwrap();
         // Simulate: segment 1 landed + checkpointed, then segment 2's files written, crash.
-        let (state, next) = recover(&wal_dir, &landing, &limits, true, 1).await.unwrap();
+        let (state, next) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
+            .await
+            .unwrap();
         assert_eq!(next, 3);
         let after_first = files(&data);
         let cp_full = checkpoint::load(&wal_dir).unwrap();
@@ -525,8 +540,22 @@ mod tests {
         // Roll the checkpoint back to "segment 1 only" and put segment 2 back.
         let mut st1 = DedupState::default();
         let mut out = SegmentOutput::default();
-        process::process(&mut st1, &rec("a", 1..=10, 1), &limits, &mut out, None);
-        process::process(&mut st1, &rec("b", 1..=5, 2), &limits, &mut out, None);
+        process::process(
+            &mut st1,
+            &rec("a", 1..=10, 1),
+            &limits,
+            300_000_000,
+            &mut out,
+            None,
+        );
+        process::process(
+            &mut st1,
+            &rec("b", 1..=5, 2),
+            &limits,
+            300_000_000,
+            &mut out,
+            None,
+        );
         process::declare_missing(&mut st1, 1, &mut out, None);
         checkpoint::store(
             &wal_dir,
@@ -537,7 +566,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(wal::segment_path(&wal_dir, 2), &seg2).unwrap();
-        let (state2, next2) = recover(&wal_dir, &landing, &limits, true, 1).await.unwrap();
+        let (state2, next2) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
+            .await
+            .unwrap();
         assert_eq!((state2, next2), (state, 3));
         assert_eq!(
             files(&data),

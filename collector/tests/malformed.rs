@@ -64,6 +64,12 @@ async fn malformed_payloads_are_dead_lettered_and_neighbours_survive() {
         p.publish_batch(&batch("dev-a", next..next + 10)).await;
         next += 10;
     }
+    // One reading from a device clock a day ahead: kept, flagged clock_suspect.
+    let ahead_seq = next;
+    let mut ahead = batch("dev-a", next..next + 1);
+    ahead.readings[0].ts = chrono::Utc::now() + chrono::Duration::days(1);
+    p.publish_batch(&ahead).await;
+    next += 1;
     p.wait_acked(Duration::from_secs(60)).await;
     p.close().await;
     let expect_raw = next - 1;
@@ -109,6 +115,18 @@ async fn malformed_payloads_are_dead_lettered_and_neighbours_survive() {
         counter(&registry, "gridmeter_collector_readings_accepted_total"),
         expect_raw as f64
     );
+    assert_eq!(
+        counter(
+            &registry,
+            "gridmeter_collector_clock_suspect_readings_total"
+        ),
+        1.0
+    );
+    let flagged = python(&format!(
+        "{READ_TABLE}\nt = table({:?}, 'raw')\nprint(sorted(s for s, q in zip(t.column('seq').to_pylist(), t.column('quality').to_pylist()) if 'clock_suspect' in q))\n",
+        data.display().to_string()
+    ));
+    assert_eq!(flagged.trim(), format!("[{ahead_seq}]"));
 }
 
 /// `reason\ttopic\tpayload_len\tdetail` per dead letter.

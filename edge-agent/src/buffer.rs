@@ -28,9 +28,37 @@
 //! are deleted in the same transaction, and their seqs are recorded as gap records
 //! (`buffer_full`), merging adjacent ranges. Gap records travel in the `gaps` field of the
 //! next batches and are deleted only on that batch's PUBACK.
+//!
+//! # Corruption and the seq lease
+//! Seqs are reserved in blocks of [`lease::BLOCK`] in a side file `<path>.seq` (see
+//! [`crate::lease`]) *before* a transaction that hands them out commits, so the lease's
+//! `end` is above every seq ever given out, whatever happens to the SQLite file.
+//!
+//! The buffer is *corrupt* when opening or reading it fails with `SQLITE_CORRUPT` /
+//! `SQLITE_NOTADB`, or `PRAGMA quick_check` does not answer `ok` at open. Then the agent
+//! renames it (and its `-wal`/`-shm`) to `<path>.corrupt-<UTC timestamp>`, logs an ERROR
+//! naming that file, counts `gridmeter_agent_buffer_corruptions_total` and continues with
+//! a fresh buffer. A buffer that is *lost* (a fresh, empty database while a lease exists:
+//! the file was set aside, deleted or truncated to zero bytes) continues as follows:
+//!
+//! - the first new seq is the lease's `end` (never below any seq handed out before);
+//! - a gap record `buffer_corrupt` is queued for `low ..= end - 1`, where `low` is the
+//!   lease's low-water mark: the lowest seq that was unsent (a buffered reading or a
+//!   pending gap record) when the lease was last written (at every open and every block
+//!   renewal), so every reading that may have been lost is inside the range. It may also
+//!   cover seqs that were delivered after that write or never handed out (the collector
+//!   simply records them as lost from the agent's side; seqs it already has stay landed).
+//! - Without a lease file (a buffer from before the lease existed that is then found
+//!   corrupt) nothing bounds the old seqs: the agent starts at the current UTC time in
+//!   microseconds (above any count of readings it could have produced) and sends no gap
+//!   record; the ERROR says so.
+//!
+//! Corruption found while running (an insert, a batch read or an ack failing with
+//! `SQLITE_CORRUPT`/`SQLITE_NOTADB`) is handled the same way, then the operation is
+//! retried once on the fresh buffer.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -38,6 +66,7 @@ use gridmeter_core::{Channel, Gap, GapReason, Kind, Quality, Reading};
 use rusqlite::{params, Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
+use crate::lease::{self, Lease};
 use crate::sources::Sample;
 
 /// Fixed per-row part of the logical size.
@@ -57,6 +86,35 @@ pub enum BufferError {
     },
     #[error("buffer: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("buffer {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl BufferError {
+    fn is_corrupt(&self) -> bool {
+        match self {
+            BufferError::Open { source, .. } | BufferError::Sql(source) => is_corrupt(source),
+            BufferError::Io { .. } => false,
+        }
+    }
+}
+
+/// `SQLITE_CORRUPT` or `SQLITE_NOTADB`: the file is not (any more) a usable database.
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> BufferError + '_ {
+    move |source| BufferError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// What an insert did.
@@ -90,6 +148,10 @@ pub struct Stats {
 
 pub struct Buffer {
     conn: Connection,
+    path: PathBuf,
+    lease: Lease,
+    /// Corrupt buffer files set aside by this `Buffer` (at open and while running).
+    corruptions: u64,
     next_seq: u64,
     rows: u64,
     bytes: u64,
@@ -121,8 +183,33 @@ CREATE TABLE IF NOT EXISTS gaps (
 ";
 
 impl Buffer {
-    /// Opens (or creates) the buffer at `path`.
+    /// Opens (or creates) the buffer at `path`. A corrupt file is set aside and replaced by
+    /// a fresh buffer (see the module docs); a lost buffer continues above the seq lease.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Buffer, BufferError> {
+        Buffer::open_counting(path, max_bytes, 0)
+    }
+
+    fn open_counting(
+        path: &Path,
+        max_bytes: u64,
+        mut corruptions: u64,
+    ) -> Result<Buffer, BufferError> {
+        let lease_path = lease::path_for(path);
+        let old_lease = lease::read(&lease_path).map_err(io_err(&lease_path))?;
+        let conn = match Buffer::open_checked(path) {
+            Ok(c) => c,
+            Err(e) if e.is_corrupt() => {
+                set_aside(path, &e)?;
+                corruptions += 1;
+                Buffer::open_checked(path)?
+            }
+            Err(e) => return Err(e),
+        };
+        Buffer::from_conn(conn, path, max_bytes, old_lease, corruptions)
+    }
+
+    /// Opens the SQLite file and checks it (`quick_check`), creating the schema.
+    fn open_checked(path: &Path) -> Result<Connection, BufferError> {
         let open_err = |source| BufferError::Open {
             path: path.display().to_string(),
             source,
@@ -138,7 +225,26 @@ impl Buffer {
         }
         conn.execute_batch("PRAGMA synchronous=FULL;")
             .map_err(open_err)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if check != "ok" {
+            return Err(open_err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!("quick_check: {check}")),
+            )));
+        }
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(conn)
+    }
+
+    fn from_conn(
+        conn: Connection,
+        path: &Path,
+        max_bytes: u64,
+        old_lease: Option<Lease>,
+        corruptions: u64,
+    ) -> Result<Buffer, BufferError> {
         let meta: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
                 r.get(0)
@@ -158,8 +264,56 @@ impl Buffer {
         .max()
         .unwrap_or(1)
         .max(1) as u64;
+        let empty = meta.is_none() && max_row.is_none() && max_gap.is_none();
+        let next_seq = match (empty, old_lease) {
+            (true, Some(l)) if l.end > 1 => {
+                // Lost buffer: continue above the lease and report what may be gone.
+                let low = l.low.max(1);
+                let gap = (low < l.end).then_some((low, l.end - 1));
+                let tx = conn.unchecked_transaction()?;
+                if let Some((a, b)) = gap {
+                    tx.execute(
+                        "INSERT INTO gaps (from_seq, to_seq, reason) VALUES (?1, ?2, 'buffer_corrupt')",
+                        params![a as i64, b as i64],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)",
+                    [l.end as i64],
+                )?;
+                tx.commit()?;
+                tracing::error!(
+                    "buffer {}: previous contents lost (corrupt, deleted or truncated); \
+                     continuing with a fresh buffer from seq {} (seq lease); gap {} reported as buffer_corrupt",
+                    path.display(),
+                    l.end,
+                    gap.map_or_else(|| "none".to_string(), |(a, b)| format!("{a}..={b}")),
+                );
+                l.end
+            }
+            (true, None) if corruptions > 0 => {
+                let start = Utc::now().timestamp_micros().max(1) as u64;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('next_seq', ?1)",
+                    [start as i64],
+                )?;
+                tracing::error!(
+                    "buffer {}: corrupt and no seq lease to bound earlier seqs; continuing \
+                     from seq {start} (UTC µs) so none is reused; no gap record can be sent",
+                    path.display(),
+                );
+                start
+            }
+            _ => next_seq,
+        };
         let mut buffer = Buffer {
             conn,
+            path: path.to_path_buf(),
+            lease: Lease {
+                end: old_lease.map_or(next_seq, |l| l.end.max(next_seq)),
+                low: next_seq,
+            },
+            corruptions,
             next_seq,
             rows: 0,
             bytes: 0,
@@ -170,7 +324,50 @@ impl Buffer {
             taken: 0,
         };
         buffer.recount()?;
+        let low = low_water(&buffer.conn, next_seq)?;
+        buffer.write_lease(Lease {
+            end: buffer.lease.end,
+            low,
+        })?;
         Ok(buffer)
+    }
+
+    fn write_lease(&mut self, l: Lease) -> Result<(), BufferError> {
+        let p = lease::path_for(&self.path);
+        lease::write(&p, l).map_err(io_err(&p))?;
+        self.lease = l;
+        Ok(())
+    }
+
+    /// Corrupt buffer files set aside so far (for `gridmeter_agent_buffer_corruptions_total`).
+    pub fn corruptions(&self) -> u64 {
+        self.corruptions
+    }
+
+    /// The seq lease as last written.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// Runs `op`; if it fails because the database is corrupt, sets the file aside, continues
+    /// with a fresh buffer (see the module docs) and runs `op` once more.
+    fn recovering<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Buffer) -> Result<T, BufferError>,
+    ) -> Result<T, BufferError> {
+        match op(self) {
+            Err(e) if e.is_corrupt() => {
+                // Close the damaged connection before renaming its files.
+                let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+                drop(old);
+                set_aside(&self.path, &e)?;
+                let fresh =
+                    Buffer::open_counting(&self.path, self.max_bytes, self.corruptions + 1)?;
+                *self = fresh;
+                op(self)
+            }
+            r => r,
+        }
     }
 
     /// The seq the next reading will get.
@@ -181,6 +378,10 @@ impl Buffer {
     /// Stores readings in one transaction, assigning seqs and advancing the persisted
     /// counter in that same transaction; then enforces the disk budget.
     pub fn insert(&mut self, samples: &[Sample]) -> Result<Inserted, BufferError> {
+        self.recovering(|b| b.insert_once(samples))
+    }
+
+    fn insert_once(&mut self, samples: &[Sample]) -> Result<Inserted, BufferError> {
         if samples.is_empty() {
             return Ok(Inserted::default());
         }
@@ -251,6 +452,16 @@ impl Buffer {
                 }
             }
         }
+        if seq > self.lease.end {
+            // Reserve the next block before any of these seqs can be handed out.
+            let l = Lease {
+                end: seq + lease::BLOCK,
+                low: low_water(&tx, first)?,
+            };
+            let p = lease::path_for(&self.path);
+            lease::write(&p, l).map_err(io_err(&p))?;
+            self.lease = l;
+        }
         let mut new_gap_ids = Vec::new();
         for (from, to) in runs(&dropped) {
             let mergeable: Option<i64> = {
@@ -292,6 +503,14 @@ impl Buffer {
     /// if nothing is waiting. Rows that cannot be decoded are removed and reported as a
     /// `buffer_corrupt` gap.
     pub fn next_batch(
+        &mut self,
+        max_readings: usize,
+        live_every: u32,
+    ) -> Result<Option<OutBatch>, BufferError> {
+        self.recovering(|b| b.next_batch_once(max_readings, live_every))
+    }
+
+    fn next_batch_once(
         &mut self,
         max_readings: usize,
         live_every: u32,
@@ -427,6 +646,10 @@ impl Buffer {
 
     /// The broker acknowledged `batch`: delete its readings and gap records.
     pub fn ack(&mut self, batch: &OutBatch) -> Result<(), BufferError> {
+        self.recovering(|b| b.ack_once(batch))
+    }
+
+    fn ack_once(&mut self, batch: &OutBatch) -> Result<(), BufferError> {
         self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         let tx = self.conn.transaction()?;
         let mut deleted = 0u64;
@@ -496,6 +719,47 @@ impl Buffer {
             oldest_ts: oldest.and_then(DateTime::from_timestamp_micros),
         })
     }
+}
+
+/// Lowest seq still unsent: a buffered reading or a pending gap record (`default` if none).
+fn low_water(conn: &Connection, default: u64) -> Result<u64, BufferError> {
+    let (r, g): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT MIN(seq) FROM readings), (SELECT MIN(from_seq) FROM gaps)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok([r, g]
+        .into_iter()
+        .flatten()
+        .map(|v| v.max(1) as u64)
+        .fold(default, u64::min))
+}
+
+/// Renames a corrupt buffer (and its `-wal`/`-shm`) to `<path>.corrupt-<UTC timestamp>`
+/// and logs where it went.
+fn set_aside(path: &Path, why: &BufferError) -> Result<(), BufferError> {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let mut dest = path.as_os_str().to_owned();
+    dest.push(format!(".corrupt-{stamp}"));
+    let dest = PathBuf::from(dest);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = dest.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(Path::new(&from))(e)),
+        }
+    }
+    lease::sync_dir(path).map_err(io_err(path))?;
+    tracing::error!(
+        "buffer {} is corrupt ({why}); moved to {} (with its -wal/-shm); continuing with a fresh buffer",
+        path.display(),
+        dest.display()
+    );
+    Ok(())
 }
 
 /// Consecutive runs of sorted seqs as `(from, to)` ranges.
@@ -654,6 +918,122 @@ mod tests {
         assert_eq!(batch.readings[0].seq, dropped + 1);
         b.ack(&batch).unwrap();
         assert_eq!(b.stats().unwrap().gaps_pending, 0);
+    }
+
+    fn remove_db(path: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+
+    fn pending_gaps(b: &mut Buffer) -> Vec<(u64, u64, GapReason)> {
+        b.release_inflight();
+        let batch = b.next_batch(1, 0).unwrap().unwrap();
+        b.release_inflight();
+        batch
+            .gaps
+            .iter()
+            .map(|(_, g)| (g.from_seq, g.to_seq, g.reason))
+            .collect()
+    }
+
+    #[test]
+    fn lease_survives_a_deleted_database_and_bounds_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite");
+        let mut b = Buffer::open(&path, 1 << 30).unwrap();
+        assert_eq!(b.insert(&samples(0, 10)).unwrap().seqs, Some((1, 10)));
+        assert_eq!(b.lease().end, 11 + lease::BLOCK);
+        let x = b.next_batch(4, 0).unwrap().unwrap();
+        b.ack(&x).unwrap();
+        drop(b);
+        // Reopening records the low-water mark (5: seqs 1..4 were acknowledged).
+        let b = Buffer::open(&path, 1 << 30).unwrap();
+        assert_eq!(b.next_seq(), 11, "a healthy reopen continues the counter");
+        assert_eq!(
+            b.lease(),
+            Lease {
+                end: 11 + lease::BLOCK,
+                low: 5
+            }
+        );
+        drop(b);
+        remove_db(&path);
+        let mut b = Buffer::open(&path, 1 << 30).unwrap();
+        let start = 11 + lease::BLOCK;
+        assert_eq!(b.next_seq(), start);
+        assert_eq!(b.corruptions(), 0, "a deleted file is not set aside");
+        assert_eq!(
+            pending_gaps(&mut b),
+            vec![(5, start - 1, GapReason::BufferCorrupt)]
+        );
+        assert_eq!(b.insert(&samples(0, 1)).unwrap().seqs, Some((start, start)));
+        // Deleting the database again (and again) still never goes back.
+        let mut seen = start;
+        for _ in 0..3 {
+            drop(b);
+            remove_db(&path);
+            b = Buffer::open(&path, 1 << 30).unwrap();
+            let (f, _) = b.insert(&samples(0, 1)).unwrap().seqs.unwrap();
+            assert!(f > seen, "seq {f} not above {seen}");
+            seen = f;
+        }
+    }
+
+    #[test]
+    fn lease_renews_in_blocks_before_handing_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite");
+        let mut b = Buffer::open(&path, u64::MAX).unwrap();
+        let n = lease::BLOCK + 5;
+        let (_, last) = b.insert(&samples(0, n)).unwrap().seqs.unwrap();
+        assert_eq!(last, n);
+        let on_disk = lease::read(&lease::path_for(&path)).unwrap().unwrap();
+        assert!(on_disk.end > last, "{on_disk:?}");
+        assert_eq!(on_disk, b.lease());
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite");
+        let mut b = Buffer::open(&path, 1 << 30).unwrap();
+        b.insert(&samples(0, 2000)).unwrap();
+        drop(b);
+        let good = std::fs::read(&path).unwrap();
+        let mut top = 2000;
+        for (i, damage) in ["garbage", "truncated", "tiny"].into_iter().enumerate() {
+            match damage {
+                "garbage" => std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap(),
+                "truncated" => std::fs::write(&path, &good[..good.len() / 2]).unwrap(),
+                _ => std::fs::write(&path, &good[..50]).unwrap(),
+            }
+            let mut b = Buffer::open(&path, 1 << 30).unwrap();
+            assert_eq!(b.corruptions(), 1, "{damage}");
+            let aside = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("b.sqlite.corrupt-")
+                        && !name.ends_with("-wal")
+                        && !name.ends_with("-shm")
+                })
+                .count();
+            assert_eq!(aside, i + 1, "{damage}");
+            let gaps = pending_gaps(&mut b);
+            assert_eq!(gaps.len(), 1, "{damage}: {gaps:?}");
+            assert_eq!(gaps[0].2, GapReason::BufferCorrupt);
+            assert!(gaps[0].0 <= top && gaps[0].1 >= top, "{damage}: {gaps:?}");
+            let (f, t) = b.insert(&samples(0, 3)).unwrap().seqs.unwrap();
+            assert!(f > top, "{damage}: seq {f} reused (top was {top})");
+            assert_eq!(gaps[0].1, f - 1);
+            top = t;
+            drop(b);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     proptest! {

@@ -20,6 +20,7 @@
 pub mod buffer;
 pub mod config;
 pub mod forwarder;
+pub mod lease;
 pub mod metrics;
 pub mod sources;
 
@@ -85,6 +86,7 @@ pub async fn run(
     let buffer = tokio::task::spawn_blocking(move || Buffer::open(&path, max))
         .await
         .map_err(|e| AgentError::Task(e.to_string()))??;
+    metrics.buffer_corruptions.inc_by(buffer.corruptions());
     tracing::info!(
         device = %config.device_id,
         next_seq = buffer.next_seq(),
@@ -234,12 +236,23 @@ async fn write_loop(
 /// Refreshes the buffer gauges once a second.
 async fn stats_loop(buffer: Arc<Mutex<Buffer>>, metrics: AgentMetrics) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut corruptions = lock(&buffer).corruptions();
     loop {
         tick.tick().await;
         let b = buffer.clone();
-        let Ok(Ok(st)) = tokio::task::spawn_blocking(move || lock(&b).stats()).await else {
+        let Ok(Ok((st, c))) = tokio::task::spawn_blocking(move || {
+            let g = lock(&b);
+            g.stats().map(|st| (st, g.corruptions()))
+        })
+        .await
+        else {
             continue;
         };
+        // Corruption found while running (the buffer replaced itself).
+        metrics
+            .buffer_corruptions
+            .inc_by(c.saturating_sub(corruptions));
+        corruptions = corruptions.max(c);
         metrics.buffer_rows.set(st.rows as i64);
         metrics.buffer_bytes.set(st.bytes as i64);
         metrics.gap_records_pending.set(st.gaps_pending as i64);

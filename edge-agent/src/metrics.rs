@@ -21,6 +21,7 @@ pub struct AgentMetrics {
     pub source_errors: IntCounterVec,
     pub reconnects: IntCounter,
     pub gap_records_pending: IntGauge,
+    pub buffer_corruptions: IntCounter,
 }
 
 impl AgentMetrics {
@@ -88,7 +89,12 @@ impl AgentMetrics {
                 "gridmeter_agent_gap_records_pending",
                 "Gap records not yet acknowledged by the broker.",
             )?,
+            buffer_corruptions: IntCounter::new(
+                "gridmeter_agent_buffer_corruptions_total",
+                "Corrupt SQLite buffer files set aside (renamed *.corrupt-<ts>) and replaced by a fresh buffer.",
+            )?,
         };
+        registry.register(Box::new(m.buffer_corruptions.clone()))?;
         registry.register(Box::new(m.collected.clone()))?;
         registry.register(Box::new(m.sent.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;

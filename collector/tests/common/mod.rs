@@ -324,7 +324,7 @@ pub fn python(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-const READ_TABLE: &str = r#"
+pub const READ_TABLE: &str = r#"
 import glob, sys
 import pyarrow.parquet as pq, pyarrow as pa
 def table(root, sub):

@@ -1,0 +1,210 @@
+//! Benchmark (run by `bench/aggregator/run.sh`, release build):
+//! 1. one day of 1-minute counter data from N devices (default 10,000: 14.4 M readings) as
+//!    raw Parquet (24 hourly files, like collector segments);
+//! 2. `run_once` over it: readings/s and readings/s per core;
+//! 3. the same windowed query (dedup by (device_id, seq), 15m/1h/1d buckets with count,
+//!    first/last ts, min/max and last-minus-first register) in DuckDB on the same files,
+//!    in the same run (python3 + duckdb, same number of threads);
+//! 4. one late reading for one device: time of the restatement (`run_once`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
+use gridmeter_aggregator::{AggregatorConfig, Metrics};
+
+const MIN: i64 = 60_000_000;
+const BASE: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+#[allow(clippy::too_many_arguments)]
+fn batch(
+    devices: &[String],
+    ts: Vec<i64>,
+    dev_idx: Vec<usize>,
+    seqs: Vec<u64>,
+    values: Vec<i128>,
+) -> RecordBatch {
+    let n = ts.len();
+    let t = |v: &[i64]| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(v.iter().copied()).with_timezone("UTC"),
+        )
+    };
+    let rec: Vec<i64> = ts.iter().map(|t| t + 1_500_000).collect();
+    RecordBatch::try_new(
+        gridmeter_core::schema::raw(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                dev_idx.iter().map(|&i| devices[i].as_str()),
+            )),
+            Arc::new(UInt64Array::from(seqs)),
+            t(&ts),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                "energy_import",
+                n,
+            ))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                "counter", n,
+            ))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("Wh", n))),
+            Arc::new(
+                Decimal128Array::from(values)
+                    .with_precision_and_scale(38, 9)
+                    .unwrap(),
+            ),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n))),
+            t(&rec),
+        ],
+    )
+    .unwrap()
+}
+
+fn write(path: &std::path::Path, b: &RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), Some(props)).unwrap();
+    w.write(b).unwrap();
+    w.close().unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(
+        args.get(1)
+            .cloned()
+            .unwrap_or("/tmp/gridmeter-agg-bench".into()),
+    );
+    let n_devices: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let _ = std::fs::remove_dir_all(&dir);
+    let devices: Vec<String> = (0..n_devices).map(|i| format!("meter-{i:05}")).collect();
+
+    // 1. Raw: one file per hour, rows in arrival (time) order.
+    let t0 = Instant::now();
+    let mut values: Vec<i128> = (0..n_devices)
+        .map(|i| (i as i128 % 1000) * 1_000_000_000_000)
+        .collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for hour in 0..24 {
+        let (mut ts, mut di, mut seqs, mut vs) = (vec![], vec![], vec![], vec![]);
+        for m in 0..60 {
+            let minute = hour * 60 + m;
+            for (d, v) in values.iter_mut().enumerate() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *v += (state % 20_000) as i128 * 1_000_000; // 0..20 Wh, 3 decimals
+                ts.push(BASE + minute * MIN + (d as i64 % 60) * 1_000_000);
+                di.push(d);
+                seqs.push(minute as u64 + 1);
+                vs.push(*v);
+            }
+        }
+        let b = batch(&devices, ts, di, seqs, vs);
+        write(
+            &dir.join(format!("raw/date=2026-01-01/bench-{hour:02}.parquet")),
+            &b,
+        );
+    }
+    let readings = n_devices as u64 * 1440;
+    eprintln!("generated {readings} readings in {:?}", t0.elapsed());
+
+    let mut cfg = AggregatorConfig::new(&dir);
+    // Every window up to the newest reading is final (a day of data, no lateness wait).
+    cfg.allowed_lateness = "0s".into();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Metrics::unregistered();
+
+    // 2. The aggregator.
+    let t = Instant::now();
+    let s = rt
+        .block_on(gridmeter_aggregator::run_once(&cfg, &metrics))
+        .unwrap();
+    let agg = t.elapsed().as_secs_f64();
+    eprintln!("aggregator: {agg:.2}s {s:?}");
+
+    // 3. DuckDB, same files, same threads, same run.
+    let glob = dir.join("raw/*/*.parquet");
+    let script = format!(
+        r#"
+import duckdb, time
+con = duckdb.connect()
+con.execute("SET threads TO {cores}")
+t = time.time()
+con.execute("""
+CREATE TABLE r AS SELECT * FROM read_parquet('{glob}')
+QUALIFY row_number() OVER (PARTITION BY device_id, seq ORDER BY received_at) = 1""")
+for name, width in [("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day")]:
+    con.execute(f"""
+    COPY (SELECT device_id, channel, time_bucket(INTERVAL '{{width}}', ts) AS window_start,
+                 count(*) AS readings, min(ts) AS first_ts, max(ts) AS last_ts,
+                 min(value) AS min, max(value) AS max,
+                 arg_max(value, ts) - arg_min(value, ts) AS usage, arg_max(value, ts) AS last
+          FROM r GROUP BY ALL)
+    TO '{out}/duck-{{name}}.parquet' (FORMAT parquet, COMPRESSION zstd)""")
+print("DUCK", time.time() - t)
+"#,
+        glob = glob.display(),
+        out = dir.display(),
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duck: f64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("DUCK "))
+        .next_back()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap();
+
+    // 4. A late reading for one device: restate its day.
+    let late_ts = BASE + 12 * 60 * MIN + 30 * 1_000_000;
+    let b = batch(
+        &devices,
+        vec![late_ts],
+        vec![42],
+        vec![100_000],
+        vec![42_000_000_000_000 + 1],
+    );
+    write(&dir.join("raw/date=2026-01-01/late-0.parquet"), &b);
+    let t = Instant::now();
+    let s = rt
+        .block_on(gridmeter_aggregator::run_once(&cfg, &metrics))
+        .unwrap();
+    let late = t.elapsed().as_secs_f64();
+    eprintln!("late restatement: {late:.3}s {s:?}");
+
+    println!("readings: {readings}");
+    println!("cores: {cores}");
+    println!("aggregator_s: {agg:.3}");
+    println!("aggregator_readings_per_s: {:.0}", readings as f64 / agg);
+    println!(
+        "aggregator_readings_per_s_per_core: {:.0}",
+        readings as f64 / agg / cores as f64
+    );
+    println!("duckdb_s: {duck:.3}");
+    println!(
+        "duckdb_readings_per_s_per_core: {:.0}",
+        readings as f64 / duck / cores as f64
+    );
+    println!("ratio_aggregator_over_duckdb: {:.2}", agg / duck);
+    println!("late_restatement_device_day_s: {late:.3}");
+}

@@ -1,0 +1,458 @@
+//! Window values of one (device, channel) series: the exact, sequential part of the
+//! aggregation, written in Rust over the readings sorted by time.
+//!
+//! All values are `Decimal128(38, 9)` integers (the value times 10^9 as `i128`): exact
+//! decimal arithmetic with no binary floating point anywhere.
+//!
+//! # Counter semantics
+//!
+//! The readings define a *consumption curve* `C(t)`: `C` at the first reading is 0 and each
+//! step from one reading to the next adds
+//! - `after - before` when the register did not decrease;
+//! - for a recorded meter swap between the two readings: `(old_final - before) + (after -
+//!   new_start)`, flagged `reset`;
+//! - when it decreased and `(register_max + 1 - before) + after` is at most a tenth of the
+//!   register range: that amount, flagged `rollover`;
+//! - when it decreased to at most a tenth of the previous value: `after` (the register
+//!   restarted from zero), flagged `reset`;
+//! - any other decrease: `after - before` (negative), flagged `estimated`, so the sum
+//!   check still holds against the registers and the negative value is never unflagged.
+//!
+//! Between two readings `C` is linear. The value at a window boundary `t` strictly between
+//! readings `i` and `i+1` is `C_i + round(step * (t - t_i) / (t_{i+1} - t_i))`, rounded to 9
+//! decimal places half-to-even, computed once per boundary, and flagged `interpolated`.
+//! A window's usage is `C(end) - C(start)` with both boundaries clamped to the span of the
+//! readings, so the usages of consecutive windows telescope: **their sum over any span is
+//! exactly `C(last) - C(first)`**, the register difference (with the rollover and reset
+//! rules above), to the last decimal place. Adding the offset between `C` and the register
+//! to an interpolated value commutes with the rounding (the offset has at most 9 decimal
+//! places), so for windows without rollover or reset the usage is also exactly the
+//! interpolated register difference.
+//!
+//! A counter series has a row for every window that overlaps `[first, last]` (windows in
+//! a gap get the interpolated share, flagged `gap` and `estimated`). Delta and gauge
+//! series have a row for every window that holds at least one reading.
+//!
+//! # Coverage
+//!
+//! The time between two consecutive readings at most `max_gap` apart is covered; coverage is
+//! the covered fraction of the window, rounded half-to-even to 9 places. A window with
+//! coverage below 1 is flagged `gap`.
+//!
+//! # Gauges
+//!
+//! `avg` is time-weighted with sample-and-hold: each reading holds until the next one
+//! (if that is at most `max_gap` later), including a reading just before the window; if no
+//! time is held inside the window, the plain mean of its readings. Rounded half-to-even.
+
+use gridmeter_core::Kind;
+
+/// Quality flags, as bits; [`flags_to_string`] writes their names sorted.
+pub const CLOCK_SUSPECT: u8 = 1;
+pub const ESTIMATED: u8 = 2;
+pub const GAP: u8 = 4;
+pub const INTERPOLATED: u8 = 8;
+pub const LATE: u8 = 16;
+pub const RESET: u8 = 32;
+pub const ROLLOVER: u8 = 64;
+
+const FLAG_NAMES: [(u8, &str); 7] = [
+    (CLOCK_SUSPECT, "clock_suspect"),
+    (ESTIMATED, "estimated"),
+    (GAP, "gap"),
+    (INTERPOLATED, "interpolated"),
+    (LATE, "late"),
+    (RESET, "reset"),
+    (ROLLOVER, "rollover"),
+];
+
+/// `1` in `Decimal128(38, 9)`.
+pub const ONE: i128 = 1_000_000_000;
+
+/// Comma-separated, alphabetically sorted flag names.
+pub fn flags_to_string(flags: u8) -> String {
+    let mut out = String::new();
+    for (bit, name) in FLAG_NAMES {
+        if flags & bit != 0 {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(name);
+        }
+    }
+    out
+}
+
+/// The inverse of [`flags_to_string`]; unknown names are ignored.
+pub fn flags_from_str(text: &str) -> u8 {
+    text.split(',')
+        .filter_map(|n| FLAG_NAMES.iter().find(|(_, name)| *name == n.trim()))
+        .fold(0, |acc, (bit, _)| acc | bit)
+}
+
+/// Quality bits of a raw reading from its `quality` column: `estimated` and
+/// `device_error` count as estimated, `clock_suspect` as clock_suspect.
+pub fn quality_bits(text: &str) -> u8 {
+    let mut q = 0;
+    for n in text.split(',') {
+        match n.trim() {
+            "estimated" | "device_error" => q |= ESTIMATED,
+            "clock_suspect" => q |= CLOCK_SUSPECT,
+            _ => {}
+        }
+    }
+    q
+}
+
+/// One raw reading of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    /// Event time, µs since the epoch.
+    pub ts: i64,
+    pub seq: u64,
+    /// When the collector received it, µs; among copies of a seq the earliest is kept.
+    pub received_at: i64,
+    /// The value times 10^9.
+    pub value: i128,
+    /// [`ESTIMATED`] and/or [`CLOCK_SUSPECT`].
+    pub quality: u8,
+}
+
+/// Keeps one copy per seq (the earliest received) and sorts by `(ts, seq)`.
+pub fn dedup_and_sort(points: &mut Vec<Point>) {
+    points.sort_unstable_by_key(|p| (p.seq, p.received_at, p.ts));
+    points.dedup_by_key(|p| p.seq);
+    points.sort_unstable_by_key(|p| (p.ts, p.seq));
+}
+
+/// A recorded meter swap, in scaled integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swap {
+    pub at: i64,
+    pub old_final: i128,
+    pub new_start: i128,
+}
+
+/// How to read one series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesParams {
+    pub kind: Kind,
+    pub register_max: Option<i128>,
+    pub swaps: Vec<Swap>,
+    pub max_gap_us: i64,
+}
+
+/// The values of one window of one series (the key and bookkeeping columns are added by
+/// the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowValues {
+    pub start: i64,
+    pub end: i64,
+    pub usage: Option<i128>,
+    pub min: Option<i128>,
+    pub max: Option<i128>,
+    pub avg: Option<i128>,
+    pub last: Option<i128>,
+    pub readings: i64,
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+    /// Fraction times 10^9.
+    pub coverage: i128,
+    pub flags: u8,
+}
+
+/// `n / d` rounded half-to-even; `d > 0`.
+pub fn div_round(n: i128, d: i128) -> i128 {
+    let q = n.div_euclid(d);
+    let r = n.rem_euclid(d);
+    match (2 * r).cmp(&d) {
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal if q % 2 != 0 => q + 1,
+        _ => q,
+    }
+}
+
+/// `a * b / c` rounded half-to-even without overflowing for any realistic `a`; `c > 0`,
+/// `0 <= b <= c`.
+pub fn mul_div_round(a: i128, b: i64, c: i64) -> i128 {
+    let (b, c) = (b as i128, c as i128);
+    let q = a.div_euclid(c);
+    let r = a.rem_euclid(c);
+    // a*b/c = q*b + r*b/c with 0 <= r*b < c*c.
+    q * b + div_round(r * b, c)
+}
+
+/// A series prepared for windowing: readings sorted and deduplicated, the consumption
+/// curve at each reading, and the flags of each step.
+pub struct Prepared<'a> {
+    points: &'a [Point],
+    params: &'a SeriesParams,
+    /// `curve[i]` = C at reading i.
+    curve: Vec<i128>,
+    /// `step_flags[j]` = flags of the step from reading j-1 to j (`[0]` unused).
+    step_flags: Vec<u8>,
+}
+
+impl<'a> Prepared<'a> {
+    /// `points` must be sorted by `(ts, seq)` and deduplicated ([`dedup_and_sort`]).
+    pub fn new(points: &'a [Point], params: &'a SeriesParams) -> Self {
+        let n = points.len();
+        let mut curve = Vec::with_capacity(n);
+        let mut step_flags = Vec::with_capacity(n);
+        let mut c: i128 = 0;
+        for j in 0..n {
+            let mut f = 0;
+            if j > 0 {
+                let (p0, p1) = (&points[j - 1], &points[j]);
+                if p1.ts - p0.ts > params.max_gap_us {
+                    f |= GAP | ESTIMATED;
+                }
+                if params.kind == Kind::Counter {
+                    let (step, sf) = counter_step(p0, p1, params);
+                    c += step;
+                    f |= sf;
+                }
+            }
+            curve.push(c);
+            step_flags.push(f);
+        }
+        Prepared {
+            points,
+            params,
+            curve,
+            step_flags,
+        }
+    }
+
+    /// C at `t`, which must lie within the readings' span; and whether it was interpolated.
+    fn curve_at(&self, t: i64) -> (i128, bool) {
+        let p = self.points;
+        // Last reading at or before t.
+        let i = p.partition_point(|x| x.ts <= t) - 1;
+        if p[i].ts == t || i + 1 >= p.len() {
+            return (self.curve[i], false);
+        }
+        let step = self.curve[i + 1] - self.curve[i];
+        let v = self.curve[i] + mul_div_round(step, t - p[i].ts, p[i + 1].ts - p[i].ts);
+        (v, true)
+    }
+
+    /// The window values for windows of `size_us` that start at or after `from` and end at
+    /// or before `to` (both µs).
+    pub fn windows(&self, size_us: i64, from: i64, to: i64) -> Vec<WindowValues> {
+        let p = self.points;
+        let mut out = Vec::new();
+        let (Some(first), Some(last)) = (p.first(), p.last()) else {
+            return out;
+        };
+        let (t0, tl) = (first.ts, last.ts);
+        let align = |t: i64| t.div_euclid(size_us) * size_us;
+        let mut a = align(t0).max(align(from) + if align(from) < from { size_us } else { 0 });
+        while a + size_us <= to && a <= tl {
+            let b = a + size_us;
+            let ia = p.partition_point(|x| x.ts < a);
+            let ib = p.partition_point(|x| x.ts < b);
+            let in_window = &p[ia..ib];
+            if self.params.kind != Kind::Counter && in_window.is_empty() {
+                // Jump to the window of the next reading.
+                match p.get(ib) {
+                    Some(next) => {
+                        a = align(next.ts);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            if self.params.kind == Kind::Counter && b <= t0 {
+                a = b;
+                continue;
+            }
+            out.push(self.window(a, b, in_window));
+            a = b;
+        }
+        out
+    }
+
+    fn window(&self, a: i64, b: i64, in_window: &[Point]) -> WindowValues {
+        let p = self.points;
+        let n = p.len();
+        let mut flags = in_window.iter().fold(0, |f, x| f | x.quality);
+        // Steps overlapping the window (see the module docs for zero-length steps).
+        let j_lo = p.partition_point(|x| x.ts <= a).max(1);
+        let j_hi = p.partition_point(|x| x.ts <= b).min(n - 1);
+        let mut covered: i64 = 0;
+        for j in j_lo..=j_hi {
+            if j == 0 || j >= n {
+                continue;
+            }
+            let (s, e) = (p[j - 1].ts, p[j].ts);
+            let overlaps = if s < e {
+                s < b && e > a
+            } else {
+                a < e && e <= b
+            };
+            if !overlaps {
+                continue;
+            }
+            flags |= self.step_flags[j];
+            if s < e && e - s <= self.params.max_gap_us {
+                covered += e.min(b) - s.max(a);
+            }
+        }
+        let size = (b - a) as i128;
+        let coverage = div_round(covered as i128 * ONE, size);
+        if coverage < ONE {
+            flags |= GAP;
+        }
+        let mut w = WindowValues {
+            start: a,
+            end: b,
+            usage: None,
+            min: None,
+            max: None,
+            avg: None,
+            last: in_window.last().map(|x| x.value),
+            readings: in_window.len() as i64,
+            first_ts: in_window.first().map(|x| x.ts),
+            last_ts: in_window.last().map(|x| x.ts),
+            coverage,
+            flags,
+        };
+        match self.params.kind {
+            Kind::Counter => {
+                let (t0, tl) = (p[0].ts, p[n - 1].ts);
+                let (ca, ia) = self.curve_at(a.max(t0));
+                let (cb, ib) = self.curve_at(b.min(tl));
+                if ia || ib {
+                    w.flags |= INTERPOLATED;
+                }
+                w.usage = Some(cb - ca);
+            }
+            Kind::Delta => {
+                w.usage = Some(in_window.iter().map(|x| x.value).sum());
+            }
+            Kind::Gauge => {
+                w.min = in_window.iter().map(|x| x.value).min();
+                w.max = in_window.iter().map(|x| x.value).max();
+                w.avg = self.gauge_avg(a, b, in_window);
+            }
+        }
+        w
+    }
+
+    fn gauge_avg(&self, a: i64, b: i64, in_window: &[Point]) -> Option<i128> {
+        if in_window.is_empty() {
+            return None;
+        }
+        let p = self.points;
+        let start = p.partition_point(|x| x.ts < a).saturating_sub(1);
+        let (mut weighted, mut held): (i128, i128) = (0, 0);
+        for k in start..p.len() {
+            if p[k].ts >= b {
+                break;
+            }
+            let Some(next) = p.get(k + 1) else { break };
+            if next.ts - p[k].ts > self.params.max_gap_us {
+                continue;
+            }
+            let d = next.ts.min(b) - p[k].ts.max(a);
+            if d > 0 {
+                weighted += p[k].value * d as i128;
+                held += d as i128;
+            }
+        }
+        if held > 0 {
+            Some(div_round(weighted, held))
+        } else {
+            let sum: i128 = in_window.iter().map(|x| x.value).sum();
+            Some(div_round(sum, in_window.len() as i128))
+        }
+    }
+}
+
+/// The consumption from `p0` to `p1` of a counter and its flags (module docs).
+fn counter_step(p0: &Point, p1: &Point, params: &SeriesParams) -> (i128, u8) {
+    let (before, after) = (p0.value, p1.value);
+    if let Some(s) = params.swaps.iter().find(|s| p0.ts < s.at && s.at <= p1.ts) {
+        return ((s.old_final - before) + (after - s.new_start), RESET);
+    }
+    if after >= before {
+        return (after - before, 0);
+    }
+    if let Some(max) = params.register_max {
+        let wrapped = (max + ONE - before) + after;
+        if wrapped >= 0 && wrapped * 10 <= max + ONE {
+            return (wrapped, ROLLOVER);
+        }
+    }
+    if after * 10 <= before {
+        return (after, RESET);
+    }
+    (after - before, ESTIMATED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(ts_min: i64, v: i128) -> Point {
+        Point {
+            ts: ts_min * 60_000_000,
+            seq: ts_min as u64,
+            received_at: 0,
+            value: v * ONE,
+            quality: 0,
+        }
+    }
+
+    #[test]
+    fn rounding_is_half_even() {
+        assert_eq!(div_round(5, 2), 2);
+        assert_eq!(div_round(7, 2), 4);
+        assert_eq!(div_round(-5, 2), -2);
+        assert_eq!(div_round(-7, 2), -4);
+        assert_eq!(mul_div_round(10, 1, 4), 2);
+        assert_eq!(mul_div_round(10, 3, 4), 8);
+    }
+
+    #[test]
+    fn counter_interpolates_and_telescopes() {
+        let pts = vec![pt(5, 100), pt(20, 130), pt(50, 131)];
+        let params = SeriesParams {
+            kind: Kind::Counter,
+            register_max: None,
+            swaps: vec![],
+            max_gap_us: 3_600_000_000,
+        };
+        let prep = Prepared::new(&pts, &params);
+        let w = prep.windows(900_000_000, 0, 7_200_000_000);
+        let starts: Vec<i64> = w.iter().map(|w| w.start / 60_000_000).collect();
+        assert_eq!(starts, vec![0, 15, 30, 45]);
+        // 5..15: 2/3 of 30 = 20; 15..20 + 20..30: 10 + 1/3; 30..45: 0.5; 45..50: 1/6
+        assert_eq!(w[0].usage, Some(20 * ONE));
+        let total: i128 = w.iter().map(|w| w.usage.unwrap()).sum();
+        assert_eq!(total, 31 * ONE);
+        assert!(w[1].flags & INTERPOLATED != 0);
+        assert_eq!(flags_to_string(w[0].flags), "gap,interpolated");
+    }
+
+    #[test]
+    fn rollover_and_reset() {
+        let params = SeriesParams {
+            kind: Kind::Counter,
+            register_max: Some(999 * ONE),
+            swaps: vec![],
+            max_gap_us: 3_600_000_000,
+        };
+        let pts = vec![pt(0, 990), pt(15, 5)];
+        let prep = Prepared::new(&pts, &params);
+        let w = prep.windows(900_000_000, 0, 3_600_000_000);
+        assert_eq!(w[0].usage, Some(15 * ONE));
+        assert_eq!(flags_to_string(w[0].flags), "rollover");
+        let pts = vec![pt(0, 500), pt(15, 5)];
+        let prep = Prepared::new(&pts, &params);
+        let w = prep.windows(900_000_000, 0, 3_600_000_000);
+        assert_eq!(w[0].usage, Some(5 * ONE));
+        assert_eq!(flags_to_string(w[0].flags), "reset");
+    }
+}

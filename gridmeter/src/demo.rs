@@ -115,7 +115,10 @@ fn prepare_out(out: &Path) -> anyhow::Result<PathBuf> {
         std::fs::remove_dir_all(out).with_context(|| format!("wipe {}", out.display()))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
-    std::fs::write(out.join(MARKER), "written by `gridmeter demo`; safe to delete\n")?;
+    std::fs::write(
+        out.join(MARKER),
+        "written by `gridmeter demo`; safe to delete\n",
+    )?;
     Ok(std::fs::canonicalize(out)?)
 }
 
@@ -130,7 +133,10 @@ fn local_addr(preferred: u16) -> anyhow::Result<SocketAddr> {
 
 fn toml_path(p: &Path) -> String {
     // TOML basic strings: escape backslashes and quotes.
-    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
 }
 
 fn tls_inline(files: &gridmeter_core::tls::TlsFiles) -> String {
@@ -207,7 +213,13 @@ fn registry_toml(plan: &Plan) -> String {
         let (tariff, currency, tz, tax, name) = match role {
             Role::Household => ("household_tou", "EUR", "Europe/Berlin", "0.19", "Household"),
             Role::Pv => ("pv_net_billing", "EUR", "Europe/Berlin", "0.19", "PV site"),
-            Role::Edge => ("edge_compute", "USD", "America/New_York", "0.08875", "Edge server"),
+            Role::Edge => (
+                "edge_compute",
+                "USD",
+                "America/New_York",
+                "0.08875",
+                "Edge server",
+            ),
         };
         let _ = write!(
             s,
@@ -369,7 +381,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let mut stable = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let collected = metric_sum(&agent_registries, "gridmeter_agent_readings_collected_total");
+        let collected = metric_sum(
+            &agent_registries,
+            "gridmeter_agent_readings_collected_total",
+        );
         let sent = metric_sum(&agent_registries, "gridmeter_agent_readings_sent_total");
         let accepted = metric_sum(
             [&collector_registry],
@@ -394,7 +409,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
         let now = (collected, sent, accepted);
-        stable = if now == last && collected > 0.0 { stable + 1 } else { 0 };
+        stable = if now == last && collected > 0.0 {
+            stable + 1
+        } else {
+            0
+        };
         last = now;
         if stable >= 2 && sent >= collected && accepted >= collected {
             break;
@@ -456,14 +475,23 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let current = gridmeter_aggregator::current(&agg_cfg, "1d").await?;
     let mut per_channel: BTreeMap<(String, String), Decimal> = BTreeMap::new();
     for row in &current {
-        if let Some(u) = row.usage.and_then(gridmeter_core::decimal::from_scaled_i128) {
+        if let Some(u) = row
+            .usage
+            .and_then(gridmeter_core::decimal::from_scaled_i128)
+        {
             *per_channel
                 .entry((row.channel.clone(), row.unit.clone()))
                 .or_default() += u;
         }
     }
-    println!("\n== gridmeter demo: done in {:.1} s", started.elapsed().as_secs_f64());
-    println!("readings landed: {landed:.0} from {} devices", plan.devices.len());
+    println!(
+        "\n== gridmeter demo: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "readings landed: {landed:.0} from {} devices",
+        plan.devices.len()
+    );
     println!("usage over the simulated span (daily windows, current revision):");
     for ((channel, unit), total) in &per_channel {
         println!("  {channel:<20} {total:>24} {unit}");

@@ -22,4 +22,9 @@ if [ -f deploy/tests/prometheus_scrape.sh ]; then
   cargo build --workspace --bins --locked
   bash deploy/tests/prometheus_scrape.sh
 fi
+if [ -f tests/faults/fault_suite.py ]; then
+  echo "== fault-injection suite (short mode)"
+  cargo build --workspace --bins --locked
+  python3 tests/faults/fault_suite.py --short
+fi
 echo "== all checks passed"

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use gridmeter_core::config::{Problems, Validate};
+pub use gridmeter_core::store::ObjectStoreConfig;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -17,8 +18,14 @@ pub const DAY_US: i64 = 86_400_000_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregatorConfig {
-    /// Local directory holding `raw/` (read) and `usage/` (written).
-    pub data_root: PathBuf,
+    /// Local directory holding `raw/` (read) and `usage/` (written). Exactly one of
+    /// `data_root` and `[object_store]` must be set.
+    #[serde(default)]
+    pub data_root: Option<PathBuf>,
+    /// S3 (or S3-compatible) storage holding `raw/` and `usage/` under the URL's prefix:
+    /// the same section as the collector's, so both can point at the same landing.
+    #[serde(default)]
+    pub object_store: Option<ObjectStoreConfig>,
     /// Tumbling window sizes, e.g. `["15m", "1h", "1d"]`; the text is also the table name
     /// (`usage/<window>/`) and the value of the `window` column.
     #[serde(default = "default_windows")]
@@ -96,10 +103,11 @@ pub struct WindowSpec {
 }
 
 impl AggregatorConfig {
-    /// A config with defaults for everything but the data root.
+    /// A config with defaults for everything but the (local) data root.
     pub fn new(data_root: impl Into<PathBuf>) -> Self {
         AggregatorConfig {
-            data_root: data_root.into(),
+            data_root: Some(data_root.into()),
+            object_store: None,
             windows: default_windows(),
             allowed_lateness: default_lateness(),
             max_gap: default_max_gap(),
@@ -107,6 +115,15 @@ impl AggregatorConfig {
             register_max: BTreeMap::new(),
             meter_swaps: Vec::new(),
             metrics_listen: None,
+        }
+    }
+
+    /// A config with defaults for everything but the store: `raw/` and `usage/` on S3.
+    pub fn on_object_store(object_store: ObjectStoreConfig) -> Self {
+        AggregatorConfig {
+            data_root: None,
+            object_store: Some(object_store),
+            ..AggregatorConfig::new("")
         }
     }
 
@@ -142,8 +159,19 @@ impl AggregatorConfig {
 
 impl Validate for AggregatorConfig {
     fn validate(&self, p: &mut Problems) {
-        if self.data_root.as_os_str().is_empty() {
-            p.push("data_root", "must not be empty");
+        match (&self.data_root, &self.object_store) {
+            (None, None) => p.push("data_root", "set data_root or [object_store]"),
+            (Some(_), Some(_)) => p.push(
+                "object_store",
+                "set either data_root or [object_store], not both",
+            ),
+            (Some(root), None) if root.as_os_str().is_empty() => {
+                p.push("data_root", "must not be empty")
+            }
+            _ => {}
+        }
+        if let Some(os) = &self.object_store {
+            os.check("object_store", p);
         }
         if self.windows.is_empty() {
             p.push("windows", "needs at least one window size");
@@ -214,6 +242,33 @@ mod tests {
         assert!(all.contains("windows[2]"), "{all}");
         assert!(all.contains("windows[3]"), "{all}");
         assert!(all.contains("allowed_lateness"), "{all}");
+    }
+
+    #[test]
+    fn object_store_section() {
+        let text = "[object_store]\nurl = \"s3://bucket/gm\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\nallow_http = true\n";
+        let c: AggregatorConfig = gridmeter_core::config::parse(text, "t").unwrap();
+        assert_eq!(c.data_root, None);
+        let os = c.object_store.unwrap();
+        assert_eq!(os.url, "s3://bucket/gm");
+        assert!(os.allow_http);
+
+        // Every problem at once: both stores, a bad URL, http without allow_http, a typo.
+        let text = "data_root = \"/x\"\nwindows = [\"7m\"]\n[object_store]\nurl = \"bucket/gm\"\nendpoint = \"http://h:9000\"\nbucket = \"b\"\n";
+        let err = gridmeter_core::config::parse::<AggregatorConfig>(text, "t").unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("object_store.bucket"), "{all}");
+        assert!(all.contains("not both"), "{all}");
+        assert!(all.contains("object_store.url"), "{all}");
+        assert!(all.contains("allow_http"), "{all}");
+        assert!(all.contains("windows[0]"), "{all}");
+
+        let err = gridmeter_core::config::parse::<AggregatorConfig>("windows = [\"1h\"]\n", "t")
+            .unwrap_err();
+        assert!(err
+            .problems
+            .join("\n")
+            .contains("set data_root or [object_store]"));
     }
 
     #[test]

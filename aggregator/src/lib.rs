@@ -42,6 +42,8 @@ pub enum Error {
     Config(String),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("object store: {0}")]
+    OpenStore(#[from] gridmeter_core::store::StoreError),
     #[error("query: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
     #[error("arrow: {0}")]
@@ -85,21 +87,76 @@ struct DeviceRange {
     to: i64,
 }
 
-/// The opened data root: object store (writes, listings) and the absolute path DataFusion
-/// scans.
+/// The opened data root (a local directory or an S3 location), seen two ways: `store`
+/// addresses objects by their path relative to the data root (listings, state, commits);
+/// DataFusion reads the same objects by URL ([`raw::file_url`]: `base_url` + that path),
+/// through `scan_store` registered under `scan_url`.
 struct Root {
     store: Arc<dyn ObjectStore>,
-    path: PathBuf,
+    /// `file:///abs/data_root/` or `s3://bucket/prefix/`, ending in `/`.
+    base_url: String,
+    /// Where the DuckDB view finds a local root (`None` on S3).
+    local_path: Option<PathBuf>,
+    scan_url: url::Url,
+    scan_store: Arc<dyn ObjectStore>,
+}
+
+impl Root {
+    /// A DataFusion session that resolves this root's URLs through its object store.
+    fn session(&self) -> datafusion::prelude::SessionContext {
+        let ctx = raw::session();
+        ctx.register_object_store(&self.scan_url, self.scan_store.clone());
+        ctx
+    }
+
+    fn table(&self, window: &str) -> table::UsageTable {
+        table::UsageTable::new(
+            self.store.clone(),
+            &self.base_url,
+            self.local_path.as_deref(),
+            window,
+        )
+    }
 }
 
 fn open(config: &AggregatorConfig) -> Result<Root, Error> {
-    std::fs::create_dir_all(&config.data_root)?;
-    let path = std::fs::canonicalize(&config.data_root)?;
-    let store = LocalFileSystem::new_with_prefix(&path)?;
-    Ok(Root {
-        store: Arc::new(store),
-        path,
-    })
+    match (&config.data_root, &config.object_store) {
+        (Some(root), None) => {
+            std::fs::create_dir_all(root)?;
+            let path = std::fs::canonicalize(root)?;
+            let base = url::Url::from_directory_path(&path).map_err(|()| {
+                Error::Config(format!(
+                    "data_root {} is not an absolute path",
+                    path.display()
+                ))
+            })?;
+            let scan_url = url::Url::parse("file://")
+                .map_err(|e| Error::Internal(format!("file:// URL: {e}")))?;
+            Ok(Root {
+                store: Arc::new(LocalFileSystem::new_with_prefix(&path)?),
+                base_url: base.to_string(),
+                local_path: Some(path),
+                scan_url,
+                scan_store: Arc::new(LocalFileSystem::new()),
+            })
+        }
+        (None, Some(os)) => {
+            let loc = os.location()?;
+            let bucket = os.bucket_store()?;
+            let scan_url = url::Url::parse(&loc.bucket_url())
+                .map_err(|e| Error::Config(format!("object_store.url {:?}: {e}", os.url)))?;
+            Ok(Root {
+                store: gridmeter_core::store::with_prefix(bucket.clone(), &loc.prefix),
+                base_url: loc.base_url(),
+                local_path: None,
+                scan_url,
+                scan_store: bucket,
+            })
+        }
+        _ => Err(Error::Config(
+            "exactly one of data_root and [object_store] must be set".into(),
+        )),
+    }
 }
 
 fn check(config: &AggregatorConfig) -> Result<(), Error> {
@@ -146,7 +203,7 @@ pub async fn run_once(config: &AggregatorConfig, metrics: &Metrics) -> Result<Ru
 async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<RunSummary, Error> {
     check(config)?;
     let root = open(config)?;
-    let ctx = raw::session();
+    let ctx = root.session();
     let mut state = state::State::load(root.store.as_ref()).await?;
     let all_files = raw::list_raw(root.store.as_ref()).await?;
     let new_files: Vec<RawFile> = all_files
@@ -162,7 +219,7 @@ async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<
         return Ok(summary);
     }
     let lateness = config.lateness_us();
-    let times = raw::device_times(&ctx, &root.path, &new_files).await?;
+    let times = raw::device_times(&ctx, &root.base_url, &new_files).await?;
     // Per device: windows from `lo` (day-aligned) up to the new watermark are recomputed.
     let mut ranges: HashMap<String, DeviceRange> = HashMap::new();
     for (device, ts) in &times {
@@ -228,10 +285,10 @@ pub async fn rebuild(
 ) -> Result<RunSummary, Error> {
     check(config)?;
     let root = open(config)?;
-    let ctx = raw::session();
+    let ctx = root.session();
     let all_files = raw::list_raw(root.store.as_ref()).await?;
     let lateness = config.lateness_us();
-    let times = raw::device_times(&ctx, &root.path, &all_files).await?;
+    let times = raw::device_times(&ctx, &root.base_url, &all_files).await?;
     let mut ranges = HashMap::new();
     let mut watermarks = HashMap::new();
     let (from, to) = (from.timestamp_micros(), to.timestamp_micros());
@@ -271,8 +328,8 @@ pub async fn rebuild(
 /// The current rows (latest revision per key) of one window table, sorted by key.
 pub async fn current(config: &AggregatorConfig, window: &str) -> Result<Vec<UsageRow>, Error> {
     let root = open(config)?;
-    let ctx = raw::session();
-    let table = table::UsageTable::new(root.store.clone(), &root.path, window);
+    let ctx = root.session();
+    let table = root.table(window);
     let mut rows: Vec<UsageRow> = table
         .current(&ctx, None, None)
         .await?
@@ -324,7 +381,7 @@ async fn load_with_context(
         devices: Some(devices),
         ..Default::default()
     };
-    let mut series = raw::load_series(ctx, &root.path, &late, &filter).await?;
+    let mut series = raw::load_series(ctx, &root.base_url, &late, &filter).await?;
     // Where each series' recomputation starts, and whether the loaded readings reach back
     // far enough to determine that window's start boundary.
     let start_of = |s: &SeriesData| -> Option<(i64, bool)> {
@@ -354,7 +411,7 @@ async fn load_with_context(
             devices: Some(need_more),
             ..Default::default()
         };
-        let older = raw::load_series(ctx, &root.path, &early, &filter).await?;
+        let older = raw::load_series(ctx, &root.base_url, &early, &filter).await?;
         let mut index: HashMap<(String, String), usize> = series
             .iter()
             .enumerate()
@@ -420,7 +477,7 @@ async fn recompute(
         by_window[wi].push(row);
     }
     for (spec, rows) in specs.iter().zip(by_window) {
-        let table = table::UsageTable::new(root.store.clone(), &root.path, &spec.name);
+        let table = root.table(&spec.name);
         let current = if rows.is_empty() {
             HashMap::new()
         } else {

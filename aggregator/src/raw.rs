@@ -1,5 +1,9 @@
 //! Reading the raw landing (`<data_root>/raw/date=YYYY-MM-DD/*.parquet`) with DataFusion.
 //!
+//! The data root is a local directory or an S3 location; DataFusion reads its files by URL
+//! (`file:///…` or `s3://bucket/prefix/…`) through the object store registered on the
+//! session for that URL.
+//!
 //! DataFusion scans the Parquet files (only the date partitions needed, predicates on
 //! `device_id` and `ts` pushed into the scan, one stream per core); the rows are then
 //! grouped into (device, channel) series in Rust, deduplicated by `(device_id, seq)`
@@ -7,7 +11,6 @@
 //! in [`crate::series`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
 use arrow::array::{
     Array, AsArray, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -108,11 +111,18 @@ pub struct RawFilter {
     pub max_ts: Option<i64>,
 }
 
+/// The URL of a file of the data root: `base_url` (the data root's URL, ending in `/`, e.g.
+/// `file:///var/lib/gridmeter/` or `s3://bucket/prefix/`) followed by the file's path
+/// relative to the data root. The session must have an object store registered for it.
+pub fn file_url(base_url: &str, path: &str) -> String {
+    format!("{base_url}{path}")
+}
+
 /// Scans `files` with DataFusion and returns the batches of each output partition as a
 /// stream handled by `per_partition` concurrently (one task per partition).
 async fn scan<T, F>(
     ctx: &SessionContext,
-    root: &Path,
+    base_url: &str,
     files: &[RawFile],
     filter: &RawFilter,
     columns: &[&str],
@@ -125,10 +135,7 @@ where
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    let urls: Vec<String> = files
-        .iter()
-        .map(|f| root.join(&f.path).display().to_string())
-        .collect();
+    let urls: Vec<String> = files.iter().map(|f| file_url(base_url, &f.path)).collect();
     let schema = gridmeter_core::schema::raw();
     let mut df = ctx
         .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
@@ -238,11 +245,11 @@ fn group(batches: Vec<RecordBatch>) -> Result<Grouped, Error> {
     Ok(out)
 }
 
-/// Reads the series in `files` that pass `filter`, deduplicated and sorted, ordered by
-/// (device, channel).
+/// Reads the series in `files` (under the data root at `base_url`, see [`file_url`]) that
+/// pass `filter`, deduplicated and sorted, ordered by (device, channel).
 pub async fn load_series(
     ctx: &SessionContext,
-    root: &Path,
+    base_url: &str,
     files: &[RawFile],
     filter: &RawFilter,
 ) -> Result<Vec<SeriesData>, Error> {
@@ -257,7 +264,7 @@ pub async fn load_series(
         "quality",
         "received_at",
     ];
-    let parts = scan(ctx, root, files, filter, &columns, group).await?;
+    let parts = scan(ctx, base_url, files, filter, &columns, group).await?;
     let mut merged: BTreeMap<(String, String), SeriesData> = BTreeMap::new();
     for part in parts {
         for (_, by_channel) in part {
@@ -284,15 +291,16 @@ pub async fn load_series(
     Ok(out)
 }
 
-/// Per device: the event times of the readings in `files`.
+/// Per device: the event times of the readings in `files` (under the data root at
+/// `base_url`, see [`file_url`]).
 pub async fn device_times(
     ctx: &SessionContext,
-    root: &Path,
+    base_url: &str,
     files: &[RawFile],
 ) -> Result<HashMap<String, Vec<i64>>, Error> {
     let parts = scan(
         ctx,
-        root,
+        base_url,
         files,
         &RawFilter::default(),
         &["device_id", "ts"],

@@ -1,4 +1,5 @@
-//! The usage tables: `<data_root>/usage/<window>/`, one per window size.
+//! The usage tables: `<data_root>/usage/<window>/`, one per window size, on the data root's
+//! object store (local directory or S3).
 //!
 //! # Layout (manifest-based, see `aggregator/README.md` for why not Delta Lake)
 //!
@@ -35,7 +36,7 @@ use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::raw::is_data_path;
+use crate::raw::{file_url, is_data_path};
 use crate::series::{flags_from_str, flags_to_string, LATE};
 use crate::Error;
 
@@ -227,16 +228,29 @@ pub struct CommitRecord {
 
 /// One usage table.
 pub struct UsageTable {
+    /// The data root's store (paths relative to the data root).
     store: Arc<dyn ObjectStore>,
-    root: PathBuf,
+    /// The data root's URL for DataFusion (ending in `/`, see [`file_url`]).
+    base_url: String,
+    /// The data root's local directory, if it is one (for the DuckDB view).
+    local_root: Option<PathBuf>,
     pub window: String,
 }
 
 impl UsageTable {
-    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, window: &str) -> Self {
+    /// The table `usage/<window>/` of the data root that `store` holds and DataFusion reads
+    /// at `base_url` (`file:///…/` or `s3://bucket/prefix/`); `local_root` is that
+    /// directory for a local data root.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        base_url: &str,
+        local_root: Option<&Path>,
+        window: &str,
+    ) -> Self {
         UsageTable {
             store,
-            root: root.to_path_buf(),
+            base_url: base_url.to_string(),
+            local_root: local_root.map(Path::to_path_buf),
             window: window.to_string(),
         }
     }
@@ -273,10 +287,7 @@ impl UsageTable {
         if files.is_empty() {
             return Ok(out);
         }
-        let urls: Vec<String> = files
-            .iter()
-            .map(|f| self.root.join(f).display().to_string())
-            .collect();
+        let urls: Vec<String> = files.iter().map(|f| file_url(&self.base_url, f)).collect();
         let schema = gridmeter_core::schema::usage();
         let mut df = ctx
             .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
@@ -381,19 +392,36 @@ impl UsageTable {
         Ok(version)
     }
 
-    /// `_views/current.sql`: a DuckDB view of the latest revision per key.
+    /// `_views/current.sql`: a DuckDB view of the latest revision per key. It reads the
+    /// table's local directory, or its `s3://` URL on S3 (DuckDB's httpfs extension and an
+    /// S3 secret needed).
     async fn write_view(&self) -> Result<(), Error> {
-        let glob = self.root.join(self.prefix()).join("*.parquet");
         let name = format!("usage_current_{}", self.window);
+        let (how, glob) = match &self.local_root {
+            Some(root) => {
+                let dir = root.join(self.prefix());
+                (
+                    format!("-- DuckDB: .read {}/_views/current.sql", dir.display()),
+                    dir.join("*.parquet").display().to_string(),
+                )
+            }
+            None => {
+                let dir = file_url(&self.base_url, &self.prefix());
+                (
+                    format!(
+                        "-- DuckDB (httpfs, with an S3 secret): copy {dir}/_views/current.sql here, .read it"
+                    ),
+                    format!("{dir}/*.parquet"),
+                )
+            }
+        };
         let sql = format!(
             "-- Latest revision of every (device_id, channel, window_start) in usage/{w}.\n\
-             -- DuckDB: .read {path}/_views/current.sql   then   SELECT * FROM {name};\n\
+             {how}   then   SELECT * FROM {name};\n\
              CREATE OR REPLACE VIEW {name} AS\n\
              SELECT * FROM read_parquet('{glob}')\n\
              QUALIFY row_number() OVER (PARTITION BY device_id, channel, window_start ORDER BY revision DESC) = 1;\n",
             w = self.window,
-            path = self.root.join(self.prefix()).display(),
-            glob = glob.display(),
         );
         let path = object_store::path::Path::from(format!("{}/_views/current.sql", self.prefix()));
         self.store

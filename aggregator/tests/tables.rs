@@ -102,8 +102,8 @@ fn values(rows: &[UsageRow]) -> Vec<UsageRow> {
 }
 
 /// The size: 1,000 devices, ~3 M readings. Minutes in a debug build, so it runs in
-/// release (`cargo test --release -p gridmeter-aggregator --test tables`); the debug CI
-/// runs the same test on 60 devices.
+/// release (`cargo test --release -p gridmeter-aggregator --test tables`; scripts/test.sh,
+/// and so CI, runs it); the debug run covers the same test on 60 devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(debug_assertions, ignore = "3 M readings: run with --release")]
 async fn month_of_1000_devices_sum_check_duckdb_and_rebuild() {

@@ -2,7 +2,7 @@
 # Collector benchmark: readings/s from loopback publishers through Mosquitto (the shipped
 # deploy/mosquitto config, mTLS) into the raw landing, against the mosquitto_sub ceiling
 # measured in the same run, plus redelivery catch-up after kill -9.
-# Needs: mosquitto, mosquitto_sub. Usage: bench/collector/run.sh [BENCH_MESSAGES=40000]
+# Needs: mosquitto, mosquitto_sub. Usage: bench/collector/run.sh [BENCH_MESSAGES=200000]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p gridmeter-collector --bin gridmeter-collector --example bench

@@ -7,7 +7,7 @@
 //! 3. Redelivery: the collector is killed (-9), 1M readings are published while it is down,
 //!    and the time from restart to having caught up is measured.
 //!
-//! Environment: BENCH_MESSAGES (default 40000 per phase), BENCH_PUBLISHERS (default 4).
+//! Environment: BENCH_MESSAGES (default 200000 per phase), BENCH_PUBLISHERS (default 4).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -174,6 +174,47 @@ fn scrape(port: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// User + system CPU seconds of the children waited for so far.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn self_cpu_secs() -> f64 {
+    proc_cpu_secs(std::process::id())
+}
+
+/// User + system CPU seconds a running process has used (Linux /proc).
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / ticks
+}
+
 fn collector_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/gridmeter-collector")
 }
@@ -205,7 +246,7 @@ fn wait_metric(port: u16, name: &str, target: f64, timeout: Duration) -> Instant
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let messages = env_or("BENCH_MESSAGES", 40_000);
+    let messages = env_or("BENCH_MESSAGES", 200_000);
     let publishers = env_or("BENCH_PUBLISHERS", 4);
     let per_pub = messages / publishers;
     let total_msgs = per_pub * publishers;
@@ -217,7 +258,7 @@ async fn main() {
     let devices: Vec<String> = (0..publishers).map(|i| format!("bench-{i}")).collect();
     let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
     let pki = Pki::new(&dir.path().join("pki"), &refs).unwrap();
-    let (_broker, port) = start_broker(&pki, dir.path());
+    let (broker, port) = start_broker(&pki, dir.path());
     let sample = payloads("bench-0", 1, 1);
     println!(
         "{publishers} publishers, {total_msgs} messages of {BATCH} readings ({} bytes compact) per phase",
@@ -252,11 +293,23 @@ async fn main() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let t0 = Instant::now();
+    let (broker0, self0) = (proc_cpu_secs(broker.0.id()), self_cpu_secs());
     publish_all(port, &pki, work).await;
+    let before = children_cpu_secs();
     sub.wait().unwrap();
+    let (broker1, self1) = (proc_cpu_secs(broker.0.id()), self_cpu_secs());
     let ceiling = t0.elapsed().as_secs_f64();
+    let sub_cpu = children_cpu_secs() - before;
     let ceiling_rate = total_readings as f64 / ceiling;
-    println!("ceiling (mosquitto_sub > /dev/null): {ceiling:.2} s, {ceiling_rate:.0} readings/s");
+    println!(
+        "ceiling (mosquitto_sub > /dev/null): {ceiling:.2} s, {ceiling_rate:.0} readings/s; mosquitto_sub CPU {:.2} s per million readings",
+        sub_cpu / total_readings as f64 * 1e6
+    );
+    println!(
+        "  same phase: broker CPU {:.2} s, publishers CPU {:.2} s over {ceiling:.2} s wall",
+        broker1 - broker0,
+        self1 - self0
+    );
 
     // 2. Collector.
     let mport = free_port();
@@ -288,6 +341,7 @@ async fn main() {
         .map(|d| (d.clone(), payloads(d, 1, per_pub)))
         .collect();
     let t0 = Instant::now();
+    let (broker0, self0) = (proc_cpu_secs(broker.0.id()), self_cpu_secs());
     publish_all(port, &pki, work).await;
     let durable = wait_metric(
         mport,
@@ -304,10 +358,27 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let landed = t0.elapsed().as_secs_f64();
+    let collector_cpu = proc_cpu_secs(collector.0.id());
+    let raw_bytes = dir_bytes(&dir.path().join("data/raw"));
+    let (broker1, self1) = (proc_cpu_secs(broker.0.id()), self_cpu_secs());
     println!(
         "collector: durable+acked after {secs:.2} s = {rate:.0} readings/s ({:.0}% of the ceiling); in Parquet after {landed:.2} s = {:.0} readings/s",
         100.0 * rate / ceiling_rate,
         total_readings as f64 / landed
+    );
+    println!(
+        "raw Parquet: {:.1} bytes per reading",
+        raw_bytes as f64 / total_readings as f64
+    );
+    println!(
+        "collector CPU: {:.2} s per million readings (decode, dedup, WAL, acks, Parquet), {:.1}x mosquitto_sub's",
+        collector_cpu / total_readings as f64 * 1e6,
+        collector_cpu / sub_cpu.max(1e-9)
+    );
+    println!(
+        "  same phase: broker CPU {:.2} s, publishers (and scrapes) CPU {:.2} s, collector {collector_cpu:.2} s over {landed:.2} s wall",
+        broker1 - broker0,
+        self1 - self0
     );
 
     // 3. Redelivery: kill -9, publish while down, restart, catch up.
@@ -338,4 +409,14 @@ async fn main() {
         backlog_msgs * BATCH,
         catch_up / (backlog_msgs * BATCH) as f64 * 1e6
     );
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let reconnects = log.matches("broker connection").count();
+    println!("collector reconnects during the run: {reconnects}");
+    for l in log
+        .lines()
+        .filter(|l| l.contains("broker connection"))
+        .take(3)
+    {
+        println!("  {l}");
+    }
 }

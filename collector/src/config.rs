@@ -22,6 +22,9 @@ use gridmeter_core::tls::TlsFiles;
 use gridmeter_core::wire::Limits;
 use serde::Deserialize;
 
+/// S3 (or S3-compatible) landing instead of a local directory (shared with the aggregator).
+pub use gridmeter_core::store::ObjectStoreConfig;
+
 /// Everything the collector needs to run. Constructible in code (the demo does) or loaded
 /// with [`gridmeter_core::config::load`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -69,25 +72,6 @@ pub struct CollectorConfig {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub limits: LimitsConfig,
-}
-
-/// S3 (or S3-compatible) landing instead of a local directory.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectStoreConfig {
-    /// `s3://bucket/prefix`
-    pub url: String,
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    #[serde(default)]
-    pub region: Option<String>,
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// Allow `http://` endpoints (MinIO on a private network).
-    #[serde(default)]
-    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -293,13 +277,7 @@ impl Validate for CollectorConfig {
             _ => {}
         }
         if let Some(os) = &self.object_store {
-            match os.url.strip_prefix("s3://") {
-                Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
-                _ => p.push(
-                    "object_store.url",
-                    format!("{:?} must look like s3://bucket/prefix", os.url),
-                ),
-            }
+            os.check("object_store", p);
         }
         if self.flush_max_readings == 0 {
             p.push("flush_max_readings", "must be positive");

@@ -21,20 +21,20 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
+    ArrayRef, BinaryArray, Decimal128Array, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, UInt64Array,
 };
 use chrono::{DateTime, NaiveDate, Utc};
-use gridmeter_core::{decimal, schema};
+use gridmeter_core::{decimal, schema, Quality};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
-use crate::config::{CollectorConfig, ObjectStoreConfig};
+use crate::config::CollectorConfig;
 use crate::process::{DeadRow, GapRow, RawRow, SegmentOutput};
 
 /// Largest number of rows in one raw file.
@@ -55,6 +55,8 @@ pub enum LandingError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    OpenStore(#[from] gridmeter_core::store::StoreError),
 }
 
 /// Where the collector writes its tables.
@@ -83,40 +85,10 @@ pub fn open_store(
             let store = LocalFileSystem::new_with_prefix(&root)?;
             Ok((Arc::new(store), Some(root)))
         }
-        (None, Some(os)) => Ok((s3_store(os)?, None)),
+        (None, Some(os)) => Ok((os.open()?, None)),
         _ => Err(LandingError::Config(
             "exactly one of data_root and [object_store] must be set".into(),
         )),
-    }
-}
-
-fn s3_store(os: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>, LandingError> {
-    let rest = os
-        .url
-        .strip_prefix("s3://")
-        .ok_or_else(|| LandingError::Config(format!("{:?} is not an s3:// URL", os.url)))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut b = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_allow_http(os.allow_http);
-    if let Some(e) = &os.endpoint {
-        b = b.with_endpoint(e);
-    }
-    if let Some(r) = &os.region {
-        b = b.with_region(r);
-    }
-    if let Some(k) = &os.access_key_id {
-        b = b.with_access_key_id(k);
-    }
-    if let Some(s) = &os.secret_access_key {
-        b = b.with_secret_access_key(s);
-    }
-    let s3 = b.build()?;
-    let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        Ok(Arc::new(s3))
-    } else {
-        Ok(Arc::new(PrefixStore::new(s3, prefix)))
     }
 }
 
@@ -135,15 +107,37 @@ pub fn plan(
     out: &SegmentOutput,
 ) -> Result<Vec<(Path, RecordBatch)>, LandingError> {
     let mut files = Vec::new();
-    let mut by_date: BTreeMap<NaiveDate, Vec<&RawRow>> = BTreeMap::new();
+    // (date, device) → rows. Grouping first keeps string comparisons out of the sort: the
+    // devices of a segment are few next to its rows, and a device's seqs mostly arrive in
+    // order, so sorting each device's rows by seq is close to linear.
+    let mut by_date: BTreeMap<NaiveDate, BTreeMap<&str, Vec<&RawRow>>> = BTreeMap::new();
+    let mut last: Option<(NaiveDate, &Arc<str>)> = None;
+    let mut current: Option<&mut Vec<&RawRow>> = None;
     for r in &out.raw {
-        by_date
-            .entry(r.reading.ts.date_naive())
-            .or_default()
-            .push(r);
+        let key = (r.reading.ts.date_naive(), &r.device_id);
+        // Rows of one message share the device's `Arc`: a pointer comparison suffices.
+        let same = last.is_some_and(|(d, id)| d == key.0 && Arc::ptr_eq(id, key.1));
+        let rows = match (same, current.take()) {
+            (true, Some(rows)) => rows,
+            _ => by_date
+                .entry(key.0)
+                .or_default()
+                .entry(&**key.1)
+                .or_default(),
+        };
+        rows.push(r);
+        current = Some(rows);
+        last = Some(key);
     }
-    for (date, mut rows) in by_date {
-        rows.sort_by(|a, b| (&*a.device_id, a.reading.seq).cmp(&(&*b.device_id, b.reading.seq)));
+    for (date, devices) in by_date {
+        let mut rows = Vec::with_capacity(devices.values().map(Vec::len).sum());
+        for (_, mut dev_rows) in devices {
+            // Seqs are unique per device after dedup, so an unstable sort is deterministic.
+            if !dev_rows.is_sorted_by_key(|r| r.reading.seq) {
+                dev_rows.sort_unstable_by_key(|r| r.reading.seq);
+            }
+            rows.extend(dev_rows);
+        }
         for (part, chunk) in rows.chunks(MAX_ROWS_PER_FILE).enumerate() {
             let path = Path::from(format!(
                 "raw/date={date}/{collector_id}-{segment:016}-{part}.parquet"
@@ -202,15 +196,28 @@ fn raw_batch(rows: &[&RawRow]) -> Result<RecordBatch, LandingError> {
             rows.iter().map(|r| r.reading.kind.as_str()),
         )),
         Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.reading.unit.as_str()),
+            rows.iter().map(|r| &*r.reading.unit),
         )),
         Arc::new(Decimal128Array::from_iter_values(values).with_precision_and_scale(38, 9)?),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.reading.quality.to_string()),
-        )),
+        Arc::new(quality_strings(rows)),
         ts_array(rows.iter().map(|r| r.received_at_us)),
     ];
     Ok(RecordBatch::try_new(schema::raw(), columns)?)
+}
+
+/// The quality column: flag names are formatted once per distinct quality, not per row.
+fn quality_strings(rows: &[&RawRow]) -> StringArray {
+    let mut names: BTreeMap<Quality, String> = BTreeMap::new();
+    let mut b = StringBuilder::with_capacity(rows.len(), 0);
+    for r in rows {
+        let q = r.reading.quality;
+        if q == Quality::GOOD {
+            b.append_value("");
+        } else {
+            b.append_value(names.entry(q).or_insert_with(|| q.to_string()));
+        }
+    }
+    b.finish()
 }
 
 fn dead_batch(rows: &[&DeadRow]) -> Result<RecordBatch, LandingError> {
@@ -251,11 +258,27 @@ fn gap_batch(rows: &[GapRow]) -> Result<RecordBatch, LandingError> {
 
 /// Encodes a batch as one Parquet file (zstd, fixed `created_by` so bytes are reproducible).
 pub fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LandingError> {
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_created_by("gridmeter-collector".into())
-        .set_max_row_group_row_count(Some(256 * 1024))
-        .build();
+        .set_max_row_group_row_count(Some(256 * 1024));
+    // Min/max statistics cost a string comparison per value; kept where readers prune on
+    // them (device_id, seq, ts, value, received_at), off for the low-cardinality descriptive
+    // columns.
+    for column in ["channel", "kind", "unit", "quality"] {
+        props =
+            props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    // Columns of (nearly) unique values gain nothing from a dictionary but pay a hash per
+    // value for it: seq, ts and received_at are delta-encoded (sorted runs shrink to a few
+    // bits a value), value is plain.
+    for column in ["seq", "ts", "received_at", "value"] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for column in ["seq", "ts", "received_at"] {
+        props = props.set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    let props = props.build();
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     w.write(batch)?;

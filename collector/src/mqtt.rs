@@ -40,6 +40,24 @@ pub fn options(
     o
 }
 
+/// How long connecting, or writing (acks) to the broker, may take before the connection is
+/// dropped and re-established.
+///
+/// rumqttc sends each manual PUBACK as its own write (one TLS record), and Mosquitto reads
+/// one TLS record per client per loop iteration, so at tens of thousands of messages/s a
+/// busy broker can take seconds to drain the acks. rumqttc's default of 5 s then drops a
+/// healthy connection, and the broker resends the whole unacked window (harmless, dedup
+/// absorbs it, but throughput collapses into redeliveries). A dead peer is still detected
+/// by the keep-alive.
+pub const NETWORK_TIMEOUT_SECS: u64 = 30;
+
+/// Network options for the collector's connection (see [`NETWORK_TIMEOUT_SECS`]).
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_connection_timeout(NETWORK_TIMEOUT_SECS);
+    n
+}
+
 /// Polls the event loop until `stop` turns true: forwards publishes to `tx`, (re)subscribes
 /// on every connection that has no session yet, and reconnects after errors.
 pub async fn drive(

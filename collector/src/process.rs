@@ -140,6 +140,9 @@ pub fn process(
         }
     }
     let (mut accepted, mut dups) = (0u64, 0u64);
+    // Observed locally and flushed once per message: one atomic update per bucket touched
+    // instead of several per reading.
+    let delay_hist = metrics.map(|m| m.transmission_delay_seconds.local());
     for mut r in decoded.readings {
         if dev.seen.insert(r.seq) {
             accepted += 1;
@@ -149,9 +152,9 @@ pub fn process(
                     m.clock_suspect_readings.inc();
                 }
             }
-            if let Some(m) = metrics {
+            if let Some(h) = &delay_hist {
                 let delay = (rec.received_at_us - r.ts.timestamp_micros()) as f64 / 1e6;
-                m.transmission_delay_seconds.observe(delay.max(0.0));
+                h.observe(delay.max(0.0));
             }
             out.raw.push(RawRow {
                 device_id: id.clone(),
@@ -161,6 +164,9 @@ pub fn process(
         } else {
             dups += 1;
         }
+    }
+    if let Some(h) = delay_hist {
+        h.flush();
     }
     if let Some(m) = metrics {
         m.readings_accepted.inc_by(accepted);

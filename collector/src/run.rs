@@ -135,7 +135,8 @@ pub async fn run(
         Duration::from_secs(config.mqtt.keep_alive_secs.max(5)),
         config.mqtt.max_packet_bytes,
     );
-    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 100_000);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100_000);
+    eventloop.set_network_options(mqtt::network_options());
     let (in_tx, in_rx) = mpsc::channel::<Incoming>(10_000);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -390,6 +391,11 @@ impl Ingest {
                 };
                 self.metrics.bytes_written.inc_by(n);
                 self.metrics.wal_bytes.add(n as i64);
+                // Durable: ack now, so the broker can send more while this group is being
+                // processed (processing is a pure function of the WAL and can be replayed).
+                let publishes: Vec<rumqttc::Publish> =
+                    group.iter().map(|m| m.publish.clone()).collect();
+                let _ = ack_tx.send(publishes);
                 for rec in &records {
                     process::process(
                         &mut state,
@@ -400,15 +406,12 @@ impl Ingest {
                         Some(&self.metrics),
                     );
                 }
-                let publishes: Vec<rumqttc::Publish> =
-                    group.iter().map(|m| m.publish.clone()).collect();
                 let now = Instant::now();
                 for m in &group {
                     self.metrics
                         .landing_latency_seconds
                         .observe(now.duration_since(m.at).as_secs_f64());
                 }
-                let _ = ack_tx.send(publishes);
                 group.clear();
             }
             let due = !wal.is_empty()

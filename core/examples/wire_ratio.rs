@@ -29,7 +29,7 @@ fn batch(n: u64, channels: &[(&str, Kind, &str)]) -> Batch {
                 ts: t0 + Duration::seconds(i as i64 * 15),
                 channel: Channel::new(*c).unwrap(),
                 kind: *k,
-                unit: u.to_string(),
+                unit: (*u).into(),
                 value,
                 quality: Quality::GOOD,
             });

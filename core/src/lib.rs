@@ -9,6 +9,7 @@
 //! - [`metrics`]: a tiny `/metrics` HTTP endpoint for a Prometheus registry.
 //! - `pki` (feature `pki`): a CA and the broker, collector and device certificates.
 //! - `schema` (feature `arrow`): the Arrow schemas of the raw and usage tables.
+//! - `store` (feature `store`): the `[object_store]` config section and the S3 store it names.
 
 pub mod config;
 pub mod decimal;
@@ -18,6 +19,8 @@ pub mod model;
 pub mod pki;
 #[cfg(feature = "arrow")]
 pub mod schema;
+#[cfg(feature = "store")]
+pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -64,7 +65,7 @@ impl DeviceId {
 /// A channel name: `[a-z0-9_.]{1,64}`, e.g. `energy_import` or `net.eth0.rx_bytes`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Channel(String);
+pub struct Channel(Arc<str>);
 
 impl Channel {
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
@@ -74,7 +75,7 @@ impl Channel {
             |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.'),
             "[a-z0-9_.]",
         )?;
-        Ok(Channel(s))
+        Ok(Channel(Arc::from(s)))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -96,7 +97,7 @@ macro_rules! string_newtype_impls {
         }
         impl From<$t> for String {
             fn from(v: $t) -> String {
-                v.0
+                String::from(&*v.0)
             }
         }
         impl FromStr for $t {
@@ -235,7 +236,9 @@ pub struct Reading {
     pub ts: DateTime<Utc>,
     pub channel: Channel,
     pub kind: Kind,
-    pub unit: String,
+    /// Shared: the readings of a batch refer to a few (channel, unit) pairs, so cloning a
+    /// reading or decoding a batch does not allocate per reading.
+    pub unit: Arc<str>,
     /// Exact decimal with at most [`VALUE_SCALE`] decimal places.
     pub value: Decimal,
     pub quality: Quality,

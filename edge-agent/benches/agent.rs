@@ -123,7 +123,7 @@ fn wire_bytes() -> usize {
                 ts: s.ts,
                 channel: s.channel,
                 kind: s.kind,
-                unit: s.unit,
+                unit: s.unit.into(),
                 value: s.value,
                 quality: s.quality,
             })

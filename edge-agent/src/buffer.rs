@@ -805,7 +805,7 @@ impl RawRow {
             ts: DateTime::from_timestamp_micros(self.ts_us)?,
             channel: Channel::new(self.channel.clone()).ok()?,
             kind: Kind::from_code(self.kind)?,
-            unit: self.unit.clone(),
+            unit: self.unit.as_str().into(),
             value: Decimal::from_str(&self.value).ok()?,
             quality: Quality::from_bits(self.quality)?,
         })

@@ -16,25 +16,14 @@ use gridmeter_core::GapReason;
 
 /// 60 steps of a virtual household meter as fast as possible: 120 readings, then idle.
 fn config(pki: &Pki, port: u16, buffer: &Path, metrics_port: u16) -> String {
-    let tls = pki.device("meter-c");
-    format!(
-        r#"device_id = "meter-c"
-metrics_listen = "127.0.0.1:{metrics_port}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-keep_alive_secs = 5
-batch_max_readings = 50
-reconnect_initial_ms = 100
-reconnect_max_ms = 1000
-tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
-
-[buffer]
-path = "{buf}"
-commit_interval_ms = 20
-
-[[sources]]
+    common::agent_toml(
+        pki,
+        "meter-c",
+        port,
+        buffer,
+        metrics_port,
+        "batch_max_readings = 50\n",
+        r#"[[sources]]
 type = "simulator"
 profile = "household_meter"
 start = "2026-10-01T00:00:00Z"
@@ -42,10 +31,6 @@ until = "2026-10-01T01:00:00Z"
 step_secs = 60
 as_fast_as_possible = true
 "#,
-        ca = tls.ca.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
-        buf = buffer.display(),
     )
 }
 

@@ -19,38 +19,21 @@ fn config(
     generating: bool,
     metrics_port: u16,
 ) -> String {
-    let tls = pki.device("meter-k");
     let source = if generating {
         // Wall-clock simulator: 2 readings every 2 ms.
         "[[sources]]\ntype = \"simulator\"\nprofile = \"household_meter\"\ninterval_ms = 2\n"
-            .to_string()
     } else {
         // A virtual clock that ends before its first step: nothing new, just drain.
-        "[[sources]]\ntype = \"simulator\"\nprofile = \"household_meter\"\nstart = \"2026-10-01T00:00:00Z\"\nuntil = \"2026-10-01T00:00:01Z\"\nstep_secs = 900\n".to_string()
+        "[[sources]]\ntype = \"simulator\"\nprofile = \"household_meter\"\nstart = \"2026-10-01T00:00:00Z\"\nuntil = \"2026-10-01T00:00:01Z\"\nstep_secs = 900\n"
     };
-    format!(
-        r#"device_id = "meter-k"
-metrics_listen = "127.0.0.1:{metrics_port}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-keep_alive_secs = 5
-max_inflight = 8
-batch_max_readings = 100
-reconnect_initial_ms = 100
-reconnect_max_ms = 1000
-tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
-
-[buffer]
-path = "{buf}"
-commit_interval_ms = 20
-
-{source}"#,
-        ca = tls.ca.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
-        buf = buffer.display(),
+    common::agent_toml(
+        pki,
+        "meter-k",
+        port,
+        buffer,
+        metrics_port,
+        "max_inflight = 8\nbatch_max_readings = 100\n",
+        source,
     )
 }
 

@@ -6,7 +6,9 @@
 //! timestamps microseconds since the Unix epoch. A JSON text never starts with `0x00`, so the
 //! first byte tells the encodings apart.
 
+use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,9 +49,9 @@ pub fn encode(batch: &Batch) -> std::io::Result<Vec<u8>> {
         .readings
         .iter()
         .map(|r| {
-            let key = (r.channel.as_str(), r.kind.code(), r.unit.as_str());
+            let key = (r.channel.as_str(), r.kind.code(), &*r.unit);
             let idx = *index.entry(key).or_insert_with(|| {
-                series.push((r.channel.to_string(), r.kind.code(), r.unit.clone()));
+                series.push((r.channel.to_string(), r.kind.code(), r.unit.to_string()));
                 series.len() as u32 - 1
             });
             CompactReading {
@@ -74,8 +76,68 @@ pub fn encode(batch: &Batch) -> std::io::Result<Vec<u8>> {
     };
     let plain = postcard::to_allocvec(&body).map_err(std::io::Error::other)?;
     let mut out = MAGIC.to_vec();
-    out.extend(zstd::bulk::compress(&plain, 3)?);
+    out.extend(compress(&plain)?);
     Ok(out)
+}
+
+thread_local! {
+    // zstd contexts are expensive to create (hundreds of KiB of tables); one per thread is
+    // reused for every batch.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// zstd level 3, one frame with the content size in its header.
+fn compress(plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = match &mut *c {
+            Some(c) => c,
+            None => c.insert(zstd::bulk::Compressor::new(3)?),
+        };
+        c.compress(plain)
+    })
+}
+
+/// Decompresses one zstd frame into at most `limit` bytes; a zstd bomb stops at the limit.
+fn decompress(frame: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let too_big = || err(format!("decompresses to more than {limit} bytes"));
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n > limit as u64 => Err(too_big()),
+        // The frame declares its size (every encoder here writes it): one call into a buffer
+        // of exactly that size, with the thread's reused context. A frame whose content
+        // exceeds what it declares fails with "destination buffer is too small".
+        Ok(Some(n)) => DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            let d = match &mut *d {
+                Some(d) => d,
+                None => d.insert(
+                    zstd::bulk::Decompressor::new().map_err(|e| err(format!("zstd: {e}")))?,
+                ),
+            };
+            let mut plain = Vec::with_capacity(n as usize);
+            d.decompress_to_buffer(frame, &mut plain)
+                .map_err(|e| err(format!("zstd: {e}")))?;
+            Ok(plain)
+        }),
+        // Size not declared (or not a frame header, which the decoder reports): stream with a
+        // hard cap.
+        _ => {
+            let decoder =
+                zstd::stream::read::Decoder::new(frame).map_err(|e| err(format!("zstd: {e}")))?;
+            let mut plain = Vec::new();
+            decoder
+                .take(limit as u64 + 1)
+                .read_to_end(&mut plain)
+                .map_err(|e| err(format!("zstd: {e}")))?;
+            if plain.len() > limit {
+                return Err(too_big());
+            }
+            Ok(plain)
+        }
+    }
 }
 
 fn err(msg: impl Into<String>) -> BatchError {
@@ -93,20 +155,7 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
             payload[3]
         )));
     }
-    // Streaming decompression with a hard cap: a zstd bomb stops at the limit.
-    let decoder = zstd::stream::read::Decoder::new(&payload[MAGIC.len()..])
-        .map_err(|e| err(format!("zstd: {e}")))?;
-    let mut plain = Vec::new();
-    decoder
-        .take(limits.max_decompressed_bytes as u64 + 1)
-        .read_to_end(&mut plain)
-        .map_err(|e| err(format!("zstd: {e}")))?;
-    if plain.len() > limits.max_decompressed_bytes {
-        return Err(err(format!(
-            "decompresses to more than {} bytes",
-            limits.max_decompressed_bytes
-        )));
-    }
+    let plain = decompress(&payload[MAGIC.len()..], limits.max_decompressed_bytes)?;
     let body: CompactBatch = postcard::from_bytes(&plain).map_err(|e| err(format!("body: {e}")))?;
     let device_id = DeviceId::new(body.device_id.as_str()).map_err(|e| BatchError::Field {
         field: "device_id".into(),
@@ -120,15 +169,17 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         });
     }
     // Validate the series table once; readings referring to a bad series are rejected.
-    type Series = Result<(crate::model::Channel, Kind, String), (&'static str, String)>;
+    // Channel and unit are shared by the readings that refer to them (an `Arc` clone each).
+    type Series = Result<(crate::model::Channel, Kind, Arc<str>), (&'static str, String)>;
     let series: Vec<Series> = body
         .series
         .iter()
         .map(|(c, k, u)| {
             let channel = validate::channel(c).map_err(|m| ("channel", m))?;
-            let kind = Kind::from_code(*k).ok_or(("kind", format!("unknown kind code {k}")))?;
+            let kind =
+                Kind::from_code(*k).ok_or_else(|| ("kind", format!("unknown kind code {k}")))?;
             let unit = validate::unit(u).map_err(|m| ("unit", m))?;
-            Ok((channel, kind, unit))
+            Ok((channel, kind, Arc::from(unit)))
         })
         .collect();
     let mut readings = Vec::with_capacity(body.readings.len());
@@ -137,10 +188,12 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         let parsed = (|| {
             let (channel, kind, unit) = series
                 .get(r.series as usize)
-                .ok_or((
-                    "series",
-                    format!("series index {} is out of range", r.series),
-                ))?
+                .ok_or_else(|| {
+                    (
+                        "series",
+                        format!("series index {} is out of range", r.series),
+                    )
+                })?
                 .clone()?;
             let ts = validate::ts_from_micros(r.ts_us).map_err(|m| ("ts", m))?;
             let value = rust_decimal::Decimal::try_from_i128_with_scale(r.mantissa, r.scale as u32)
@@ -152,7 +205,7 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
                 })?;
             let value = validate::value(value).map_err(|m| ("value", m))?;
             let quality = Quality::from_bits(r.quality)
-                .ok_or(("quality", format!("unknown quality bits {:#x}", r.quality)))?;
+                .ok_or_else(|| ("quality", format!("unknown quality bits {:#x}", r.quality)))?;
             Ok::<_, (&'static str, String)>(Reading {
                 seq: r.seq,
                 ts,
@@ -188,4 +241,61 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         gaps,
         rejects,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_size_round_trips_and_is_bounded() {
+        let plain: Vec<u8> = (0..5000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let frame = compress(&plain).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
+            Some(plain.len() as u64)
+        );
+        assert_eq!(decompress(&frame, plain.len()).unwrap(), plain);
+        let e = decompress(&frame, plain.len() - 1).unwrap_err();
+        assert!(e.to_string().contains("decompresses to more than"), "{e}");
+    }
+
+    #[test]
+    fn undeclared_size_streams_with_the_cap() {
+        let plain = vec![0u8; 1 << 20];
+        let frame = zstd::stream::encode_all(&plain[..], 3).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
+            None
+        );
+        assert_eq!(decompress(&frame, 1 << 20).unwrap(), plain);
+        let e = decompress(&frame, 1000).unwrap_err();
+        assert!(e.to_string().contains("decompresses to more than"), "{e}");
+    }
+
+    #[test]
+    fn a_frame_that_understates_its_size_is_refused() {
+        let plain = vec![7u8; 1000];
+        let mut frame = compress(&plain).unwrap();
+        // Frame header: magic (4), descriptor (1), [window (1)], [dict id], content size.
+        let fhd = frame[4];
+        assert_eq!(fhd >> 6, 1, "1000 bytes use a 2-byte content size field");
+        let single_segment = fhd & 0x20 != 0;
+        let dict_len = [0, 1, 2, 4][usize::from(fhd & 3)];
+        let at = 5 + usize::from(!single_segment) + dict_len;
+        frame[at..at + 2].copy_from_slice(&(600u16 - 256).to_le_bytes());
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
+            Some(600)
+        );
+        let e = decompress(&frame, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("zstd"), "{e}");
+    }
+
+    #[test]
+    fn garbage_after_the_magic_is_an_error_not_a_panic() {
+        for junk in [&b""[..], b"\x28\xb5\x2f", b"not zstd at all"] {
+            assert!(decompress(junk, 1 << 20).is_err());
+        }
+    }
 }

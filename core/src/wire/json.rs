@@ -141,7 +141,7 @@ fn parse_reading(raw: &RawValue) -> Result<Reading, FieldErr> {
         ts,
         channel,
         kind,
-        unit,
+        unit: unit.into(),
         value,
         quality,
     })
@@ -237,7 +237,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
             );
             m.insert("channel".into(), json!(r.channel.as_str()));
             m.insert("kind".into(), json!(r.kind.as_str()));
-            m.insert("unit".into(), json!(r.unit));
+            m.insert("unit".into(), json!(&*r.unit));
             m.insert("value".into(), json!(r.value.to_string()));
             if !r.quality.is_good() {
                 m.insert("quality".into(), json!(r.quality.names()));

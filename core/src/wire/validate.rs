@@ -123,10 +123,12 @@ pub(crate) fn gap(from_seq: u64, to_seq: u64, reason: &str) -> Result<Gap, (&'st
             format!("to_seq {to_seq} is below from_seq {from_seq}"),
         ));
     }
-    let reason = GapReason::from_name(reason).ok_or((
-        "reason",
-        format!("unknown gap reason {reason:?}; known are buffer_full, buffer_corrupt"),
-    ))?;
+    let reason = GapReason::from_name(reason).ok_or_else(|| {
+        (
+            "reason",
+            format!("unknown gap reason {reason:?}; known are buffer_full, buffer_corrupt"),
+        )
+    })?;
     Ok(Gap {
         from_seq,
         to_seq,

@@ -42,6 +42,43 @@ pub fn agent_config(pki: &Pki, device: &str, port: u16, buffer: &Path) -> AgentC
     }
 }
 
+/// The agent's TOML config as the binary reads it: `device` with its PKI certificate, the
+/// broker on 127.0.0.1:`port`, metrics on `metrics_port`, fast reconnects and commits.
+/// `mqtt_extra` adds lines to `[mqtt]`; `sources` is appended as is (`[[sources]]` tables).
+pub fn agent_toml(
+    pki: &Pki,
+    device: &str,
+    port: u16,
+    buffer: &Path,
+    metrics_port: u16,
+    mqtt_extra: &str,
+    sources: &str,
+) -> String {
+    let tls = pki.device(device);
+    format!(
+        r#"device_id = "{device}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+keep_alive_secs = 5
+reconnect_initial_ms = 100
+reconnect_max_ms = 1000
+tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
+{mqtt_extra}
+[buffer]
+path = "{buf}"
+commit_interval_ms = 20
+
+{sources}"#,
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        buf = buffer.display(),
+    )
+}
+
 /// A virtual-clock household meter producing exactly `2 * steps` readings.
 pub fn virtual_meter(steps: i64, speedup: Option<f64>) -> SourceConfig {
     let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();

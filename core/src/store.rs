@@ -1,0 +1,225 @@
+//! The `[object_store]` config section shared by the collector and the aggregator, and the
+//! S3 (or S3-compatible: MinIO, Ceph, moto) store it names.
+//!
+//! ```toml
+//! [object_store]
+//! url = "s3://gridmeter-landing/prod"   # bucket, then an optional key prefix
+//! endpoint = "http://minio.internal:9000"   # optional; AWS when unset
+//! region = "eu-central-1"
+//! access_key_id = "..."                 # optional: else AWS_* environment, instance role
+//! secret_access_key = "..."
+//! allow_http = true                     # needed for an http:// endpoint
+//! ```
+//!
+//! Settings not given here come from the usual `AWS_*` environment variables
+//! ([`object_store::aws::AmazonS3Builder::from_env`]).
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::prefix::PrefixStore;
+use object_store::ObjectStore;
+use serde::Deserialize;
+
+use crate::config::{Problems, Validate};
+
+/// S3 (or S3-compatible) storage instead of a local `data_root`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket/prefix`
+    pub url: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Allow `http://` endpoints (MinIO on a private network).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0:?} must look like s3://bucket/prefix")]
+    Url(String),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// Where an `s3://bucket/prefix` URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (empty: the bucket's root).
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// `s3://bucket/` or `s3://bucket/prefix/`: the URL every key under the location starts
+    /// with (DataFusion and DuckDB address objects this way).
+    pub fn base_url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}/", self.bucket)
+        } else {
+            format!("s3://{}/{}/", self.bucket, self.prefix)
+        }
+    }
+
+    /// `s3://bucket`: the URL an object store for the whole bucket is registered under.
+    pub fn bucket_url(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+}
+
+impl ObjectStoreConfig {
+    /// The bucket and prefix of [`ObjectStoreConfig::url`].
+    pub fn location(&self) -> Result<S3Location, StoreError> {
+        let bad = || StoreError::Url(self.url.clone());
+        let rest = self.url.strip_prefix("s3://").ok_or_else(bad)?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty()
+            || bucket
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '@'))
+        {
+            return Err(bad());
+        }
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join("/"),
+        })
+    }
+
+    /// Validation under `key` (the section's name in the config, e.g. `object_store`).
+    pub fn check(&self, key: &str, p: &mut Problems) {
+        if let Err(e) = self.location() {
+            p.push(format!("{key}.url"), e);
+        }
+        if let Some(e) = &self.endpoint {
+            if e.starts_with("http://") {
+                if !self.allow_http {
+                    p.push(
+                        format!("{key}.endpoint"),
+                        format!("{e:?} is plain http: set allow_http = true to use it"),
+                    );
+                }
+            } else if !e.starts_with("https://") {
+                p.push(
+                    format!("{key}.endpoint"),
+                    format!("{e:?} must start with http:// or https://"),
+                );
+            }
+        }
+        if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            p.push(format!("{key}.region"), "must not be empty when set");
+        }
+    }
+
+    /// The store for the whole bucket (object keys include the prefix).
+    pub fn bucket_store(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let loc = self.location()?;
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&loc.bucket)
+            .with_allow_http(self.allow_http);
+        if let Some(e) = &self.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &self.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &self.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &self.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        Ok(Arc::new(b.build()?))
+    }
+
+    /// The store rooted at the URL's prefix: object keys are relative to it, as they are to
+    /// a local `data_root`.
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let loc = self.location()?;
+        Ok(with_prefix(self.bucket_store()?, &loc.prefix))
+    }
+}
+
+/// `store` seen from under `prefix` (`store` itself for an empty prefix).
+pub fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+impl Validate for ObjectStoreConfig {
+    fn validate(&self, p: &mut Problems) {
+        self.check("object_store", p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> ObjectStoreConfig {
+        ObjectStoreConfig {
+            url: url.into(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }
+    }
+
+    #[test]
+    fn locations() {
+        let l = cfg("s3://b/some//prefix/").location().unwrap();
+        assert_eq!(l.bucket, "b");
+        assert_eq!(l.prefix, "some/prefix");
+        assert_eq!(l.base_url(), "s3://b/some/prefix/");
+        assert_eq!(l.bucket_url(), "s3://b");
+        let l = cfg("s3://b").location().unwrap();
+        assert_eq!(l.prefix, "");
+        assert_eq!(l.base_url(), "s3://b/");
+        for bad in ["b/x", "s3://", "s3:///x", "gs://b/x", "s3://a b/x"] {
+            assert!(cfg(bad).location().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lists_every_problem() {
+        let text =
+            "url = \"/tmp/x\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"\"\ntypo = 1\n";
+        let err = crate::config::parse::<ObjectStoreConfig>(text, "t").unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("typo"), "{all}");
+        assert!(all.contains("object_store.url"), "{all}");
+        assert!(all.contains("allow_http"), "{all}");
+        assert!(all.contains("object_store.region"), "{all}");
+    }
+
+    #[test]
+    fn opens_without_network() {
+        let mut c = cfg("s3://bucket/p");
+        c.endpoint = Some("http://127.0.0.1:1".into());
+        c.allow_http = true;
+        c.region = Some("us-east-1".into());
+        c.access_key_id = Some("k".into());
+        c.secret_access_key = Some("s".into());
+        assert!(c.open().is_ok());
+        assert!(cfg("nope").open().is_err());
+    }
+}

@@ -9,17 +9,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::{write_raw, Raw, DAY};
 use futures::StreamExt;
-use gridmeter_aggregator::config::ObjectStoreConfig;
 use gridmeter_aggregator::series::LATE;
 use gridmeter_aggregator::{AggregatorConfig, Metrics, RunSummary, UsageRow};
+use gridmeter_core::testkit::{upload_dir, Moto};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use rust_decimal::Decimal;
@@ -28,111 +25,6 @@ const MIN: i64 = 60_000_000;
 const BASE: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 const BUCKET: &str = "gridmeter";
 const PREFIX: &str = "fleet/prod";
-
-/// A moto S3 server on 127.0.0.1, stopped (its process killed) on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    _log: tempfile::NamedTempFile,
-}
-
-impl Moto {
-    /// `None` (after saying why) when moto is not installed.
-    fn start() -> Option<Moto> {
-        let probe = Command::new("python3")
-            .args(["-c", "import moto"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !probe.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "SKIPPED: python3 cannot import moto (pip install 'moto[server]', see .ci/requirements.txt)"
-            );
-            return None;
-        }
-        // A port taken between the probe and moto's bind makes moto exit: try again.
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port on 127.0.0.1")
-                .port();
-            let log = tempfile::NamedTempFile::new().expect("moto log file");
-            let child = Command::new("python3")
-                .args([
-                    "-m",
-                    "moto.server",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(log.reopen().expect("moto log"))
-                .stderr(log.reopen().expect("moto log"))
-                .spawn()
-                .expect("python3 -m moto.server");
-            let mut moto = Moto {
-                child,
-                port,
-                _log: log,
-            };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Some(moto);
-                }
-                if moto.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let log = std::fs::read_to_string(moto._log.path()).unwrap_or_default();
-            eprintln!("moto did not start on port {port}:\n{log}");
-        }
-        panic!("moto server did not start");
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a bucket with boto3, as the fault suite's harness does.
-    fn create_bucket(&self, bucket: &str) {
-        let script = format!(
-            "import boto3\nboto3.client('s3', endpoint_url={:?}, region_name='us-east-1', \
-             aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket={bucket:?})\n",
-            self.endpoint()
-        );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "create_bucket: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn config(&self, url: &str) -> ObjectStoreConfig {
-        ObjectStoreConfig {
-            url: url.to_string(),
-            endpoint: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            allow_http: true,
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// 15-minute readings (jittered) of a few meters for `days` days: an energy counter (one
 /// meter near its register maximum, so it rolls over) and a power gauge.
@@ -183,49 +75,10 @@ fn readings(devices: usize, days: i64) -> Vec<Raw> {
     rows
 }
 
-/// Every file under `dir`, recursively, as paths relative to `dir` with `/` separators.
-fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).expect("read_dir") {
-            let p = e.expect("dir entry").path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                let rel = p.strip_prefix(base).expect("under base");
-                out.push(
-                    rel.components()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                );
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if dir.exists() {
-        walk(dir, dir, &mut out);
-    }
-    out.sort();
-    out
-}
-
 /// Copies the raw files of a local data root that `store` does not hold yet into it, byte
 /// for byte; returns how many.
 async fn upload_raw(local: &Path, store: &dyn ObjectStore) -> usize {
-    let mut n = 0;
-    for rel in files_under(&local.join("raw")) {
-        let key = ObjectPath::from(format!("raw/{rel}"));
-        if store.head(&key).await.is_ok() {
-            continue;
-        }
-        let bytes = std::fs::read(local.join("raw").join(&rel)).expect("raw file");
-        store
-            .put(&key, PutPayload::from(bytes))
-            .await
-            .expect("upload raw file");
-        n += 1;
-    }
-    n
+    upload_dir(&local.join("raw"), store, "raw").await
 }
 
 /// Rows without what differs between two runs of the same computation.

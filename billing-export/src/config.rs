@@ -10,13 +10,15 @@ use serde::Deserialize;
 use crate::error::BillingError;
 use crate::money::Rounding;
 use crate::registry::Registry;
+use crate::tables::TableSource;
 use crate::tariff::Tariffs;
+use gridmeter_core::store::ObjectStoreConfig;
 
 /// Everything one export needs.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
-    /// `<data_root>/usage/15m/` and `<data_root>/raw/` are read.
-    pub data_root: PathBuf,
+    /// Where `usage/15m/` and `raw/` are read: a local data root or an S3 location.
+    pub tables: TableSource,
     /// Outputs go to `<out_dir>/exports/<period>/run-NNNN/`.
     pub out_dir: PathBuf,
     pub registry: Registry,
@@ -44,7 +46,7 @@ impl ExportConfig {
         tariffs: Tariffs,
     ) -> Self {
         ExportConfig {
-            data_root: data_root.into(),
+            tables: TableSource::Local(data_root.into()),
             out_dir: out_dir.into(),
             registry,
             tariffs,
@@ -70,14 +72,23 @@ impl ExportConfig {
         };
         let registry: Registry = gridmeter_core::config::load(&rel(&file.registry))?;
         let tariffs: Tariffs = gridmeter_core::config::load(&rel(&file.tariffs))?;
-        let data_root = rel(&file.data_root);
+        // Validation made sure exactly one of data_root and [object_store] is set, and
+        // out_dir with [object_store].
+        let data_root = file.data_root.as_deref().map(rel);
+        let out_dir = file.out_dir.as_deref().map(rel).or(data_root.clone());
+        let tables = match (data_root, file.object_store) {
+            (Some(root), None) => TableSource::Local(root),
+            (None, Some(os)) => TableSource::ObjectStore(os),
+            _ => {
+                return Err(BillingError::Input(
+                    "set either data_root or [object_store]".into(),
+                ))
+            }
+        };
+        let out_dir = out_dir.ok_or_else(|| BillingError::Input("out_dir must be set".into()))?;
         Ok(ExportConfig {
-            out_dir: file
-                .out_dir
-                .as_deref()
-                .map(rel)
-                .unwrap_or_else(|| data_root.clone()),
-            data_root,
+            out_dir,
+            tables,
             registry,
             tariffs,
             rounding: file.rounding,
@@ -116,7 +127,11 @@ impl ExportConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
-    data_root: PathBuf,
+    /// Local tables; or `[object_store]`.
+    #[serde(default)]
+    data_root: Option<PathBuf>,
+    #[serde(default)]
+    object_store: Option<ObjectStoreConfig>,
     #[serde(default)]
     out_dir: Option<PathBuf>,
     registry: PathBuf,
@@ -139,8 +154,61 @@ fn yes() -> bool {
 
 impl Validate for ConfigFile {
     fn validate(&self, p: &mut Problems) {
-        if self.data_root.as_os_str().is_empty() {
-            p.push("data_root", "must be set");
+        match (&self.data_root, &self.object_store) {
+            (None, None) => p.push("data_root", "set data_root or [object_store]"),
+            (Some(_), Some(_)) => p.push(
+                "object_store",
+                "set either data_root or [object_store], not both",
+            ),
+            (Some(root), None) if root.as_os_str().is_empty() => {
+                p.push("data_root", "must not be empty")
+            }
+            _ => {}
+        }
+        if let Some(os) = &self.object_store {
+            os.check("object_store", p);
+            if self.out_dir.is_none() {
+                p.push(
+                    "out_dir",
+                    "must be set with [object_store]: exports are written to a local directory",
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile, gridmeter_core::config::ConfigError> {
+        gridmeter_core::config::parse::<ConfigFile>(text, "billing.toml")
+    }
+
+    #[test]
+    fn local_or_object_store() {
+        let c = parse("data_root = \"/d\"\nregistry = \"r.toml\"\ntariffs = \"t.toml\"\n").unwrap();
+        assert_eq!(c.data_root.as_deref(), Some(Path::new("/d")));
+        let c = parse(
+            "out_dir = \"/o\"\nregistry = \"r.toml\"\ntariffs = \"t.toml\"\n\
+             [object_store]\nurl = \"s3://b/p\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.object_store.map(|o| o.url), Some("s3://b/p".to_string()));
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let all = |text: &str| parse(text).unwrap_err().problems.join("\n");
+        let a = all("registry = \"r\"\ntariffs = \"t\"\n");
+        assert!(
+            a.contains("data_root: set data_root or [object_store]"),
+            "{a}"
+        );
+        let a = all("data_root = \"/d\"\nregistry = \"r\"\ntariffs = \"t\"\n\
+             [object_store]\nurl = \"bucket/p\"\nendpoint = \"http://h:9000\"\n");
+        for want in ["not both", "object_store.url", "allow_http", "out_dir"] {
+            assert!(a.contains(want), "{want} missing in {a}");
         }
     }
 }

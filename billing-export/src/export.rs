@@ -170,7 +170,8 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
             .collect(),
     };
     tracing::info!(period = %label, customers = custs.len(), devices = devs.len(), "loading usage");
-    let usage_table = tables::load_usage(&cfg.data_root, &sel)?;
+    let source = tables::Tables::open(&cfg.tables)?;
+    let usage_table = tables::load_usage(&source, &sel)?;
     let mut series_by: HashMap<(u32, u16), &tables::Series> = usage_table
         .series
         .iter()
@@ -190,7 +191,7 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
             .unwrap_or_default()
             .timestamp_micros();
         Some(tables::load_raw(
-            &cfg.data_root,
+            &source,
             &sel,
             lo,
             hi,

@@ -10,11 +10,17 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType, UInt64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use futures::TryStreamExt;
+use gridmeter_core::store::ObjectStoreConfig;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
+use parquet::file::reader::ChunkReader;
 use rust_decimal::Decimal;
 
 use crate::error::BillingError;
@@ -81,47 +87,116 @@ struct URow {
     estimated: bool,
 }
 
-/// Files of a table, sorted, skipping `_`/`.` path components (not data by contract).
-pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>, BillingError> {
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d)
-            .map_err(|e| BillingError::io(format!("listing {}", d.display()), e))?;
-        for entry in rd {
-            let entry =
-                entry.map_err(|e| BillingError::io(format!("listing {}", d.display()), e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('_') || name.starts_with('.') {
-                continue;
+/// Where the tables are: a local data root or an S3 location (`[object_store]`), both
+/// holding `usage/15m/` and `raw/` below them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSource {
+    Local(PathBuf),
+    ObjectStore(ObjectStoreConfig),
+}
+
+/// One committed data file of a table.
+pub struct DataFile {
+    /// Path relative to the table directory, `/`-separated (`date=2026-01-01/x.parquet`).
+    pub rel: String,
+    /// Where it is, for messages: a local path or an `s3://` URL.
+    pub location: PathBuf,
+}
+
+/// An opened [`TableSource`]: lists a table's committed files and reads them.
+pub struct Tables {
+    inner: Inner,
+}
+
+enum Inner {
+    Local(PathBuf),
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        /// `s3://bucket/prefix/`, for messages.
+        base: String,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+impl Tables {
+    pub fn open(source: &TableSource) -> Result<Tables, BillingError> {
+        let inner = match source {
+            TableSource::Local(root) => Inner::Local(root.clone()),
+            TableSource::ObjectStore(os) => {
+                let fail = |e: &dyn std::fmt::Display| {
+                    BillingError::data(Path::new(&os.url), format!("opening the object store: {e}"))
+                };
+                let base = os.location().map_err(|e| fail(&e))?.base_url();
+                let store = os.open().map_err(|e| fail(&e))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| BillingError::io("starting the object store runtime", e))?;
+                Inner::Remote { store, base, rt }
             }
-            let path = entry.path();
-            let ft = entry
-                .file_type()
-                .map_err(|e| BillingError::io(format!("stat {}", path.display()), e))?;
-            if ft.is_dir() {
-                stack.push(path);
-            } else if name.ends_with(".parquet") {
-                out.push(path);
+        };
+        Ok(Tables { inner })
+    }
+
+    /// The committed files of `table` (`usage/15m`, `raw`), sorted by path; paths with a
+    /// component starting with `_` or `.` are not data by contract.
+    pub fn data_files(&self, table: &str) -> Result<Vec<DataFile>, BillingError> {
+        let mut out = match &self.inner {
+            Inner::Local(root) => local_files(&root.join(table))?,
+            Inner::Remote { store, base, rt } => {
+                let prefix = ObjectPath::from(table);
+                let listed: Vec<_> = rt
+                    .block_on(store.list(Some(&prefix)).try_collect())
+                    .map_err(|e| BillingError::data(Path::new(&format!("{base}{table}/")), e))?;
+                listed
+                    .into_iter()
+                    .filter_map(|meta| {
+                        let key = meta.location.to_string();
+                        let rel = key.strip_prefix(table)?.strip_prefix('/')?.to_string();
+                        is_data(&rel).then(|| DataFile {
+                            location: PathBuf::from(format!("{base}{key}")),
+                            rel,
+                        })
+                    })
+                    .collect()
+            }
+        };
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(out)
+    }
+
+    fn open_file(
+        &self,
+        table: &str,
+        file: &DataFile,
+        columns: &[&str],
+    ) -> Result<ParquetRecordBatchReader, BillingError> {
+        let path = &file.location;
+        match &self.inner {
+            Inner::Local(_) => {
+                let f = File::open(path)
+                    .map_err(|e| BillingError::io(format!("opening {}", path.display()), e))?;
+                project(path, f, columns)
+            }
+            Inner::Remote { store, rt, .. } => {
+                let key = ObjectPath::from(format!("{table}/{}", file.rel));
+                let bytes = rt
+                    .block_on(async { store.get(&key).await?.bytes().await })
+                    .map_err(|e| BillingError::data(path, e))?;
+                project(path, bytes, columns)
             }
         }
     }
-    out.sort();
-    Ok(out)
 }
 
-fn open(
+/// A reader of `columns` (each must exist) in batches of 64k rows.
+fn project<T: ChunkReader + 'static>(
     path: &Path,
+    input: T,
     columns: &[&str],
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, BillingError> {
-    let file =
-        File::open(path).map_err(|e| BillingError::io(format!("opening {}", path.display()), e))?;
+) -> Result<ParquetRecordBatchReader, BillingError> {
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| BillingError::data(path, e))?;
+        ParquetRecordBatchReaderBuilder::try_new(input).map_err(|e| BillingError::data(path, e))?;
     let schema = builder.parquet_schema();
     for c in columns {
         if !schema.columns().iter().any(|col| col.name() == *c) {
@@ -134,6 +209,52 @@ fn open(
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| BillingError::data(path, e))
+}
+
+/// A `/`-separated path relative to a table directory is data: a `.parquet` file, no
+/// component starting with `_` or `.`.
+fn is_data(rel: &str) -> bool {
+    rel.ends_with(".parquet") && rel.split('/').all(|c| !c.starts_with(['_', '.']))
+}
+
+fn local_files(dir: &Path) -> Result<Vec<DataFile>, BillingError> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d)
+            .map_err(|e| BillingError::io(format!("listing {}", d.display()), e))?;
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| BillingError::io(format!("listing {}", d.display()), e))?;
+            let path = entry.path();
+            let ft = entry
+                .file_type()
+                .map_err(|e| BillingError::io(format!("stat {}", path.display()), e))?;
+            let Ok(rel) = path.strip_prefix(dir) else {
+                continue;
+            };
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if rel.split('/').any(|c| c.starts_with(['_', '.'])) {
+                continue;
+            }
+            if ft.is_dir() {
+                stack.push(path);
+            } else if is_data(&rel) {
+                out.push(DataFile {
+                    rel,
+                    location: path,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn column<'a>(
@@ -180,14 +301,15 @@ fn dec(path: &Path, v: i128) -> Result<Decimal, BillingError> {
 }
 
 /// Loads the current 15-minute usage of the selected device channels.
-pub fn load_usage(data_root: &Path, sel: &Selection) -> Result<Usage, BillingError> {
-    let dir = data_root.join("usage").join("15m");
+pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingError> {
+    let table = "usage/15m";
     let ts = gridmeter_core::schema::ts_type();
     let value = gridmeter_core::schema::VALUE_TYPE;
     let mut rows: Vec<URow> = Vec::new();
     // (device, channel) -> (kind, unit) as first seen.
     let mut meta: HashMap<(u32, u16), (String, String)> = HashMap::new();
-    for path in data_files(&dir)? {
+    for file in tables.data_files(table)? {
+        let path = &file.location;
         let cols = [
             "device_id",
             "channel",
@@ -200,19 +322,19 @@ pub fn load_usage(data_root: &Path, sel: &Selection) -> Result<Usage, BillingErr
             "flags",
             "revision",
         ];
-        for batch in open(&path, &cols)? {
-            let b = batch.map_err(|e| BillingError::data(&path, e))?;
-            let dev = strings(&path, &b, "device_id")?;
-            let chan = strings(&path, &b, "channel")?;
-            let kind = strings(&path, &b, "kind")?;
-            let unit = strings(&path, &b, "unit")?;
-            let window = strings(&path, &b, "window")?;
-            let flags = strings(&path, &b, "flags")?;
+        for batch in tables.open_file(table, &file, &cols)? {
+            let b = batch.map_err(|e| BillingError::data(path, e))?;
+            let dev = strings(path, &b, "device_id")?;
+            let chan = strings(path, &b, "channel")?;
+            let kind = strings(path, &b, "kind")?;
+            let unit = strings(path, &b, "unit")?;
+            let window = strings(path, &b, "window")?;
+            let flags = strings(path, &b, "flags")?;
             let ws =
-                column(&path, &b, "window_start", &ts)?.as_primitive::<TimestampMicrosecondType>();
-            let usage = column(&path, &b, "usage", &value)?.as_primitive::<Decimal128Type>();
-            let avg = column(&path, &b, "avg", &value)?.as_primitive::<Decimal128Type>();
-            let rev = column(&path, &b, "revision", &DataType::Int64)?.as_primitive::<Int64Type>();
+                column(path, &b, "window_start", &ts)?.as_primitive::<TimestampMicrosecondType>();
+            let usage = column(path, &b, "usage", &value)?.as_primitive::<Decimal128Type>();
+            let avg = column(path, &b, "avg", &value)?.as_primitive::<Decimal128Type>();
+            let rev = column(path, &b, "revision", &DataType::Int64)?.as_primitive::<Int64Type>();
             for i in 0..b.num_rows() {
                 let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
                     continue;
@@ -239,7 +361,7 @@ pub fn load_usage(data_root: &Path, sel: &Selection) -> Result<Usage, BillingErr
                     .or_insert_with(|| (k.to_string(), unit.value(i).to_string()));
                 if m.0 != k || m.1 != unit.value(i) {
                     return Err(BillingError::data(
-                        &path,
+                        path,
                         format!(
                             "device {} channel {} changes kind/unit from {}/{} to {}/{}",
                             dev.value(i),
@@ -252,7 +374,7 @@ pub fn load_usage(data_root: &Path, sel: &Selection) -> Result<Usage, BillingErr
                     ));
                 }
                 let f = flags.value(i);
-                dec(&path, v)?;
+                dec(path, v)?;
                 rows.push(URow {
                     ws: t,
                     lo: v as u64,
@@ -306,13 +428,12 @@ pub struct RawReading {
 /// channel, kind, readings)` so only one channel's readings are materialised at a time. Only `raw/date=YYYY-MM-DD/` partitions within
 /// `[from - 2 days, to + 2 days]` (UTC dates) are read: the boundary readings are found there.
 pub fn load_raw(
-    data_root: &Path,
+    tables: &Tables,
     sel: &Selection,
     from_us: i64,
     to_us: i64,
     difference: impl Fn(u32, u16, &str, &[RawReading]) -> Decimal,
 ) -> Result<RawByChannel, BillingError> {
-    let dir = data_root.join("raw");
     let day_us = 86_400_000_000i64;
     let lo = chrono::DateTime::from_timestamp_micros(from_us - 2 * day_us).map(|t| t.date_naive());
     let hi = chrono::DateTime::from_timestamp_micros(to_us + 2 * day_us).map(|t| t.date_naive());
@@ -325,16 +446,16 @@ pub fn load_raw(
         seq: u64,
         ts: i64,
         received: i64,
-        value: i128,
+        value: Decimal,
     }
     let mut rows: Vec<RRow> = Vec::new();
-    for path in data_files(&dir)? {
+    for file in tables.data_files("raw")? {
+        let path = &file.location;
         // Partition pruning on date=YYYY-MM-DD; files outside a date partition are read.
-        let date = path
-            .strip_prefix(&dir)
-            .ok()
-            .and_then(|p| p.components().next())
-            .and_then(|c| c.as_os_str().to_str())
+        let date = file
+            .rel
+            .split('/')
+            .next()
             .and_then(|c| c.strip_prefix("date="))
             .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
         if let (Some(d), Some(lo), Some(hi)) = (date, lo, hi) {
@@ -351,16 +472,16 @@ pub fn load_raw(
             "value",
             "received_at",
         ];
-        for batch in open(&path, &cols)? {
-            let b = batch.map_err(|e| BillingError::data(&path, e))?;
-            let dev = strings(&path, &b, "device_id")?;
-            let chan = strings(&path, &b, "channel")?;
-            let kind = strings(&path, &b, "kind")?;
-            let seq = column(&path, &b, "seq", &DataType::UInt64)?.as_primitive::<UInt64Type>();
-            let ts = column(&path, &b, "ts", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
+        for batch in tables.open_file("raw", &file, &cols)? {
+            let b = batch.map_err(|e| BillingError::data(path, e))?;
+            let dev = strings(path, &b, "device_id")?;
+            let chan = strings(path, &b, "channel")?;
+            let kind = strings(path, &b, "kind")?;
+            let seq = column(path, &b, "seq", &DataType::UInt64)?.as_primitive::<UInt64Type>();
+            let ts = column(path, &b, "ts", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
             let rec =
-                column(&path, &b, "received_at", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
-            let val = column(&path, &b, "value", &value_t)?.as_primitive::<Decimal128Type>();
+                column(path, &b, "received_at", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
+            let val = column(path, &b, "value", &value_t)?.as_primitive::<Decimal128Type>();
             for i in 0..b.num_rows() {
                 let k = kind.value(i);
                 if k == "gauge" {
@@ -376,7 +497,7 @@ pub fn load_raw(
                     seq: seq.value(i),
                     ts: ts.value(i),
                     received: rec.value(i),
-                    value: val.value(i),
+                    value: dec(path, val.value(i))?,
                 });
             }
         }
@@ -396,7 +517,7 @@ pub fn load_raw(
             readings.push(RawReading {
                 ts: r.ts,
                 seq: r.seq,
-                value: dec(&dir, r.value)?,
+                value: r.value,
             });
             i += 1;
         }

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use chrono::{Duration, NaiveDate};
 use common::*;
-use gridmeter_billing::{run, BillingError, Period, Rounding};
+use gridmeter_billing::tables::TableSource;
+use gridmeter_billing::{run, BillingError, ExportConfig, Period, Rounding};
 use rust_decimal::Decimal;
 
 fn range(a: &str, b: &str) -> Period {
@@ -144,26 +145,7 @@ fn same_inputs_give_identical_bytes() {
         run(&cfg, range("2026-10-24", "2026-10-27")).unwrap();
         outs.push(out);
     }
-    let files = |root: &Path| {
-        let base = root.join("exports/2026-10-24_2026-10-27/run-0001");
-        let mut v: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut stack = vec![base.clone()];
-        while let Some(p) = stack.pop() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                let e = e.unwrap();
-                if e.file_type().unwrap().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    v.push((
-                        e.path().strip_prefix(&base).unwrap().display().to_string(),
-                        std::fs::read(e.path()).unwrap(),
-                    ));
-                }
-            }
-        }
-        v.sort();
-        v
-    };
+    let files = |root: &Path| run_files(&root.join("exports/2026-10-24_2026-10-27/run-0001"));
     let (a, b) = (files(outs[0].path()), files(outs[1].path()));
     assert!(
         a.len() >= 8,
@@ -384,6 +366,75 @@ fn late_data_produces_adjustments_not_overwrites() {
     let third = run(&cfg, period).unwrap();
     assert_eq!(third.run, None);
     assert!(!root.join("exports/2026-06-01_2026-06-02/run-0003").exists());
+}
+
+/// The same export with the tables in S3 (a real moto server on 127.0.0.1, under a key
+/// prefix, holding the uncommitted `_late-…pending` file too) instead of a local data root:
+/// byte-identical outputs, and the TOML form of the config reads the same store.
+#[test]
+fn tables_on_s3_give_the_same_bytes() {
+    let Some(moto) = gridmeter_core::testkit::Moto::start() else {
+        return;
+    };
+    moto.create_bucket("billing");
+    let url = "s3://billing/fleet/prod";
+    let os = moto.config(url);
+    let data = tempfile::tempdir().unwrap();
+    pv(data.path(), true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = os.open().unwrap();
+    let uploaded = rt.block_on(gridmeter_core::testkit::upload_dir(
+        data.path(),
+        store.as_ref(),
+        "",
+    ));
+    assert_eq!(
+        uploaded, 3,
+        "the usage commit, the raw file and the pending late file"
+    );
+    let period = range("2026-06-01", "2026-06-02");
+
+    let local_out = tempfile::tempdir().unwrap();
+    let mut cfg = config(data.path(), PV_REGISTRY, PV_TARIFFS);
+    cfg.out_dir = local_out.path().to_path_buf();
+    let local_run = run(&cfg, period).unwrap().run_dir.unwrap();
+
+    let s3_out = tempfile::tempdir().unwrap();
+    cfg.tables = TableSource::ObjectStore(os.clone());
+    cfg.out_dir = s3_out.path().to_path_buf();
+    let s3_run = run(&cfg, period).unwrap().run_dir.unwrap();
+    let (a, b) = (run_files(&local_run), run_files(&s3_run));
+    assert!(
+        a.len() >= 8,
+        "{:?}",
+        a.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    assert_eq!(a, b);
+    // The interpolated first revision was read (the pending file is not committed data).
+    assert_eq!(invoice(&s3_run, "C-PV")["lines"][2]["amount"], "42.75");
+
+    // billing.toml with [object_store] instead of data_root.
+    let conf = s3_out.path().join("billing.toml");
+    std::fs::write(s3_out.path().join("registry.toml"), PV_REGISTRY).unwrap();
+    std::fs::write(s3_out.path().join("tariffs.toml"), PV_TARIFFS).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "out_dir = \"out\"\nregistry = \"registry.toml\"\ntariffs = \"tariffs.toml\"\n\
+             [object_store]\nurl = \"{url}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"testing\"\nsecret_access_key = \"testing\"\nallow_http = true\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let loaded = ExportConfig::load(&conf).unwrap();
+    assert_eq!(loaded.tables, TableSource::ObjectStore(os));
+    let toml_run = run(&loaded, period).unwrap().run_dir.unwrap();
+    assert!(toml_run.starts_with(s3_out.path().join("out")));
+    assert_eq!(run_files(&toml_run), a);
 }
 
 #[test]

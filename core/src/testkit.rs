@@ -4,12 +4,18 @@
 //! `require_certificate true`, `use_identity_as_username true` (the certificate CN becomes
 //! the MQTT username) and an ACL that lets device X publish only to
 //! `gridmeter/v1/X/readings`. Enabled by the `testkit` feature (dev-dependencies only).
+//! Also a real S3 server ([`Moto`]) for the components that read and write object stores.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod moto;
+#[cfg(feature = "store")]
+pub use moto::upload_dir;
+pub use moto::{files_under, Moto};
 
 use crate::model::DeviceId;
 use crate::pki::{self, Ca, PkiError};

@@ -233,6 +233,27 @@ pub fn config(root: &Path, registry: &str, tariffs: &str) -> gridmeter_billing::
     gridmeter_billing::ExportConfig::new(root, root, registry, tariffs)
 }
 
+/// Every file of a run directory as (relative path, bytes), sorted.
+pub fn run_files(base: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                v.push((
+                    e.path().strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -159,20 +159,7 @@ impl AggregatorConfig {
 
 impl Validate for AggregatorConfig {
     fn validate(&self, p: &mut Problems) {
-        match (&self.data_root, &self.object_store) {
-            (None, None) => p.push("data_root", "set data_root or [object_store]"),
-            (Some(_), Some(_)) => p.push(
-                "object_store",
-                "set either data_root or [object_store], not both",
-            ),
-            (Some(root), None) if root.as_os_str().is_empty() => {
-                p.push("data_root", "must not be empty")
-            }
-            _ => {}
-        }
-        if let Some(os) = &self.object_store {
-            os.check("object_store", p);
-        }
+        gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
         if self.windows.is_empty() {
             p.push("windows", "needs at least one window size");
         }

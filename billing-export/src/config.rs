@@ -154,25 +154,12 @@ fn yes() -> bool {
 
 impl Validate for ConfigFile {
     fn validate(&self, p: &mut Problems) {
-        match (&self.data_root, &self.object_store) {
-            (None, None) => p.push("data_root", "set data_root or [object_store]"),
-            (Some(_), Some(_)) => p.push(
-                "object_store",
-                "set either data_root or [object_store], not both",
-            ),
-            (Some(root), None) if root.as_os_str().is_empty() => {
-                p.push("data_root", "must not be empty")
-            }
-            _ => {}
-        }
-        if let Some(os) = &self.object_store {
-            os.check("object_store", p);
-            if self.out_dir.is_none() {
-                p.push(
-                    "out_dir",
-                    "must be set with [object_store]: exports are written to a local directory",
-                );
-            }
+        gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
+        if self.object_store.is_some() && self.out_dir.is_none() {
+            p.push(
+                "out_dir",
+                "must be set with [object_store]: exports are written to a local directory",
+            );
         }
     }
 }

@@ -268,17 +268,7 @@ impl Validate for CollectorConfig {
                 ),
             );
         }
-        match (&self.data_root, &self.object_store) {
-            (None, None) => p.push("data_root", "set data_root or [object_store]"),
-            (Some(_), Some(_)) => p.push(
-                "object_store",
-                "set either data_root or [object_store], not both",
-            ),
-            _ => {}
-        }
-        if let Some(os) = &self.object_store {
-            os.check("object_store", p);
-        }
+        gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
         if self.flush_max_readings == 0 {
             p.push("flush_max_readings", "must be positive");
         }

@@ -153,6 +153,29 @@ impl ObjectStoreConfig {
     }
 }
 
+/// Validation of a component's choice between a local `data_root` and an `[object_store]`
+/// section: exactly one, a non-empty root, and the section's own checks.
+pub fn check_root(
+    data_root: Option<&std::path::Path>,
+    object_store: Option<&ObjectStoreConfig>,
+    p: &mut Problems,
+) {
+    match (data_root, object_store) {
+        (None, None) => p.push("data_root", "set data_root or [object_store]"),
+        (Some(_), Some(_)) => p.push(
+            "object_store",
+            "set either data_root or [object_store], not both",
+        ),
+        (Some(root), None) if root.as_os_str().is_empty() => {
+            p.push("data_root", "must not be empty")
+        }
+        _ => {}
+    }
+    if let Some(os) = object_store {
+        os.check("object_store", p);
+    }
+}
+
 /// `store` seen from under `prefix` (`store` itself for an empty prefix).
 pub fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
     let prefix = prefix.trim_matches('/');

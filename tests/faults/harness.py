@@ -228,6 +228,12 @@ class Agent:
             return None
 
 
+def object_store_toml(bucket, endpoint):
+    """The [object_store] section for s3://<bucket>/gm on a moto server."""
+    return (f'\n[object_store]\nurl = "s3://{bucket}/gm"\nendpoint = "{endpoint}"\n'
+            'region = "us-east-1"\naccess_key_id = "testing"\nsecret_access_key = "testing"\nallow_http = true\n')
+
+
 def collector_toml(pki, wal, broker_port, cid="c1", client_cert="collector", share=None,
                    data_root=None, s3=None, extra=""):
     s = f'collector_id = "{cid}"\nwal_dir = {q(wal)}\nflush_interval_ms = 500\nmissing_after_secs = 3600\n{extra}\n'
@@ -236,8 +242,7 @@ def collector_toml(pki, wal, broker_port, cid="c1", client_cert="collector", sha
     if data_root:
         s += f"data_root = {q(data_root)}\n"
     if s3:
-        s += (f'\n[object_store]\nurl = "s3://{s3["bucket"]}/gm"\nendpoint = "{s3["endpoint"]}"\n'
-              'region = "us-east-1"\naccess_key_id = "testing"\nsecret_access_key = "testing"\nallow_http = true\n')
+        s += object_store_toml(s3["bucket"], s3["endpoint"])
     s += (f'\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\nclient_id = "gm-{cid}"\n'
           f"tls = {tls_inline(pki, pki / f'{client_cert}.crt', pki / f'{client_cert}.key')}\n")
     if share:
@@ -329,7 +334,10 @@ class Moto:
         wait_until(lambda: port_open(self.port), 60, "moto server")
         return self
 
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
     def client(self):
         import boto3
-        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+        return boto3.client("s3", endpoint_url=self.endpoint(), region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use gridmeter_core::store::DataRoot;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 
@@ -120,10 +121,10 @@ impl Root {
 }
 
 fn open(config: &AggregatorConfig) -> Result<Root, Error> {
-    match (&config.data_root, &config.object_store) {
-        (Some(root), None) => {
-            std::fs::create_dir_all(root)?;
-            let path = std::fs::canonicalize(root)?;
+    match DataRoot::choose(config.data_root.as_deref(), config.object_store.as_ref())? {
+        DataRoot::Local(root) => {
+            std::fs::create_dir_all(&root)?;
+            let path = std::fs::canonicalize(&root)?;
             let base = url::Url::from_directory_path(&path).map_err(|()| {
                 Error::Config(format!(
                     "data_root {} is not an absolute path",
@@ -140,7 +141,7 @@ fn open(config: &AggregatorConfig) -> Result<Root, Error> {
                 scan_store: Arc::new(LocalFileSystem::new()),
             })
         }
-        (None, Some(os)) => {
+        DataRoot::ObjectStore(os) => {
             let loc = os.location()?;
             let bucket = os.bucket_store()?;
             let scan_url = url::Url::parse(&loc.bucket_url())
@@ -153,9 +154,6 @@ fn open(config: &AggregatorConfig) -> Result<Root, Error> {
                 scan_store: bucket,
             })
         }
-        _ => Err(Error::Config(
-            "exactly one of data_root and [object_store] must be set".into(),
-        )),
     }
 }
 

@@ -10,15 +10,14 @@ use serde::Deserialize;
 use crate::error::BillingError;
 use crate::money::Rounding;
 use crate::registry::Registry;
-use crate::tables::TableSource;
 use crate::tariff::Tariffs;
-use gridmeter_core::store::ObjectStoreConfig;
+use gridmeter_core::store::{DataRoot, ObjectStoreConfig};
 
 /// Everything one export needs.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
     /// Where `usage/15m/` and `raw/` are read: a local data root or an S3 location.
-    pub tables: TableSource,
+    pub tables: DataRoot,
     /// Outputs go to `<out_dir>/exports/<period>/run-NNNN/`.
     pub out_dir: PathBuf,
     pub registry: Registry,
@@ -46,7 +45,7 @@ impl ExportConfig {
         tariffs: Tariffs,
     ) -> Self {
         ExportConfig {
-            tables: TableSource::Local(data_root.into()),
+            tables: DataRoot::Local(data_root.into()),
             out_dir: out_dir.into(),
             registry,
             tariffs,
@@ -76,15 +75,8 @@ impl ExportConfig {
         // out_dir with [object_store].
         let data_root = file.data_root.as_deref().map(rel);
         let out_dir = file.out_dir.as_deref().map(rel).or(data_root.clone());
-        let tables = match (data_root, file.object_store) {
-            (Some(root), None) => TableSource::Local(root),
-            (None, Some(os)) => TableSource::ObjectStore(os),
-            _ => {
-                return Err(BillingError::Input(
-                    "set either data_root or [object_store]".into(),
-                ))
-            }
-        };
+        let tables = DataRoot::choose(data_root.as_deref(), file.object_store.as_ref())
+            .map_err(|e| BillingError::Input(e.to_string()))?;
         let out_dir = out_dir.ok_or_else(|| BillingError::Input("out_dir must be set".into()))?;
         Ok(ExportConfig {
             out_dir,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType, UInt64Type};
 use futures::TryStreamExt;
-use gridmeter_core::store::ObjectStoreConfig;
+use gridmeter_core::store::DataRoot;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -87,14 +87,6 @@ struct URow {
     estimated: bool,
 }
 
-/// Where the tables are: a local data root or an S3 location (`[object_store]`), both
-/// holding `usage/15m/` and `raw/` below them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TableSource {
-    Local(PathBuf),
-    ObjectStore(ObjectStoreConfig),
-}
-
 /// One committed data file of a table.
 pub struct DataFile {
     /// Path relative to the table directory, `/`-separated (`date=2026-01-01/x.parquet`).
@@ -103,7 +95,8 @@ pub struct DataFile {
     pub location: PathBuf,
 }
 
-/// An opened [`TableSource`]: lists a table's committed files and reads them.
+/// An opened [`DataRoot`] (a local data root or an S3 location holding `usage/15m/` and
+/// `raw/`): lists a table's committed files and reads them.
 pub struct Tables {
     inner: Inner,
 }
@@ -119,10 +112,10 @@ enum Inner {
 }
 
 impl Tables {
-    pub fn open(source: &TableSource) -> Result<Tables, BillingError> {
+    pub fn open(source: &DataRoot) -> Result<Tables, BillingError> {
         let inner = match source {
-            TableSource::Local(root) => Inner::Local(root.clone()),
-            TableSource::ObjectStore(os) => {
+            DataRoot::Local(root) => Inner::Local(root.clone()),
+            DataRoot::ObjectStore(os) => {
                 let fail = |e: &dyn std::fmt::Display| {
                     BillingError::data(Path::new(&os.url), format!("opening the object store: {e}"))
                 };

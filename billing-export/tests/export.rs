@@ -8,8 +8,8 @@ use std::process::Command;
 
 use chrono::{Duration, NaiveDate};
 use common::*;
-use gridmeter_billing::tables::TableSource;
 use gridmeter_billing::{run, BillingError, ExportConfig, Period, Rounding};
+use gridmeter_core::store::DataRoot;
 use rust_decimal::Decimal;
 
 fn range(a: &str, b: &str) -> Period {
@@ -403,7 +403,7 @@ fn tables_on_s3_give_the_same_bytes() {
     let local_run = run(&cfg, period).unwrap().run_dir.unwrap();
 
     let s3_out = tempfile::tempdir().unwrap();
-    cfg.tables = TableSource::ObjectStore(os.clone());
+    cfg.tables = DataRoot::ObjectStore(os.clone());
     cfg.out_dir = s3_out.path().to_path_buf();
     let s3_run = run(&cfg, period).unwrap().run_dir.unwrap();
     let (a, b) = (run_files(&local_run), run_files(&s3_run));
@@ -431,7 +431,7 @@ fn tables_on_s3_give_the_same_bytes() {
     )
     .unwrap();
     let loaded = ExportConfig::load(&conf).unwrap();
-    assert_eq!(loaded.tables, TableSource::ObjectStore(os));
+    assert_eq!(loaded.tables, DataRoot::ObjectStore(os));
     let toml_run = run(&loaded, period).unwrap().run_dir.unwrap();
     assert!(toml_run.starts_with(s3_out.path().join("out")));
     assert_eq!(run_files(&toml_run), a);

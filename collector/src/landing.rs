@@ -25,6 +25,7 @@ use arrow::array::{
     TimestampMicrosecondArray, UInt64Array,
 };
 use chrono::{DateTime, NaiveDate, Utc};
+use gridmeter_core::store::DataRoot;
 use gridmeter_core::{decimal, schema, Quality};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -72,9 +73,9 @@ pub struct Landing {
 pub fn open_store(
     cfg: &CollectorConfig,
 ) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>), LandingError> {
-    match (&cfg.data_root, &cfg.object_store) {
-        (Some(root), None) => {
-            std::fs::create_dir_all(root).map_err(|source| LandingError::Io {
+    match DataRoot::choose(cfg.data_root.as_deref(), cfg.object_store.as_ref())? {
+        DataRoot::Local(root) => {
+            std::fs::create_dir_all(&root).map_err(|source| LandingError::Io {
                 path: root.clone(),
                 source,
             })?;
@@ -85,10 +86,7 @@ pub fn open_store(
             let store = LocalFileSystem::new_with_prefix(&root)?;
             Ok((Arc::new(store), Some(root)))
         }
-        (None, Some(os)) => Ok((os.open()?, None)),
-        _ => Err(LandingError::Config(
-            "exactly one of data_root and [object_store] must be set".into(),
-        )),
+        DataRoot::ObjectStore(os) => Ok((os.open()?, None)),
     }
 }
 

@@ -49,6 +49,8 @@ pub enum StoreError {
     Url(String),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("exactly one of data_root and [object_store] must be set")]
+    Root,
 }
 
 /// Where an `s3://bucket/prefix` URL points.
@@ -150,6 +152,28 @@ impl ObjectStoreConfig {
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
         let loc = self.location()?;
         Ok(with_prefix(self.bucket_store()?, &loc.prefix))
+    }
+}
+
+/// Where a component's tables are: a local directory or an S3 location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataRoot {
+    Local(std::path::PathBuf),
+    ObjectStore(ObjectStoreConfig),
+}
+
+impl DataRoot {
+    /// The one of a config's `data_root` and `[object_store]` that is set ([`check_root`]
+    /// reports neither or both, with the other problems, when the config is loaded).
+    pub fn choose(
+        data_root: Option<&std::path::Path>,
+        object_store: Option<&ObjectStoreConfig>,
+    ) -> Result<DataRoot, StoreError> {
+        match (data_root, object_store) {
+            (Some(root), None) => Ok(DataRoot::Local(root.to_path_buf())),
+            (None, Some(os)) => Ok(DataRoot::ObjectStore(os.clone())),
+            _ => Err(StoreError::Root),
+        }
     }
 }
 

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use gridmeter_agent::AgentConfig;
 use gridmeter_aggregator::AggregatorConfig;
-use gridmeter_billing::tables::TableSource;
 use gridmeter_billing::ExportConfig;
 use gridmeter_collector::CollectorConfig;
 use gridmeter_core::config::{parse, Validate};
+use gridmeter_core::store::DataRoot;
 use gridmeter_core::testkit::Pki;
 use gridmeter_core::tls::TlsFiles;
 use serde::de::DeserializeOwned;
@@ -142,7 +142,7 @@ fn kubernetes_configmaps() {
         .unwrap_or_else(|e| panic!("70-billing.yaml registry/tariffs: {e}"));
     assert_eq!(
         cfg.tables,
-        TableSource::ObjectStore(aggregator.object_store.expect("checked above")),
+        DataRoot::ObjectStore(aggregator.object_store.expect("checked above")),
         "billing reads the aggregator's tables"
     );
 }

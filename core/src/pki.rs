@@ -253,6 +253,10 @@ mod tests {
             key: dir.path().join("devices/inv-042.key"),
         };
         files.client_config().unwrap();
+        let info = crate::tls::certificate_info(&files.cert, "client certificate").unwrap();
+        assert_eq!(info.common_name.as_deref(), Some("inv-042"));
+        assert_eq!(info.version, 3);
+        assert!(info.not_before < chrono::Utc::now() && info.not_after > chrono::Utc::now());
         assert!(matches!(ca.save(dir.path()), Err(PkiError::Exists(_))));
     }
 }

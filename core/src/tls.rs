@@ -131,3 +131,50 @@ impl TlsFiles {
         }
     }
 }
+
+/// What a certificate says about itself: the identity a broker derives from it and its
+/// validity window. Read with [`certificate_info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject's common name (CN), if it has one. A broker configured with
+    /// `use_identity_as_username` uses it as the MQTT username, which the ACLs check.
+    pub common_name: Option<String>,
+    /// The subject's organizational unit (OU), if any.
+    pub organizational_unit: Option<String>,
+    /// X.509 version as written in the certificate: 1 or 3 (2 is unused in practice).
+    pub version: u32,
+    /// Start of the validity window.
+    pub not_before: chrono::DateTime<chrono::Utc>,
+    /// End of the validity window.
+    pub not_after: chrono::DateTime<chrono::Utc>,
+}
+
+/// Parses the first certificate of the PEM file at `path` (`what` names it in errors).
+pub fn certificate_info(path: &Path, what: &'static str) -> Result<CertInfo, TlsError> {
+    let certs = load_certs(path, what)?;
+    let content = |message: String| TlsError::Content {
+        what,
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+        .map_err(|e| content(format!("not a valid X.509 certificate: {e}")))?;
+    let subject = cert.subject();
+    let text = |attr: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        attr.and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let time = |t: x509_parser::time::ASN1Time| {
+        chrono::DateTime::from_timestamp(t.timestamp(), 0)
+            .ok_or_else(|| content(format!("validity time {t} is out of range")))
+    };
+    let common_name = text(subject.iter_common_name().next());
+    let organizational_unit = text(subject.iter_organizational_unit().next());
+    let info = CertInfo {
+        common_name,
+        organizational_unit,
+        version: cert.version().0 + 1,
+        not_before: time(cert.validity().not_before)?,
+        not_after: time(cert.validity().not_after)?,
+    };
+    Ok(info)
+}

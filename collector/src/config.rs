@@ -5,6 +5,7 @@
 //! data_root = "/var/lib/gridmeter"  # or [object_store] url = "s3://bucket/prefix"
 //! wal_dir = "/var/lib/gridmeter-collector/wal"   # local disk, fsync'd
 //! metrics_listen = "127.0.0.1:9102"
+//! confirm_after = "landed"       # or "wal": when readings are confirmed to devices
 //!
 //! [mqtt]
 //! host = "broker.example"        # no host: start the embedded broker ([embedded])
@@ -21,6 +22,8 @@ use gridmeter_core::config::{check_readable, Problems, Validate};
 use gridmeter_core::tls::TlsFiles;
 use gridmeter_core::wire::Limits;
 use serde::Deserialize;
+
+pub use crate::confirm::ConfirmAfter;
 
 /// S3 (or S3-compatible) landing instead of a local directory (shared with the aggregator).
 pub use gridmeter_core::store::ObjectStoreConfig;
@@ -72,6 +75,11 @@ pub struct CollectorConfig {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// When a reading counts as durable and is confirmed to its device: `"landed"`
+    /// (committed to the data root, the default) or `"wal"` (fsync'd in the local WAL).
+    /// See [`crate::confirm`].
+    #[serde(default)]
+    pub confirm_after: ConfirmAfter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -224,6 +232,7 @@ impl CollectorConfig {
             detect_missing: None,
             metrics_listen: None,
             limits: LimitsConfig::default(),
+            confirm_after: ConfirmAfter::default(),
         }
     }
 

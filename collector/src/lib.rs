@@ -15,6 +15,8 @@
 //!    dedup state ([`checkpoint`]), then deletes the segment. Replaying a segment after a
 //!    crash re-derives exactly the same files from the same WAL bytes and the same
 //!    checkpointed state, so a crash anywhere neither loses nor duplicates a reading.
+//! 5. Then ([`confirm`]) each device is told which of its seqs are now durable, on
+//!    `gridmeter/v1/{device_id}/confirm`; only then may the agent delete them.
 //!
 //! With several collectors on one shared subscription, per-collector dedup cannot see a
 //! duplicate that went to the other collector; [`compact`] rewrites a date partition
@@ -24,6 +26,7 @@ pub mod broker;
 pub mod checkpoint;
 pub mod compact;
 pub mod config;
+pub mod confirm;
 pub mod dedup;
 pub mod landing;
 pub mod metrics;

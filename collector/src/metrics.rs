@@ -33,6 +33,7 @@ pub struct Metrics {
     pub deadletter: IntCounterVec,
     pub wal_bytes: IntGauge,
     pub connected: IntGauge,
+    pub confirmations_sent: IntCounter,
 }
 
 fn counter(name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -133,6 +134,10 @@ impl Metrics {
                 "gridmeter_collector_connected",
                 "1 while connected to the broker",
             )?,
+            confirmations_sent: counter(
+                "gridmeter_collector_confirmations_sent_total",
+                "Confirmation messages published to devices (one per device per landed segment, or per WAL group with confirm_after = \"wal\")",
+            )?,
         };
         registry.register(Box::new(m.messages_received.clone()))?;
         registry.register(Box::new(m.messages_rejected.clone()))?;
@@ -152,6 +157,7 @@ impl Metrics {
         registry.register(Box::new(m.deadletter.clone()))?;
         registry.register(Box::new(m.wal_bytes.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.confirmations_sent.clone()))?;
         Ok(m)
     }
 

@@ -9,6 +9,9 @@ use bytes::Bytes;
 use gridmeter_core::wire::{self, Limits};
 use gridmeter_core::{Quality, Reading};
 
+use gridmeter_core::wire::confirm::SeqRanges;
+
+use crate::confirm::Durable;
 use crate::dedup::{DedupState, IntervalSet};
 use crate::metrics::Metrics;
 use crate::wal::WalRecord;
@@ -49,9 +52,13 @@ pub struct SegmentOutput {
     pub raw: Vec<RawRow>,
     pub dead: Vec<DeadRow>,
     pub gaps: Vec<GapRow>,
+    /// Every seq and gap record the segment's messages carried, new or duplicate: what
+    /// becomes durable with this segment and is confirmed to the devices ([`crate::confirm`]).
+    pub durable: Durable,
 }
 
 impl SegmentOutput {
+    /// Whether the segment produced no rows (it may still have seqs to confirm).
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty() && self.dead.is_empty() && self.gaps.is_empty()
     }
@@ -117,14 +124,21 @@ pub fn process(
     let id: Arc<str> = Arc::from(decoded.device_id.as_str());
     let dev = state.devices.entry(id.to_string()).or_default();
     dev.last_seen_us = dev.last_seen_us.max(rec.received_at_us);
+    let mut durable_seqs = SeqRanges::new();
+    let mut durable_gaps = SeqRanges::new();
     for g in &decoded.gaps {
         // Only the part not already recorded as lost is new: an agent that resends an
         // extended gap record after a reconnect (1..50, then 1..80) adds 51..80, so no seq
         // is written or counted twice. A redelivery of the same record adds nothing.
+        //
+        // Seqs already landed are not lost either: an agent may drop a reading that waits
+        // for its confirmation to stay within its disk budget, and report it as a gap
+        // although the reading had arrived.
         let (a, b) = (g.from_seq.min(g.to_seq), g.from_seq.max(g.to_seq));
+        durable_gaps.push_range(g.from_seq, g.to_seq);
         let mut fresh = IntervalSet::new();
         fresh.insert_range(a, b);
-        for &(s, e) in dev.lost.ranges() {
+        for &(s, e) in dev.lost.ranges().iter().chain(dev.seen.ranges()) {
             if e >= a && s <= b {
                 fresh.remove_range(s, e);
             }
@@ -144,6 +158,7 @@ pub fn process(
     // instead of several per reading.
     let delay_hist = metrics.map(|m| m.transmission_delay_seconds.local());
     for mut r in decoded.readings {
+        durable_seqs.push(r.seq);
         if dev.seen.insert(r.seq) {
             accepted += 1;
             if r.ts.timestamp_micros() - rec.received_at_us > clock_skew_tolerance_us {
@@ -168,6 +183,9 @@ pub fn process(
     if let Some(h) = delay_hist {
         h.flush();
     }
+    let (seqs, gaps) = out.durable.device(&decoded.device_id);
+    seqs.extend(&durable_seqs);
+    gaps.extend(&durable_gaps);
     if let Some(m) = metrics {
         m.readings_accepted.inc_by(accepted);
         m.readings_duplicate.inc_by(dups);

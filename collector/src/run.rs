@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::config::CollectorConfig;
+use crate::confirm::{self, ConfirmAfter, Durable};
 use crate::dedup::DedupState;
 use crate::landing::{open_store, Landing, LandingError};
 use crate::metrics::Metrics;
@@ -101,7 +102,7 @@ pub async fn run(
     let detect_missing = config.detect_missing();
 
     // 1. Recovery: land every WAL segment the checkpoint does not cover.
-    let (state, next_segment) = recover(
+    let (state, next_segment, recovered) = recover(
         &config.wal_dir,
         &landing,
         &limits,
@@ -148,6 +149,16 @@ pub async fn run(
         metrics.clone(),
         stop_rx,
     ));
+    let (confirm_tx, confirm_rx) = mpsc::unbounded_channel::<Durable>();
+    let confirm_task = tokio::spawn(confirm::publish_loop(
+        client.clone(),
+        confirm_rx,
+        metrics.clone(),
+    ));
+    if !recovered.is_empty() {
+        // Replayed segments are landed now: confirm them once connected.
+        let _ = confirm_tx.send(recovered);
+    }
     let ack_task = tokio::spawn(mqtt::ack_loop(client, ack_rx));
 
     // 3. Flusher thread.
@@ -158,11 +169,15 @@ pub async fn run(
         let wal_dir = config.wal_dir.clone();
         let metrics = metrics.clone();
         let handle = Handle::current();
+        let confirm_tx = confirm_tx.clone();
         std::thread::Builder::new()
             .name("collector-flush".into())
             .spawn(move || {
                 for s in seal_rx {
-                    land_sealed(&handle, &landing, &wal_dir, s, &metrics);
+                    let durable = land_sealed(&handle, &landing, &wal_dir, s, &metrics);
+                    if !durable.is_empty() {
+                        let _ = confirm_tx.send(durable);
+                    }
                 }
                 let _ = flush_done_tx.send(());
             })
@@ -182,6 +197,7 @@ pub async fn run(
             detect_missing,
             missing_after_us,
             metrics: metrics.clone(),
+            confirm_wal: (config.confirm_after == ConfirmAfter::Wal).then_some(confirm_tx),
         };
         let handle = Handle::current();
         std::thread::Builder::new()
@@ -210,13 +226,21 @@ pub async fn run(
     };
     let _ = flush_done_rx.await;
     ack_task.abort();
+    confirm_task.abort();
     tracing::info!("collector stopped");
     result
 }
 
 /// Lands one sealed segment: Parquet, checkpoint, delete the segment. Retries until it
-/// succeeds (the data is safe in the WAL meanwhile; the broker has been acked).
-fn land_sealed(handle: &Handle, landing: &Landing, wal_dir: &Path, s: Sealed, metrics: &Metrics) {
+/// succeeds (the data is safe in the WAL meanwhile; the broker has been acked). Returns what
+/// became durable, to be confirmed.
+fn land_sealed(
+    handle: &Handle,
+    landing: &Landing,
+    wal_dir: &Path,
+    s: Sealed,
+    metrics: &Metrics,
+) -> Durable {
     let mut backoff = Duration::from_millis(100);
     loop {
         match handle.block_on(land_segment(
@@ -229,7 +253,7 @@ fn land_sealed(handle: &Handle, landing: &Landing, wal_dir: &Path, s: Sealed, me
             Ok(bytes) => {
                 metrics.bytes_written.inc_by(bytes);
                 metrics.wal_bytes.sub(s.wal_bytes as i64);
-                return;
+                return s.out.durable;
             }
             Err(e) => {
                 metrics.write_errors.inc();
@@ -270,8 +294,8 @@ async fn land_segment(
     Ok(bytes)
 }
 
-/// Replays the WAL segments newer than the checkpoint and lands them; returns the state and
-/// the next segment number.
+/// Replays the WAL segments newer than the checkpoint and lands them; returns the state,
+/// the next segment number and what the replayed segments made durable.
 async fn recover(
     wal_dir: &Path,
     landing: &Landing,
@@ -279,9 +303,10 @@ async fn recover(
     skew_us: i64,
     detect_missing: bool,
     missing_after_us: i64,
-) -> Result<(DedupState, u64), CollectorError> {
+) -> Result<(DedupState, u64, Durable), CollectorError> {
     let cp = checkpoint::load(wal_dir)?;
     let mut state = cp.state;
+    let mut durable = Durable::default();
     let mut last = cp.last_segment;
     let segments = wal::list_segments(wal_dir).map_err(wal_err(wal_dir))?;
     for seg in segments {
@@ -306,6 +331,7 @@ async fn recover(
             "replaying WAL segment"
         );
         land_segment(landing, wal_dir, seg, &out, state.clone()).await?;
+        durable.merge(out.durable);
         last = Some(seg);
     }
     if wal::list_segments(wal_dir)
@@ -318,7 +344,7 @@ async fn recover(
     // above any segment an earlier incarnation with a lost wal_dir could have used: file
     // names must never be reused for different content.
     let fresh = || (chrono::Utc::now().timestamp_millis().max(1)) as u64;
-    Ok((state, last.map_or_else(fresh, |l| l + 1)))
+    Ok((state, last.map_or_else(fresh, |l| l + 1), durable))
 }
 
 struct Ingest {
@@ -332,6 +358,8 @@ struct Ingest {
     detect_missing: bool,
     missing_after_us: i64,
     metrics: Metrics,
+    /// With `confirm_after = "wal"`: where each group's seqs go right after its fsync.
+    confirm_wal: Option<mpsc::UnboundedSender<Durable>>,
 }
 
 impl Ingest {
@@ -405,6 +433,12 @@ impl Ingest {
                         &mut out,
                         Some(&self.metrics),
                     );
+                }
+                if let Some(tx) = &self.confirm_wal {
+                    let durable = std::mem::take(&mut out.durable);
+                    if !durable.is_empty() {
+                        let _ = tx.send(durable);
+                    }
                 }
                 let now = Instant::now();
                 for m in &group {
@@ -533,7 +567,7 @@ mod tests {
         drop(w);
         let seg2 = std::fs::read(wal::segment_path(&wal_dir, 2)).unwrap();
         // Simulate: segment 1 landed + checkpointed, then segment 2's files written, crash.
-        let (state, next) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
+        let (state, next, _) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
             .await
             .unwrap();
         assert_eq!(next, 3);
@@ -569,10 +603,14 @@ mod tests {
         )
         .unwrap();
         std::fs::write(wal::segment_path(&wal_dir, 2), &seg2).unwrap();
-        let (state2, next2) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
+        let (state2, next2, durable) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
             .await
             .unwrap();
         assert_eq!((state2, next2), (state, 3));
+        // The replayed segment's seqs, redelivered or new, are confirmed once connected.
+        let confirmed = durable.into_confirmations();
+        let a = confirmed.iter().find(|c| c.device_id.as_str() == "a").unwrap();
+        assert_eq!(a.seqs.ranges(), &[(1, 20)]);
         assert_eq!(
             files(&data),
             after_first,

@@ -156,6 +156,25 @@ fn remove_at(value: &mut toml::Value, segments: &[&serde_path_to_error::Segment]
     }
 }
 
+/// Serde helpers for durations written the way people write them (`"2m"`, `"90s"`,
+/// `"1h 30m"`), parsed with `humantime`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserialises a humantime duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            let shown: String = s.chars().take(40).collect();
+            serde::de::Error::custom(format!(
+                "{shown:?} is not a duration like \"90s\", \"2m\" or \"1h 30m\": {e}"
+            ))
+        })
+    }
+}
+
 /// Checks that a file exists and is readable; records a problem naming the key otherwise.
 pub fn check_readable(path: &Path, key: &str, problems: &mut Problems) {
     if let Err(e) = std::fs::File::open(path) {

@@ -126,16 +126,8 @@ pub struct Mosquitto {
     child: Option<Child>,
 }
 
-/// The ACL the test broker enforces; the same rules as deploy/mosquitto/acl.
-pub const ACL: &str = "\
-# Collectors (CN collector, collector-*) read every device's readings, plain or shared.
-user collector
-topic read gridmeter/v1/+/readings
-topic read $share/+/gridmeter/v1/+/readings
-
-# Every device may publish only to its own topic (%u = certificate CN = device_id).
-pattern write gridmeter/v1/%u/readings
-";
+/// The ACL the test broker enforces: the one that ships (deploy/mosquitto/acl).
+pub const ACL: &str = include_str!("../../deploy/mosquitto/acl");
 
 /// Finds a free TCP port on loopback.
 pub fn free_port() -> u16 {
@@ -164,7 +156,7 @@ impl Mosquitto {
         // Extra collector identities used by tests with several collectors.
         for n in 1..=4 {
             acl.push_str(&format!(
-                "\nuser collector-{n}\ntopic read gridmeter/v1/+/readings\ntopic read $share/+/gridmeter/v1/+/readings\n"
+                "\nuser collector-{n}\ntopic read gridmeter/v1/+/readings\ntopic read $share/+/gridmeter/v1/+/readings\ntopic write gridmeter/v1/+/confirm\n"
             ));
         }
         std::fs::write(&acl_path, acl)?;

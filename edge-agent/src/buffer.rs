@@ -57,17 +57,19 @@
 //! `SQLITE_CORRUPT`/`SQLITE_NOTADB`) is handled the same way, then the operation is
 //! retried once on the fresh buffer.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use gridmeter_core::{Channel, Gap, GapReason, Kind, Quality, Reading};
 use rusqlite::{params, Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
+use crate::delivery::Delivery;
 use crate::lease::{self, Lease};
 use crate::sources::Sample;
+use gridmeter_core::wire::confirm::Confirmation;
 
 /// Fixed per-row part of the logical size.
 pub const ROW_OVERHEAD: u64 = 48;
@@ -126,8 +128,9 @@ pub struct Inserted {
     pub dropped: u64,
 }
 
-/// A batch taken for publishing. Its readings and gap records are marked in flight until
-/// [`Buffer::ack`] or [`Buffer::release_inflight`].
+/// A batch taken for publishing. Its readings and gap records are in flight until
+/// [`Buffer::published`] (the broker took it), [`Buffer::ack`] (delete without waiting for a
+/// confirmation) or [`Buffer::release_inflight`] (the connection is gone).
 #[derive(Debug, Clone)]
 pub struct OutBatch {
     pub readings: Vec<Reading>,
@@ -137,6 +140,29 @@ pub struct OutBatch {
     bytes: u64,
 }
 
+impl OutBatch {
+    /// The batch's seqs as ascending inclusive runs.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut seqs: Vec<u64> = self.readings.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        runs(&seqs)
+    }
+
+    /// Ids of the batch's gap records.
+    pub fn gap_ids(&self) -> Vec<i64> {
+        self.gaps.iter().map(|(id, _)| *id).collect()
+    }
+}
+
+/// What a confirmation deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    /// Readings deleted.
+    pub readings: u64,
+    /// Gap records deleted.
+    pub gaps: u64,
+}
+
 /// Counts for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -144,6 +170,10 @@ pub struct Stats {
     pub bytes: u64,
     pub gaps_pending: u64,
     pub oldest_ts: Option<DateTime<Utc>>,
+    /// Readings the broker took that the collector has not confirmed yet.
+    pub unconfirmed: u64,
+    /// When the oldest of those was first published.
+    pub oldest_unconfirmed_sent: Option<Instant>,
 }
 
 pub struct Buffer {
@@ -156,9 +186,9 @@ pub struct Buffer {
     rows: u64,
     bytes: u64,
     max_bytes: u64,
-    inflight: HashSet<u64>,
-    inflight_gaps: HashSet<i64>,
-    /// Every unsent row with seq <= cursor is in flight (oldest-first progress).
+    /// In flight / awaiting confirmation (see [`crate::delivery`]).
+    delivery: Delivery,
+    /// Every row with seq <= cursor is in flight or awaiting (oldest-first progress).
     cursor: u64,
     taken: u64,
 }
@@ -318,8 +348,7 @@ impl Buffer {
             rows: 0,
             bytes: 0,
             max_bytes,
-            inflight: HashSet::new(),
-            inflight_gaps: HashSet::new(),
+            delivery: Delivery::default(),
             cursor: 0,
             taken: 0,
         };
@@ -439,7 +468,9 @@ impl Buffer {
                 }
                 for (s, b) in page {
                     after = s;
-                    if self.inflight.contains(&(s as u64)) {
+                    // In flight: its PUBACK may come any moment. Awaiting a confirmation
+                    // counts against the budget like any other row.
+                    if self.delivery.is_in_flight(s as u64) {
                         continue;
                     }
                     del.execute([s])?;
@@ -471,7 +502,7 @@ impl Buffer {
                 let ids: Vec<i64> = st
                     .query_map([from as i64 - 1], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                ids.into_iter().find(|id| !self.inflight_gaps.contains(id))
+                ids.into_iter().find(|id| !self.delivery.is_gap_taken(*id))
             };
             match mergeable {
                 Some(id) => {
@@ -490,6 +521,9 @@ impl Buffer {
             }
         }
         tx.commit()?;
+        for (a, b) in runs(&dropped) {
+            self.delivery.forget(a, b);
+        }
         self.next_seq = seq;
         self.rows = rows;
         self.bytes = bytes;
@@ -515,73 +549,30 @@ impl Buffer {
         max_readings: usize,
         live_every: u32,
     ) -> Result<Option<OutBatch>, BufferError> {
-        let available = self.rows.saturating_sub(self.inflight.len() as u64);
+        let taken = self.delivery.in_flight_count() + self.delivery.awaiting_count();
+        let available = self.rows.saturating_sub(taken);
         let live = live_every > 0
             && available > max_readings as u64
             && self.taken % u64::from(live_every) == u64::from(live_every) - 1;
-        let mut readings = Vec::new();
-        let mut bytes = 0u64;
-        let mut corrupt = Vec::new();
+        let mut rows: Vec<RawRow> = Vec::new();
         if available > 0 {
             if live {
-                let limit = (max_readings + self.inflight.len()) as i64;
-                let mut st = self.conn.prepare_cached(
-                    "SELECT seq, ts_us, channel, kind, unit, value, quality FROM readings \
-                     WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2",
-                )?;
-                let rows: Vec<RawRow> = st
-                    .query_map(params![self.cursor as i64, limit], RawRow::from_row)?
-                    .collect::<Result<_, _>>()?;
-                for raw in rows {
-                    if readings.len() >= max_readings {
-                        break;
-                    }
-                    if self.inflight.contains(&raw.seq) {
-                        continue;
-                    }
-                    match raw.decode() {
-                        Some(r) => {
-                            bytes += raw.bytes();
-                            readings.push(r);
-                        }
-                        None => corrupt.push(raw.seq),
-                    }
-                }
-                readings.reverse();
+                self.free_rows_down(max_readings, &mut rows)?;
+                rows.reverse();
             } else {
-                let mut st = self.conn.prepare_cached(
-                    "SELECT seq, ts_us, channel, kind, unit, value, quality FROM readings \
-                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?;
-                let mut cursor = self.cursor;
-                'pages: loop {
-                    let rows: Vec<RawRow> = st
-                        .query_map(
-                            params![cursor as i64, max_readings as i64],
-                            RawRow::from_row,
-                        )?
-                        .collect::<Result<_, _>>()?;
-                    if rows.is_empty() {
-                        break;
-                    }
-                    for raw in rows {
-                        if readings.len() >= max_readings {
-                            break 'pages;
-                        }
-                        cursor = raw.seq;
-                        if self.inflight.contains(&raw.seq) {
-                            continue;
-                        }
-                        match raw.decode() {
-                            Some(r) => {
-                                bytes += raw.bytes();
-                                readings.push(r);
-                            }
-                            None => corrupt.push(raw.seq),
-                        }
-                    }
+                self.free_rows_up(max_readings, &mut rows)?;
+            }
+        }
+        let mut readings = Vec::with_capacity(rows.len());
+        let mut bytes = 0u64;
+        let mut corrupt = Vec::new();
+        for raw in rows {
+            match raw.decode() {
+                Some(r) => {
+                    bytes += raw.bytes();
+                    readings.push(r);
                 }
-                self.cursor = cursor;
+                None => corrupt.push(raw.seq),
             }
         }
         if !corrupt.is_empty() {
@@ -595,7 +586,7 @@ impl Buffer {
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<Result<_, _>>()?;
             all.into_iter()
-                .filter(|(id, ..)| !self.inflight_gaps.contains(id))
+                .filter(|(id, ..)| !self.delivery.is_gap_taken(*id))
                 .filter_map(|(id, f, t, reason)| {
                     Some((
                         id,
@@ -612,14 +603,84 @@ impl Buffer {
             return Ok(None);
         }
         self.taken += 1;
-        self.inflight.extend(readings.iter().map(|r| r.seq));
-        self.inflight_gaps.extend(gaps.iter().map(|(id, _)| *id));
-        Ok(Some(OutBatch {
+        let batch = OutBatch {
             readings,
             gaps,
             live,
             bytes,
-        }))
+        };
+        self.delivery.take(&batch.runs(), &batch.gap_ids());
+        Ok(Some(batch))
+    }
+
+    /// Oldest-first: the lowest `max` rows neither in flight nor awaiting, reading only the
+    /// free stretches between taken ranges (a backlog waiting for its confirmation is never
+    /// scanned again). Advances the cursor past what it took.
+    fn free_rows_up(&mut self, max: usize, out: &mut Vec<RawRow>) -> Result<(), BufferError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, ts_us, channel, kind, unit, value, quality FROM readings \
+             WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        // Invariant: every row <= cursor is taken. The rows between `from` and a free
+        // stretch's `lo` are taken too, so the cursor may move over them.
+        let mut from = self.cursor.saturating_add(1);
+        while out.len() < max {
+            let Some((lo, hi)) = self.delivery.next_free_up(from) else {
+                break;
+            };
+            self.cursor = self.cursor.max(lo - 1);
+            let want = max - out.len();
+            let page: Vec<RawRow> = st
+                .query_map(
+                    params![lo as i64, hi.min(i64::MAX as u64) as i64, want as i64],
+                    RawRow::from_row,
+                )?
+                .collect::<Result<_, _>>()?;
+            let got = page.len();
+            if let Some(last) = page.last() {
+                self.cursor = last.seq;
+            }
+            out.extend(page);
+            if got == want || hi == u64::MAX || hi.saturating_add(1) >= self.next_seq {
+                break;
+            }
+            // Every row of [lo, hi] is taken now; go on after the next taken range.
+            self.cursor = hi;
+            from = hi + 1;
+        }
+        Ok(())
+    }
+
+    /// Newest-first (live data during a backfill): the highest `max` free rows above the
+    /// cursor, in descending seq order.
+    fn free_rows_down(&mut self, max: usize, out: &mut Vec<RawRow>) -> Result<(), BufferError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, ts_us, channel, kind, unit, value, quality FROM readings \
+             WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let floor = self.cursor.saturating_add(1);
+        let mut to = self.next_seq.saturating_sub(1);
+        while out.len() < max && to >= floor {
+            let Some((lo, hi)) = self.delivery.next_free_down(to) else {
+                break;
+            };
+            let lo = lo.max(floor);
+            if lo > hi {
+                break;
+            }
+            let want = max - out.len();
+            let page: Vec<RawRow> = st
+                .query_map(params![lo as i64, hi as i64, want as i64], RawRow::from_row)?
+                .collect::<Result<_, _>>()?;
+            let got = page.len();
+            out.extend(page);
+            if got < want && lo > floor {
+                to = lo - 1;
+            } else {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn drop_corrupt(&mut self, seqs: &[u64]) -> Result<(), BufferError> {
@@ -640,11 +701,14 @@ impl Buffer {
             )?;
         }
         tx.commit()?;
-        self.rows = self.rows.saturating_sub(seqs.len() as u64);
-        Ok(())
+        for (from, to) in runs(&sorted) {
+            self.delivery.forget(from, to);
+        }
+        self.recount()
     }
 
-    /// The broker acknowledged `batch`: delete its readings and gap records.
+    /// The broker took `batch` and nothing further is expected (`require_confirmation =
+    /// false`): delete its readings and gap records.
     pub fn ack(&mut self, batch: &OutBatch) -> Result<(), BufferError> {
         self.recovering(|b| b.ack_once(batch))
     }
@@ -664,11 +728,11 @@ impl Buffer {
             }
         }
         tx.commit()?;
-        for r in &batch.readings {
-            self.inflight.remove(&r.seq);
+        for (a, b) in batch.runs() {
+            self.delivery.forget(a, b);
         }
         for (id, _) in &batch.gaps {
-            self.inflight_gaps.remove(id);
+            self.delivery.forget_gap(*id);
         }
         self.rows = self.rows.saturating_sub(deleted);
         if deleted == batch.readings.len() as u64 {
@@ -690,16 +754,102 @@ impl Buffer {
         Ok(())
     }
 
-    /// Forget what is in flight (the connection is gone; unacked batches will be re-read
-    /// from SQLite and sent again, oldest first).
+    /// The broker took `runs`/`gap_ids` (or refused them, to be retried): they now await
+    /// their confirmation. Returns the most resends any of them has had.
+    pub fn published(&mut self, runs: &[(u64, u64)], gap_ids: &[i64], now: Instant) -> u32 {
+        self.delivery.published(runs, gap_ids, now)
+    }
+
+    /// Their confirmation is overdue: what of `runs`/`gap_ids` still awaits it is unsent
+    /// again, to be resent oldest first. Returns the number of readings released.
+    pub fn resend(&mut self, runs: &[(u64, u64)], gap_ids: &[i64]) -> u64 {
+        let (n, lowest) = self.delivery.resend(runs, gap_ids);
+        if let Some(l) = lowest {
+            self.cursor = self.cursor.min(l.saturating_sub(1));
+        }
+        n
+    }
+
+    /// Whether anything of `runs`/`gap_ids` still awaits its confirmation.
+    pub fn awaiting(&self, runs: &[(u64, u64)], gap_ids: &[i64]) -> bool {
+        self.delivery.any_awaiting(runs, gap_ids)
+    }
+
+    /// The collector confirmed `c` durable: delete the readings and the gap records it
+    /// covers, whatever their state (a confirmation may overtake a resend).
+    pub fn confirm(&mut self, c: &Confirmation) -> Result<Confirmed, BufferError> {
+        self.recovering(|b| b.confirm_once(c))
+    }
+
+    fn confirm_once(&mut self, c: &Confirmation) -> Result<Confirmed, BufferError> {
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let tx = self.conn.transaction()?;
+        let mut done = Confirmed::default();
+        let mut freed = 0u64;
+        {
+            let mut st = tx.prepare_cached(
+                "DELETE FROM readings WHERE seq >= ?1 AND seq <= ?2 RETURNING \
+                 ?3 + length(CAST(channel AS BLOB)) + length(CAST(unit AS BLOB)) + length(CAST(value AS BLOB))",
+            )?;
+            for &(a, b) in c.seqs.ranges() {
+                let hi = b.min(i64::MAX as u64) as i64;
+                let mut rows = st.query(params![a.min(i64::MAX as u64) as i64, hi, ROW_OVERHEAD as i64])?;
+                while let Some(r) = rows.next()? {
+                    done.readings += 1;
+                    freed += r.get::<_, i64>(0)? as u64;
+                }
+            }
+        }
+        let mut gone_gaps = Vec::new();
+        if !c.gaps.is_empty() {
+            let all: Vec<(i64, i64, i64)> = {
+                let mut st = tx.prepare_cached("SELECT id, from_seq, to_seq FROM gaps")?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                rows
+            };
+            let mut del = tx.prepare_cached("DELETE FROM gaps WHERE id = ?1")?;
+            for (id, f, t) in all {
+                let (Ok(f), Ok(t)) = (u64::try_from(f), u64::try_from(t)) else {
+                    continue;
+                };
+                if c.gaps.covers(f, t) {
+                    del.execute([id])?;
+                    gone_gaps.push(id);
+                }
+            }
+        }
+        tx.commit()?;
+        for &(a, b) in c.seqs.ranges() {
+            self.delivery.forget(a, b);
+        }
+        for id in &gone_gaps {
+            self.delivery.forget_gap(*id);
+        }
+        done.gaps = gone_gaps.len() as u64;
+        self.rows = self.rows.saturating_sub(done.readings);
+        self.bytes = self.bytes.saturating_sub(freed);
+        Ok(done)
+    }
+
+    /// The connection is gone: everything in flight is unsent again and will be re-read from
+    /// SQLite and sent, oldest first. Readings awaiting a confirmation keep waiting.
     pub fn release_inflight(&mut self) {
-        self.inflight.clear();
-        self.inflight_gaps.clear();
+        self.delivery.release_in_flight();
         self.cursor = 0;
     }
 
+    /// Readings currently in flight (published, no PUBACK yet).
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.delivery.in_flight_count() as usize
+    }
+
+    /// Every reading and gap record is unsent again (tests and tools: what would be sent
+    /// after a restart).
+    pub fn release_all(&mut self) {
+        self.delivery = Delivery::default();
+        self.cursor = 0;
     }
 
     pub fn stats(&self) -> Result<Stats, BufferError> {
@@ -717,6 +867,8 @@ impl Buffer {
             bytes: self.bytes,
             gaps_pending: gaps as u64,
             oldest_ts: oldest.and_then(DateTime::from_timestamp_micros),
+            unconfirmed: self.delivery.awaiting_count(),
+            oldest_unconfirmed_sent: self.delivery.oldest_awaiting(),
         })
     }
 }
@@ -815,7 +967,99 @@ impl RawRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gridmeter_core::DeviceId;
     use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn confirmation(seqs: &[(u64, u64)], gaps: &[(u64, u64)]) -> Confirmation {
+        let mut c = Confirmation::new(DeviceId::new("m").unwrap());
+        for &(a, b) in seqs {
+            c.seqs.push_range(a, b);
+        }
+        for &(a, b) in gaps {
+            c.gaps.push_range(a, b);
+        }
+        c
+    }
+
+    fn seqs_of(b: &OutBatch) -> Vec<u64> {
+        b.readings.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn only_a_confirmation_deletes_and_overdue_batches_come_back_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Buffer::open(&dir.path().join("b.sqlite"), 1 << 30).unwrap();
+        b.insert(&samples(0, 10)).unwrap();
+        let x = b.next_batch(4, 0).unwrap().unwrap();
+        let y = b.next_batch(4, 0).unwrap().unwrap();
+        assert_eq!(seqs_of(&y), vec![5, 6, 7, 8]);
+        let now = Instant::now();
+        b.published(&x.runs(), &x.gap_ids(), now);
+        b.published(&y.runs(), &y.gap_ids(), now);
+        assert_eq!(b.stats().unwrap().unconfirmed, 8);
+        assert_eq!(b.stats().unwrap().rows, 10, "PUBACKed readings stay buffered");
+        // A reconnect releases what is in flight only: awaiting batches are not re-read.
+        b.release_inflight();
+        assert_eq!(seqs_of(&b.next_batch(10, 0).unwrap().unwrap()), vec![9, 10]);
+        // Part of the first batch and all of the second are confirmed.
+        let done = b.confirm(&confirmation(&[(1, 2), (5, 8)], &[])).unwrap();
+        assert_eq!(done.readings, 6);
+        let st = b.stats().unwrap();
+        assert_eq!((st.rows, st.unconfirmed), (4, 2));
+        let recounted = Buffer::open(&dir.path().join("b.sqlite"), 1 << 30).unwrap();
+        assert_eq!(st.bytes, recounted.stats().unwrap().bytes, "byte count kept exact");
+        drop(recounted);
+        // The rest of the first batch is overdue: it comes back before anything newer.
+        assert_eq!(b.resend(&x.runs(), &x.gap_ids()), 2);
+        b.release_inflight();
+        assert_eq!(seqs_of(&b.next_batch(10, 0).unwrap().unwrap()), vec![3, 4, 9, 10]);
+        // A confirmation may overtake a resend: it deletes rows in flight too.
+        assert_eq!(b.confirm(&confirmation(&[(1, 100)], &[])).unwrap().readings, 4);
+        assert!(b.next_batch(10, 0).unwrap().is_none());
+        assert_eq!(b.stats().unwrap().rows, 0);
+    }
+
+    #[test]
+    fn gap_records_are_deleted_by_a_confirmation_covering_their_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = row_bytes("energy_import", "Wh", "1.5");
+        let mut b = Buffer::open(&dir.path().join("b.sqlite"), one * 4 + 5).unwrap();
+        b.insert(&samples(1, 10)).unwrap();
+        let x = b.next_batch(100, 0).unwrap().unwrap();
+        assert_eq!(x.gaps.len(), 1);
+        let g = x.gaps[0].1;
+        b.published(&x.runs(), &x.gap_ids(), Instant::now());
+        // A confirmation of the readings alone leaves the gap record pending.
+        b.confirm(&confirmation(&x.runs(), &[])).unwrap();
+        assert_eq!(b.stats().unwrap().gaps_pending, 1);
+        let done = b
+            .confirm(&confirmation(&[], &[(g.from_seq, g.to_seq)]))
+            .unwrap();
+        assert_eq!(done.gaps, 1);
+        assert_eq!(b.stats().unwrap().gaps_pending, 0);
+    }
+
+    #[test]
+    fn awaiting_rows_count_against_the_budget_and_in_flight_rows_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = row_bytes("energy_import", "Wh", "1.5");
+        let mut b = Buffer::open(&dir.path().join("b.sqlite"), one * 6 + 5).unwrap();
+        b.insert(&samples(1, 6)).unwrap();
+        let awaiting = b.next_batch(2, 0).unwrap().unwrap(); // 1, 2: awaiting
+        b.published(&awaiting.runs(), &[], Instant::now());
+        let flying = b.next_batch(2, 0).unwrap().unwrap(); // 3, 4: in flight
+        assert_eq!(seqs_of(&flying), vec![3, 4]);
+        // Three more: the budget drops the oldest rows that are not in flight: 1, 2, then 5.
+        assert_eq!(b.insert(&samples(10, 3)).unwrap().dropped, 3);
+        let st = b.stats().unwrap();
+        assert_eq!((st.rows, st.unconfirmed), (6, 0));
+        b.release_inflight();
+        let next = b.next_batch(100, 0).unwrap().unwrap();
+        assert_eq!(seqs_of(&next), vec![3, 4, 6, 7, 8, 9]);
+        let lost: Vec<(u64, u64)> = next.gaps.iter().map(|(_, g)| (g.from_seq, g.to_seq)).collect();
+        assert_eq!(lost, vec![(1, 2), (5, 5)]);
+    }
 
     fn sample(i: u64) -> Sample {
         Sample {

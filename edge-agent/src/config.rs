@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use gridmeter_core::config::{Problems, Validate};
@@ -67,6 +68,39 @@ pub struct MqttConfig {
     pub reconnect_initial_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
+    /// Keep every reading until the collector confirms that it landed (docs/wire-format.md,
+    /// "Confirmations"). Off: delete on the broker's PUBACK, for a pipeline without a
+    /// gridmeter collector; a broker crash can then lose what it had acknowledged.
+    #[serde(default = "yes")]
+    pub require_confirmation: bool,
+    /// A reading the broker took but the collector has not confirmed within this time is
+    /// sent again, oldest first (`"2m"`, humantime). The wait doubles with every resend...
+    #[serde(
+        default = "default_confirm_timeout",
+        deserialize_with = "gridmeter_core::config::duration::deserialize"
+    )]
+    pub confirm_timeout: Duration,
+    /// ...up to this (`"30m"`).
+    #[serde(
+        default = "default_confirm_timeout_max",
+        deserialize_with = "gridmeter_core::config::duration::deserialize"
+    )]
+    pub confirm_timeout_max: Duration,
+    /// Refuse to start when `device_id` differs from the client certificate's CN: the
+    /// broker names the device by its CN, so its ACL would take and drop every publish.
+    /// Turn off only for a broker that takes the identity from elsewhere.
+    #[serde(default = "yes")]
+    pub check_identity: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_confirm_timeout_max() -> Duration {
+    Duration::from_secs(1800)
 }
 
 fn default_port() -> u16 {
@@ -534,6 +568,34 @@ pub struct SimulatorSource {
     pub peak_watts: Option<u32>,
 }
 
+/// The broker derives the device's identity from its certificate's CN: a different
+/// `device_id` would publish to a topic the ACL refuses.
+fn check_identity(device: &DeviceId, tls: &TlsFiles, p: &mut Problems) {
+    // An unreadable certificate is reported by the TLS check already.
+    let Ok(info) = gridmeter_core::tls::certificate_info(&tls.cert, "client certificate") else {
+        return;
+    };
+    match info.common_name.as_deref() {
+        Some(cn) if cn == device.as_str() => {}
+        Some(cn) => p.push(
+            "device_id",
+            format!(
+                "{device:?} differs from the CN {cn:?} of the client certificate {}; the broker \
+                 names the device by its CN, so it would accept and drop every publish. Use \
+                 device_id = {cn:?} or a certificate issued for {device:?} (gridmeter pki device {device})",
+                tls.cert.display()
+            ),
+        ),
+        None => p.push(
+            "mqtt.tls.cert",
+            format!(
+                "{} has no CN; the broker needs CN = device_id ({device:?})",
+                tls.cert.display()
+            ),
+        ),
+    }
+}
+
 impl Validate for AgentConfig {
     fn validate(&self, p: &mut Problems) {
         if self.mqtt.host.trim().is_empty() {
@@ -543,6 +605,15 @@ impl Validate for AgentConfig {
             p.push("mqtt.port", "must not be 0");
         }
         self.mqtt.tls.check("mqtt.tls", p);
+        if self.mqtt.check_identity {
+            check_identity(&self.device_id, &self.mqtt.tls, p);
+        }
+        if self.mqtt.confirm_timeout.is_zero() {
+            p.push("mqtt.confirm_timeout", "must be > 0");
+        }
+        if self.mqtt.confirm_timeout_max < self.mqtt.confirm_timeout {
+            p.push("mqtt.confirm_timeout_max", "must be >= confirm_timeout");
+        }
         if self.mqtt.max_inflight == 0 || self.mqtt.max_inflight > 1000 {
             p.push("mqtt.max_inflight", "must be 1..=1000");
         }

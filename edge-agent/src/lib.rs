@@ -10,7 +10,10 @@
 //!                                    in the same transaction (buffer)
 //!                                         │ notify
 //!                                         ▼
-//!                                   forwarder: batches → MQTT QoS 1 → PUBACK → delete
+//!                                   forwarder: batches → MQTT 5 QoS 1 → PUBACK
+//!                                         │ collector lands them, publishes …/confirm
+//!                                         ▼
+//!                                   delete (only what a confirmation covers)
 //! ```
 //!
 //! Library first: [`run`] takes an [`AgentConfig`] (from TOML or built in code), a
@@ -19,6 +22,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod delivery;
 pub mod forwarder;
 pub mod lease;
 pub mod metrics;
@@ -76,7 +80,9 @@ pub async fn run(
             problems.iter().map(String::from).collect(),
         ));
     }
-    let tls = Arc::new(config.mqtt.tls.client_config()?);
+    // Fail early on unusable certificate files; the forwarder reads them again at every
+    // connection attempt (renewed certificates need no restart).
+    config.mqtt.tls.client_config()?;
     let metrics = AgentMetrics::register(&registry)?;
     metrics
         .buffer_budget_bytes
@@ -128,14 +134,13 @@ pub async fn run(
         notify.clone(),
     ));
     let mut forwarder = tokio::spawn(
-        forwarder::Forwarder {
-            config: config.clone(),
-            tls,
-            buffer: buffer.clone(),
-            metrics: metrics.clone(),
-            notify: notify.clone(),
-            stop: stop_fwd,
-        }
+        forwarder::Forwarder::new(
+            config.clone(),
+            buffer.clone(),
+            metrics.clone(),
+            notify.clone(),
+            stop_fwd,
+        )
         .run(),
     );
     let stats = tokio::spawn(stats_loop(buffer.clone(), metrics.clone()));
@@ -262,5 +267,10 @@ async fn stats_loop(buffer: Arc<Mutex<Buffer>>, metrics: AgentMetrics) {
             .unwrap_or(0.0)
             .max(0.0);
         metrics.oldest_unsent_age.set(age);
+        metrics.unconfirmed.set(st.unconfirmed as i64);
+        metrics.oldest_unconfirmed_age.set(
+            st.oldest_unconfirmed_sent
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        );
     }
 }

@@ -22,6 +22,12 @@ pub struct AgentMetrics {
     pub reconnects: IntCounter,
     pub gap_records_pending: IntGauge,
     pub buffer_corruptions: IntCounter,
+    pub confirmed: IntCounter,
+    pub confirmations: IntCounter,
+    pub resends: IntCounter,
+    pub publish_refused: IntCounterVec,
+    pub unconfirmed: IntGauge,
+    pub oldest_unconfirmed_age: Gauge,
 }
 
 impl AgentMetrics {
@@ -36,7 +42,7 @@ impl AgentMetrics {
             )?,
             sent: IntCounter::new(
                 "gridmeter_agent_readings_sent_total",
-                "Readings acknowledged by the broker (PUBACK) and removed from the buffer.",
+                "Readings the broker took (PUBACK with success); they stay buffered until confirmed.",
             )?,
             dropped: IntCounterVec::new(
                 Opts::new(
@@ -47,7 +53,7 @@ impl AgentMetrics {
             )?,
             buffer_rows: IntGauge::new(
                 "gridmeter_agent_buffer_rows",
-                "Readings in the SQLite buffer waiting for a PUBACK.",
+                "Readings in the SQLite buffer: unsent, in flight or awaiting their confirmation.",
             )?,
             buffer_bytes: IntGauge::new(
                 "gridmeter_agent_buffer_bytes",
@@ -87,11 +93,38 @@ impl AgentMetrics {
             )?,
             gap_records_pending: IntGauge::new(
                 "gridmeter_agent_gap_records_pending",
-                "Gap records not yet acknowledged by the broker.",
+                "Gap records not yet confirmed (or PUBACKed, with require_confirmation = false).",
             )?,
             buffer_corruptions: IntCounter::new(
                 "gridmeter_agent_buffer_corruptions_total",
                 "Corrupt SQLite buffer files set aside (renamed *.corrupt-<ts>) and replaced by a fresh buffer.",
+            )?,
+            confirmed: IntCounter::new(
+                "gridmeter_agent_readings_confirmed_total",
+                "Readings deleted from the buffer: confirmed landed by the collector (or PUBACKed, with require_confirmation = false).",
+            )?,
+            confirmations: IntCounter::new(
+                "gridmeter_agent_confirmations_received_total",
+                "Confirmation messages received from collectors.",
+            )?,
+            resends: IntCounter::new(
+                "gridmeter_agent_resends_total",
+                "Readings sent again because their confirmation did not come within the confirm timeout.",
+            )?,
+            publish_refused: IntCounterVec::new(
+                Opts::new(
+                    "gridmeter_agent_publish_refused_total",
+                    "Publishes the broker refused with an MQTT 5 reason code (the readings stay buffered and are retried).",
+                ),
+                &["reason"],
+            )?,
+            unconfirmed: IntGauge::new(
+                "gridmeter_agent_unconfirmed_readings",
+                "Readings the broker took that the collector has not confirmed yet (counted against the disk budget).",
+            )?,
+            oldest_unconfirmed_age: Gauge::new(
+                "gridmeter_agent_oldest_unconfirmed_age_seconds",
+                "Time since the oldest unconfirmed reading was first published; 0 when none.",
             )?,
         };
         registry.register(Box::new(m.buffer_corruptions.clone()))?;
@@ -107,6 +140,12 @@ impl AgentMetrics {
         registry.register(Box::new(m.source_errors.clone()))?;
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.gap_records_pending.clone()))?;
+        registry.register(Box::new(m.confirmed.clone()))?;
+        registry.register(Box::new(m.confirmations.clone()))?;
+        registry.register(Box::new(m.resends.clone()))?;
+        registry.register(Box::new(m.publish_refused.clone()))?;
+        registry.register(Box::new(m.unconfirmed.clone()))?;
+        registry.register(Box::new(m.oldest_unconfirmed_age.clone()))?;
         // Make the drop reason visible at 0 so alerts can use rate() from the start.
         m.dropped.with_label_values(&["buffer_full"]);
         Ok(m)

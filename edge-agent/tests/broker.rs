@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{agent_config, metric, subscribe, virtual_meter, wait_for};
+use common::{
+    agent_config, assert_raw_exactly_once, metric, subscribe, virtual_meter, wait_for, Collector,
+};
 use gridmeter_core::testkit::{Mosquitto, MosquittoOptions, Pki};
 use gridmeter_core::GapReason;
 use prometheus::Registry;
@@ -18,6 +20,7 @@ async fn broker_outage_is_backfilled_oldest_first() {
     let pki = Pki::new(&dir.path().join("pki"), &["meter-1"]).unwrap();
     let mut broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
     let sub = subscribe(&pki, broker.port()).await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), "c1").await;
 
     let mut cfg = agent_config(
         &pki,
@@ -52,12 +55,18 @@ async fn broker_outage_is_backfilled_oldest_first() {
         sub.seen.lock().unwrap().dedup().len() as u64 == total
     })
     .await;
-    wait_for(Duration::from_secs(30), "buffer drained", || {
+    wait_for(Duration::from_secs(30), "buffer drained (confirmed)", || {
         metric(&registry, "gridmeter_agent_buffer_rows", None) == 0.0
     })
     .await;
     stop_tx.send(()).unwrap();
     agent.await.unwrap().unwrap();
+    collector.stop().await;
+    assert_raw_exactly_once(&dir.path().join("data"), "meter-1", total);
+    assert_eq!(
+        metric(&registry, "gridmeter_agent_readings_confirmed_total", None),
+        total as f64
+    );
 
     let seen = sub.seen.lock().unwrap();
     assert!(seen.errors.is_empty(), "{:?}", seen.errors);
@@ -96,6 +105,7 @@ async fn disk_budget_drops_oldest_and_reports_the_gap() {
     // The collector's persistent session exists before the outage, so nothing published
     // after the broker returns is missed.
     let sub = subscribe(&pki, broker.port()).await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), "c2").await;
     broker.stop();
 
     let mut cfg = agent_config(
@@ -144,12 +154,14 @@ async fn disk_budget_drops_oldest_and_reports_the_gap() {
         },
     )
     .await;
-    wait_for(Duration::from_secs(30), "gap record acknowledged", || {
+    wait_for(Duration::from_secs(30), "gap record confirmed", || {
         metric(&registry, "gridmeter_agent_gap_records_pending", None) == 0.0
+            && metric(&registry, "gridmeter_agent_buffer_rows", None) == 0.0
     })
     .await;
     stop_tx.send(()).unwrap();
     agent.await.unwrap().unwrap();
+    collector.stop().await;
     let dropped = metric(
         &registry,
         "gridmeter_agent_readings_dropped_total",

@@ -1,12 +1,13 @@
-//! kill -9 the agent binary 20 times while it publishes; afterwards the collector side has
-//! every seq 1..N exactly once after dedup, and no seq was reused with different content.
+//! kill -9 the agent binary 20 times while it publishes; afterwards a real collector has
+//! landed every seq 1..N exactly once (read back with DuckDB), the agent's buffer is empty
+//! (everything confirmed), and no seq was reused with different content.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{subscribe, wait_for};
+use common::{assert_raw_exactly_once, subscribe, wait_for, Collector};
 use gridmeter_agent::buffer::Buffer;
 use gridmeter_agent::sources::prometheus as prom;
 use gridmeter_core::testkit::{free_port, Mosquitto, MosquittoOptions, Pki};
@@ -55,6 +56,7 @@ async fn kill_9_twenty_times_loses_nothing_and_reuses_no_seq() {
     let pki = Pki::new(&dir.path().join("pki"), &["meter-k"]).unwrap();
     let broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
     let sub = subscribe(&pki, broker.port()).await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), "ck").await;
     let buf = dir.path().join("buf.sqlite");
     let live = dir.path().join("live.toml");
     std::fs::write(&live, config(&pki, broker.port(), &buf, true, free_port())).unwrap();
@@ -132,9 +134,13 @@ async fn kill_9_twenty_times_loses_nothing_and_reuses_no_seq() {
         (1..=n).collect::<Vec<_>>()
     );
     assert_eq!(Buffer::open(&buf, u64::MAX).unwrap().next_seq(), n + 1);
+
     eprintln!(
         "{n} readings in {} messages ({} received incl. redeliveries)",
         seen.messages.len(),
         seen.readings().count()
     );
+    drop(seen);
+    collector.stop().await;
+    assert_raw_exactly_once(&dir.path().join("data"), "meter-k", n);
 }

@@ -1,6 +1,8 @@
 //! Wire format v1: how readings travel from a device to the collector.
 //!
 //! - Topic `gridmeter/v1/{device_id}/readings`, QoS 1 ([`topic_for`], [`device_from_topic`]).
+//! - Back to the device: `gridmeter/v1/{device_id}/confirm`, the seqs that are durable
+//!   ([`confirm`]).
 //! - Payload: JSON ([`json`]) for third-party devices, or the compact encoding ([`compact`])
 //!   the agent uses. A compact payload starts with the byte `0x00`, which never starts a
 //!   JSON text, so [`decode`] tells the two apart from the first byte.
@@ -10,6 +12,7 @@
 //! batch that cannot be read at all is a [`BatchError`].
 
 pub mod compact;
+pub mod confirm;
 pub mod json;
 mod validate;
 

@@ -30,6 +30,10 @@ pub fn agent_config(pki: &Pki, device: &str, port: u16, buffer: &Path) -> AgentC
             live_every: 4,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 1000,
+            require_confirmation: true,
+            confirm_timeout: Duration::from_secs(2),
+            confirm_timeout_max: Duration::from_secs(8),
+            check_identity: true,
         },
         buffer: BufferConfig {
             path: buffer.to_path_buf(),
@@ -65,6 +69,8 @@ port = {port}
 keep_alive_secs = 5
 reconnect_initial_ms = 100
 reconnect_max_ms = 1000
+confirm_timeout = "2s"
+confirm_timeout_max = "8s"
 tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
 {mqtt_extra}
 [buffer]
@@ -194,6 +200,10 @@ pub async fn subscribe(pki: &Pki, port: u16) -> Subscriber {
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
 pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(
@@ -229,4 +239,108 @@ pub fn metric(registry: &prometheus::Registry, name: &str, label: Option<(&str, 
             value.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// A real collector (the library, in this process) landing in `<dir>/data`, with a short
+/// flush interval so confirmations come quickly.
+pub struct Collector {
+    pub data: std::path::PathBuf,
+    pub registry: prometheus::Registry,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), gridmeter_collector::CollectorError>>,
+}
+
+impl Collector {
+    /// Starts collector `id` against the broker on 127.0.0.1:`port` and waits until it is
+    /// connected.
+    pub async fn start(pki: &Pki, port: u16, dir: &Path, id: &str) -> Collector {
+        let data = dir.join("data");
+        let mut cfg = gridmeter_collector::CollectorConfig::new(
+            id,
+            data.clone(),
+            dir.join(format!("wal-{id}")),
+        );
+        cfg.mqtt.host = Some("127.0.0.1".into());
+        cfg.mqtt.port = port;
+        cfg.mqtt.tls = Some(pki.collector());
+        cfg.flush_interval_ms = 200;
+        let registry = prometheus::Registry::new();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gridmeter_collector::run(cfg, registry.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let c = Collector {
+            data,
+            registry,
+            stop: Some(stop_tx),
+            task,
+        };
+        wait_for(Duration::from_secs(30), "collector connected", || {
+            metric(&c.registry, "gridmeter_collector_connected", None) == 1.0
+        })
+        .await;
+        c
+    }
+
+    /// Stops it gracefully (lands what it has).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `(device_id, seq, count)` of every seq in `<data>/raw`, read with DuckDB (python3), so
+/// that exactly-once is checked by a reader that is not ours.
+pub fn raw_seq_counts(data: &Path) -> Vec<(String, u64, u64)> {
+    let raw = data.join("raw");
+    if !raw.exists() {
+        return Vec::new();
+    }
+    let script = format!(
+        "import duckdb\nfor d, s, n in duckdb.sql(\"SELECT device_id, seq, count(*) FROM read_parquet('{}/**/*.parquet') GROUP BY ALL ORDER BY 1, 2\").fetchall():\n    print(d, s, n)\n",
+        raw.display()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 with duckdb (pip install -r .ci/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "duckdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut it = l.split(' ');
+            let d = it.next().unwrap().to_string();
+            let s = it.next().unwrap().parse().unwrap();
+            let n = it.next().unwrap().parse().unwrap();
+            (d, s, n)
+        })
+        .collect()
+}
+
+/// Asserts that `<data>/raw` holds seqs 1..=n of `device` exactly once each.
+pub fn assert_raw_exactly_once(data: &Path, device: &str, n: u64) {
+    let rows: Vec<(u64, u64)> = raw_seq_counts(data)
+        .into_iter()
+        .filter(|(d, ..)| d == device)
+        .map(|(_, s, c)| (s, c))
+        .collect();
+    let twice: Vec<u64> = rows.iter().filter(|(_, c)| *c != 1).map(|r| r.0).collect();
+    assert!(twice.is_empty(), "{device}: seqs landed more than once: {twice:?}");
+    let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs.len() as u64, n, "{device}: {} of {n} seqs in raw", seqs.len());
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{device}");
 }

@@ -24,15 +24,26 @@ pub enum BrokerError {
     NotListening(u16),
 }
 
-/// A running rumqttd on 127.0.0.1 (mTLS, MQTT 3.1.1).
+/// A running rumqttd on 127.0.0.1 (mTLS): an MQTT 3.1.1 listener (the collector) and an
+/// MQTT 5 listener (agents, which read PUBACK reason codes).
 pub struct EmbeddedBroker {
     port: u16,
+    port_v5: u16,
     _thread: std::thread::JoinHandle<()>,
+}
+
+/// `port` if not 0, else a free port on loopback.
+fn pick_port(port: u16) -> std::io::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl EmbeddedBroker {
     /// Starts the broker with `<pki_dir>/ca.crt`, `server.crt`, `server.key` on
-    /// `127.0.0.1:port` (0 picks a free port) and waits until it accepts connections.
+    /// `127.0.0.1:port` (MQTT 3.1.1; 0 picks a free port) and on a free port for MQTT 5
+    /// ([`EmbeddedBroker::port_v5`]), and waits until both accept connections.
     pub fn start(pki_dir: &Path, port: u16) -> Result<EmbeddedBroker, BrokerError> {
         let file = |name: &str| -> Result<String, BrokerError> {
             let p = pki_dir.join(name);
@@ -46,16 +57,14 @@ impl EmbeddedBroker {
             certpath: file("server.crt")?,
             keypath: file("server.key")?,
         };
-        let port = if port == 0 {
-            TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
-        } else {
-            port
-        };
+        let port = pick_port(port)?;
+        let port_v5 = pick_port(0)?;
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let listen_v5 = SocketAddr::from(([127, 0, 0, 1], port_v5));
         let server = ServerSettings {
             name: "gridmeter-v4-tls".into(),
             listen,
-            tls: Some(tls),
+            tls: Some(tls.clone()),
             next_connection_delay_ms: 1,
             connections: ConnectionSettings {
                 connection_timeout_ms: 60_000,
@@ -65,6 +74,12 @@ impl EmbeddedBroker {
                 external_auth: None,
                 dynamic_filters: true,
             },
+        };
+        let server_v5 = ServerSettings {
+            name: "gridmeter-v5-tls".into(),
+            listen: listen_v5,
+            tls: Some(tls),
+            ..server.clone()
         };
         let config = Config {
             id: 0,
@@ -76,6 +91,7 @@ impl EmbeddedBroker {
                 ..Default::default()
             },
             v4: Some(HashMap::from([("1".to_string(), server)])),
+            v5: Some(HashMap::from([("1".to_string(), server_v5)])),
             ..Default::default()
         };
         let thread = std::thread::Builder::new()
@@ -87,21 +103,30 @@ impl EmbeddedBroker {
                 }
             })?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(listen).is_err() {
-            if Instant::now() > deadline {
-                return Err(BrokerError::NotListening(port));
+        for (addr, p) in [(listen, port), (listen_v5, port_v5)] {
+            while TcpStream::connect(addr).is_err() {
+                if Instant::now() > deadline {
+                    return Err(BrokerError::NotListening(p));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        tracing::info!(%listen, "embedded broker (rumqttd, mTLS) listening");
+        tracing::info!(%listen, %listen_v5, "embedded broker (rumqttd, mTLS) listening: MQTT 3.1.1 and 5");
         Ok(EmbeddedBroker {
             port,
+            port_v5,
             _thread: thread,
         })
     }
 
+    /// The MQTT 3.1.1 listener's port (the collector's).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The MQTT 5 listener's port (the agents').
+    pub fn port_v5(&self) -> u16 {
+        self.port_v5
     }
 
     /// Stops accepting work from this handle. rumqttd 0.20 has no shutdown API: its

@@ -390,6 +390,7 @@ mod tests {
                 reason: "buffer_full".into(),
                 recorded_at_us: t0,
             }],
+            durable: Default::default(),
         };
         let names: Vec<String> = plan("c1", 42, &out)
             .unwrap()

@@ -318,8 +318,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let broker = gridmeter_collector::EmbeddedBroker::start(&out.join("pki"), 0)
         .context("start the embedded MQTT broker")?;
     let broker_port = broker.port();
+    let agent_port = broker.port_v5();
     step(&format!(
-        "embedded MQTT broker (rumqttd, mTLS) on 127.0.0.1:{broker_port}"
+        "embedded MQTT broker (rumqttd, mTLS) on 127.0.0.1:{broker_port} (MQTT 3.1.1, collector) and 127.0.0.1:{agent_port} (MQTT 5, agents)"
     ));
 
     // 3. Collector.
@@ -346,7 +347,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let mut agents = Vec::new();
     for (i, (device, role)) in plan.devices.iter().enumerate() {
         let metrics = (i == 0).then_some(agent_metrics);
-        let text = agent_toml(&out, &plan, i, device, *role, broker_port, metrics);
+        let text = agent_toml(&out, &plan, i, device, *role, agent_port, metrics);
         let path = cfg_dir.join("agents").join(format!("{device}.toml"));
         std::fs::write(&path, &text)?;
         let cfg: gridmeter_agent::AgentConfig = config::parse(&text, &path.display().to_string())?;
@@ -375,7 +376,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         plan.devices[0].0,
     ));
 
-    // 5. Wait until every reading is generated, acknowledged by the broker and landed.
+    // 5. Wait until every reading is generated, landed and confirmed back to its agent.
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut last = (-1.0, -1.0, -1.0);
     let mut stable = 0;
@@ -385,13 +386,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             &agent_registries,
             "gridmeter_agent_readings_collected_total",
         );
-        let sent = metric_sum(&agent_registries, "gridmeter_agent_readings_sent_total");
+        let sent = metric_sum(
+            &agent_registries,
+            "gridmeter_agent_readings_confirmed_total",
+        );
         let accepted = metric_sum(
             [&collector_registry],
             "gridmeter_collector_readings_accepted_total",
         );
         step(&format!(
-            "readings generated {collected:>9.0}  acknowledged by broker {sent:>9.0}  landed by collector {accepted:>9.0}"
+            "readings generated {collected:>9.0}  landed by collector {accepted:>9.0}  confirmed to agents {sent:>9.0}"
         ));
         if let Some(failed) = agents.iter().position(|a| a.is_finished()) {
             let device = &plan.devices[failed].0;

@@ -284,6 +284,16 @@ impl Mosquitto {
         }
     }
 
+    /// Deletes the broker's persistence file (the worst case of a crash: sessions and queued
+    /// messages gone). Call it while the broker is stopped.
+    pub fn wipe_persistence(&mut self) -> std::io::Result<()> {
+        let data = self.dir.path().join("data");
+        for e in std::fs::read_dir(&data)? {
+            std::fs::remove_file(e?.path())?;
+        }
+        Ok(())
+    }
+
     /// Starts the broker again on the same port with the same persistence.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.stop();

@@ -254,6 +254,17 @@ impl Collector {
     /// Starts collector `id` against the broker on 127.0.0.1:`port` and waits until it is
     /// connected.
     pub async fn start(pki: &Pki, port: u16, dir: &Path, id: &str) -> Collector {
+        Collector::start_with(pki, port, dir, id, |_| {}).await
+    }
+
+    /// [`Collector::start`] with `adjust` applied to its config first.
+    pub async fn start_with(
+        pki: &Pki,
+        port: u16,
+        dir: &Path,
+        id: &str,
+        adjust: impl FnOnce(&mut gridmeter_collector::CollectorConfig),
+    ) -> Collector {
         let data = dir.join("data");
         let mut cfg = gridmeter_collector::CollectorConfig::new(
             id,
@@ -264,6 +275,7 @@ impl Collector {
         cfg.mqtt.port = port;
         cfg.mqtt.tls = Some(pki.collector());
         cfg.flush_interval_ms = 200;
+        adjust(&mut cfg);
         let registry = prometheus::Registry::new();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gridmeter_collector::run(cfg, registry.clone(), async {

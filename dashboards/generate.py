@@ -155,6 +155,7 @@ def pipeline_health():
         ("gridmeter:collector_readings_accepted:rate5m", "accepted (5m)"),
         (f"sum(rate(gridmeter_collector_readings_received_total[{R}]))", "received"),
         (f"sum(rate(gridmeter_agent_readings_sent_total[{R}]))", "sent by agents (PUBACK)"),
+        (f"sum(rate(gridmeter_agent_readings_confirmed_total[{R}]))", "confirmed to agents (deleted)"),
     ], w=12, unit="rps", description="Readings per second. Accepted = landed for the first time.")
     b.panel("timeseries", "Messages / readings received", [
         (f"sum(rate(gridmeter_collector_messages_received_total[{R}]))", "messages/s"),
@@ -252,24 +253,37 @@ def fleet():
     b.panel("timeseries", "Oldest unsent reading", [
         (f"topk(20, gridmeter_agent_oldest_unsent_age_seconds{sel})", "{{instance}}"),
     ], w=12, unit="s", thresholds=[(600, "red")],
-            description="Age of the oldest reading waiting for PUBACK (top 20); alert at 10 minutes.")
+            description="Age (now minus event time) of the oldest reading in the buffer (top 20); alert at 10 minutes.")
+    b.panel("timeseries", "Oldest unconfirmed reading", [
+        (f"topk(20, gridmeter_agent_oldest_unconfirmed_age_seconds{sel})", "{{instance}}"),
+    ], w=12, unit="s", thresholds=[(600, "red")],
+            description="Time since the oldest reading the broker took was first published, still not "
+                        "confirmed landed by a collector (top 20); alert GridmeterAgentUnconfirmed at 10 minutes.")
+    b.panel("timeseries", "Unconfirmed readings", [
+        (f"topk(20, gridmeter_agent_unconfirmed_readings{sel})", "{{instance}}"),
+        (f"sum by (instance) (rate(gridmeter_agent_resends_total{sel}[{R}]))", "{{instance}} resends/s"),
+    ], w=12, description="Readings PUBACKed but not yet confirmed (kept in the buffer), and resends of "
+                         "overdue ones.")
     b.panel("timeseries", "Buffer depth (rows)", [
         (f"topk(20, gridmeter_agent_buffer_rows{sel})", "{{instance}}"),
-    ], w=8, description="Readings waiting in each agent's SQLite buffer (top 20).")
+    ], w=8, description="Readings in each agent's SQLite buffer: unsent, in flight or unconfirmed (top 20).")
     b.panel("timeseries", "Buffer size", [
         (f"topk(20, gridmeter_agent_buffer_bytes{sel})", "{{instance}}"),
         (f"max(gridmeter_agent_buffer_budget_bytes{sel})", "largest budget"),
     ], w=8, unit="bytes")
     b.panel("timeseries", "Gap records pending", [
         (f"gridmeter_agent_gap_records_pending{sel}", "{{instance}}"),
-    ], w=8, description="Lost seq ranges the agent still has to report.")
+    ], w=8, description="Lost seq ranges the agent still has to report (deleted when confirmed).")
     b.row("Delivery")
     b.panel("timeseries", "Drops", [
         (f"sum by (instance, reason) (increase(gridmeter_agent_readings_dropped_total{sel}[1h]))", "{{instance}} {{reason}}"),
     ], w=8, thresholds=[(1, "red")], description="Readings lost at the edge per hour (alert GridmeterAgentDroppingReadings).")
     b.panel("timeseries", "Readings sent", [
-        (f"sum by (instance) (rate(gridmeter_agent_readings_sent_total{sel}[{R}]))", "{{instance}}"),
-    ], w=8, unit="rps", description="Readings acknowledged by the broker and removed from the buffer.")
+        (f"sum by (instance) (rate(gridmeter_agent_readings_sent_total{sel}[{R}]))", "{{instance}} sent"),
+        (f"sum by (instance) (rate(gridmeter_agent_readings_confirmed_total{sel}[{R}]))", "{{instance}} confirmed"),
+        (f"sum by (instance, reason) (rate(gridmeter_agent_publish_refused_total{sel}[{R}]))", "{{instance}} refused {{reason}}"),
+    ], w=8, unit="rps", description="PUBACKed by the broker, confirmed landed by a collector (then deleted), "
+                                    "and refused by the broker (MQTT 5 reason code; retried).")
     b.panel("timeseries", "Publish latency (p50/p99)", [
         (f"histogram_quantile(0.5, sum by (le) (rate(gridmeter_agent_publish_latency_seconds_bucket{sel}[{R}])))", "p50"),
         (f"histogram_quantile(0.99, sum by (le) (rate(gridmeter_agent_publish_latency_seconds_bucket{sel}[{R}])))", "p99"),

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Mosquitto, Prometheus and the Python interop packages, if missing.
+bash scripts/install-deps.sh
+
 echo "== cargo test"
 cargo test --workspace --locked
 

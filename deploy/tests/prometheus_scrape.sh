@@ -39,6 +39,10 @@ REQUIRED=(
   gridmeter_agent_publish_latency_seconds_bucket
   gridmeter_agent_reconnects_total
   gridmeter_agent_gap_records_pending
+  gridmeter_agent_readings_confirmed_total
+  gridmeter_agent_unconfirmed_readings
+  gridmeter_agent_oldest_unconfirmed_age_seconds
+  gridmeter_agent_resends_total
   gridmeter_collector_messages_received_total
   gridmeter_collector_readings_received_total
   gridmeter_collector_readings_accepted_total
@@ -51,6 +55,7 @@ REQUIRED=(
   gridmeter_collector_write_errors_total
   gridmeter_collector_wal_bytes
   gridmeter_collector_connected
+  gridmeter_collector_confirmations_sent_total
 )
 # Conditions (PromQL that must return a non-empty result).
 CONDITIONS=(
@@ -60,6 +65,8 @@ CONDITIONS=(
   'gridmeter_collector_connected == 1'
   'gridmeter_collector_readings_accepted_total > 0'
   'gridmeter_agent_readings_sent_total > 0'
+  'gridmeter_agent_readings_confirmed_total > 0'
+  'gridmeter_collector_confirmations_sent_total > 0'
 )
 
 for bin in "$BIN_DIR/gridmeter-agent" "$BIN_DIR/gridmeter-collector" "$PROMETHEUS" "$MOSQUITTO"; do
@@ -145,13 +152,8 @@ mkdir -p "$PKI/devices"
 ) >"$TMP/pki.log" 2>&1
 
 # ---- mosquitto ----------------------------------------------------------------------------
-cat >"$TMP/acl" <<ACL
-user collector
-topic read gridmeter/v1/+/readings
-topic read \$share/+/gridmeter/v1/+/readings
-
-pattern write gridmeter/v1/%u/readings
-ACL
+# The ACL that ships.
+cp "$ROOT/deploy/mosquitto/acl" "$TMP/acl"
 mkdir -p "$TMP/mosquitto-data"
 cat >"$TMP/mosquitto.conf" <<CONF
 # Run as the invoking user: as root, mosquitto would otherwise switch to user "mosquitto",

@@ -1,7 +1,9 @@
 //! Agent benchmarks (run with `bench/agent/run.sh`, which builds the release binary first):
-//! buffer throughput vs a raw rusqlite insert loop, end-to-end throughput to a loopback
-//! Mosquitto vs `mosquitto_pub`, bytes per reading compact vs JSON, and the footprint
-//! (RSS, CPU, stripped binary size) of the release agent with 3 sources at 1 s.
+//! buffer throughput vs a raw rusqlite insert loop; the backfill of a million buffered
+//! readings end to end (published, PUBACKed, landed by a real collector, confirmed, deleted)
+//! through a loopback Mosquitto vs `mosquitto_pub` with the same message size; bytes per
+//! reading compact vs JSON; and the footprint (RSS, CPU, stripped binary size) of the release
+//! agent with 3 sources at 1 s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -161,6 +163,10 @@ fn agent_config(pki: &Pki, device: &str, port: u16, dir: &Path) -> AgentConfig {
             live_every: 4,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 1000,
+            require_confirmation: true,
+            confirm_timeout: Duration::from_secs(120),
+            confirm_timeout_max: Duration::from_secs(1800),
+            check_identity: true,
         },
         buffer: BufferConfig {
             path: dir.join(format!("{device}.sqlite")),
@@ -187,57 +193,108 @@ fn gauge(registry: &prometheus::Registry, name: &str) -> f64 {
         .sum()
 }
 
-fn broker_throughput(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: usize) {
+/// A collector (the library, release) landing in `dir/collector`, so that agents get their
+/// confirmations. Returns the runtime it runs on and a stop handle.
+fn start_collector(
+    dir: &Path,
+    pki: &Pki,
+    broker: &Mosquitto,
+) -> (tokio::runtime::Runtime, tokio::sync::oneshot::Sender<()>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let steps = 100_000i64;
-    let total = 2 * steps as u64;
+    let mut cfg = gridmeter_collector::CollectorConfig::new(
+        "bench",
+        dir.join("collector/data"),
+        dir.join("collector/wal"),
+    );
+    cfg.mqtt.host = Some("127.0.0.1".into());
+    cfg.mqtt.port = broker.port();
+    cfg.mqtt.tls = Some(pki.collector());
+    let registry = prometheus::Registry::new();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        if let Err(e) = gridmeter_collector::run(cfg, registry, async {
+            let _ = rx.await;
+        })
+        .await
+        {
+            eprintln!("collector: {e}");
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    (rt, tx)
+}
+
+/// The backfill of a device back from a long outage: `n` readings already in the buffer,
+/// timed from the agent's start until every one is published, PUBACKed, landed by the
+/// collector, confirmed and deleted. Against `mosquitto_pub` publishing messages of the
+/// same size (QoS 1, same TLS) in the same run.
+fn backfill_end_to_end(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: usize) {
+    let n = 1_000_000usize;
+    let buf = dir.join("backfill.sqlite");
+    {
+        let data = samples(n);
+        let mut b = Buffer::open(&buf, u64::MAX).unwrap();
+        for c in data.chunks(10_000) {
+            b.insert(c).unwrap();
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();
     let mut cfg = agent_config(pki, "bench-1", broker.port(), dir);
+    cfg.buffer.path = buf;
+    // A source that produces nothing: the backlog is all there is.
     cfg.sources = vec![SourceConfig::Simulator(sim_cfg(
         Profile::HouseholdMeter,
         Some(start),
-        steps,
+        0,
     ))];
     let registry = prometheus::Registry::new();
     let r2 = registry.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (collected_s, sent_s) = rt.block_on(async move {
+    let (published_s, confirmed_s) = rt.block_on(async move {
         let agent = tokio::spawn(gridmeter_agent::run(cfg, r2, async {
             let _ = rx.await;
         }));
         let t = Instant::now();
-        let mut collected_at = None;
+        let mut published_at = None;
         loop {
-            if collected_at.is_none()
-                && gauge(&registry, "gridmeter_agent_readings_collected_total") >= total as f64
+            if published_at.is_none()
+                && gauge(&registry, "gridmeter_agent_readings_sent_total") >= n as f64
             {
-                collected_at = Some(t.elapsed());
+                published_at = Some(t.elapsed());
             }
-            if gauge(&registry, "gridmeter_agent_readings_sent_total") >= total as f64 {
+            if gauge(&registry, "gridmeter_agent_readings_confirmed_total") >= n as f64 {
                 break;
             }
             assert!(
-                t.elapsed() < Duration::from_secs(600),
-                "bench did not finish"
+                t.elapsed() < Duration::from_secs(900),
+                "backfill did not finish"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let sent = t.elapsed();
+        let confirmed = t.elapsed();
         let _ = tx.send(());
         agent.await.unwrap().unwrap();
         (
-            collected_at.unwrap_or(sent).as_secs_f64(),
-            sent.as_secs_f64(),
+            published_at.unwrap_or(confirmed).as_secs_f64(),
+            confirmed.as_secs_f64(),
         )
     });
-    println!("agent_collect_and_buffer_readings_per_s {:.0} ({total} readings, simulator as fast as possible)", total as f64 / collected_s);
+    let rate = n as f64 / confirmed_s;
     println!(
-        "agent_end_to_end_readings_per_s {:.0} (buffered, published, PUBACKed and deleted)",
-        total as f64 / sent_s
+        "agent_backfill_published_readings_per_s {:.0} ({n} buffered readings, PUBACKed)",
+        n as f64 / published_s
+    );
+    println!(
+        "agent_backfill_end_to_end_readings_per_s {rate:.0} (published, PUBACKed, landed, confirmed, deleted; {confirmed_s:.2} s)"
     );
 
     // Ceiling: mosquitto_pub publishing messages of the same size, QoS 1, same TLS.
@@ -280,8 +337,8 @@ fn broker_throughput(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: usi
                 mps * 500.0
             );
             println!(
-                "agent_vs_mosquitto_pub_ratio {:.2}",
-                (total as f64 / sent_s) / (mps * 500.0)
+                "agent_vs_mosquitto_pub_ratio {:.3}",
+                rate / (mps * 500.0)
             );
         }
         other => println!("mosquitto_pub failed: {other:?}"),
@@ -395,8 +452,8 @@ interval_ms = 1000
     println!("footprint_cpu_percent {cpu:.2} (of one core, 30 s)");
 }
 
-/// End-to-end with the release binary (separate process): 200k simulator readings as fast
-/// as possible, timed from spawn until /metrics reports them all sent (PUBACKed).
+/// End-to-end with the release binary (separate process): 231k simulator readings as fast
+/// as possible, timed from spawn until /metrics reports them all confirmed.
 fn release_end_to_end(dir: &Path, pki: &Pki, broker: &Mosquitto) {
     let Some(bin) = release_binary() else { return };
     let tls = pki.device("bench-r");
@@ -462,7 +519,7 @@ as_fast_as_possible = true
         if collected_at.is_none() && value("gridmeter_agent_readings_collected_total") >= total {
             collected_at = Some(t.elapsed());
         }
-        if value("gridmeter_agent_readings_sent_total") >= total {
+        if value("gridmeter_agent_readings_confirmed_total") >= total {
             break;
         }
         assert!(
@@ -501,7 +558,10 @@ fn main() {
         },
     )
     .unwrap();
-    broker_throughput(dir.path(), &pki, &broker, compact);
+    let (collector_rt, collector_stop) = start_collector(dir.path(), &pki, &broker);
+    backfill_end_to_end(dir.path(), &pki, &broker, compact);
     release_end_to_end(dir.path(), &pki, &broker);
     footprint(dir.path(), &pki, &broker);
+    let _ = collector_stop.send(());
+    collector_rt.shutdown_timeout(Duration::from_secs(10));
 }

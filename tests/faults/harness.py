@@ -135,20 +135,20 @@ def pki_init(dir_, devices, clients=()):
                        stdout=subprocess.DEVNULL)
 
 
-ACL = """user collector
-topic read gridmeter/v1/+/readings
-topic read $share/+/gridmeter/v1/+/readings
+# The shipped ACL, plus the second collector identity the shared-subscription test uses.
+ACL = (ROOT / "deploy" / "mosquitto" / "acl").read_text() + """
 user collector-2
 topic read gridmeter/v1/+/readings
 topic read $share/+/gridmeter/v1/+/readings
-pattern write gridmeter/v1/%u/readings
+topic write gridmeter/v1/+/confirm
 """
 
 
 class Broker:
-    """Mosquitto as core/src/testkit.rs configures it (mTLS, CN as username, ACL, persistence)."""
+    """Mosquitto as core/src/testkit.rs configures it (mTLS, CN as username, ACL, persistence).
+    `autosave` is the persistence interval in seconds; deploy/mosquitto ships 60."""
 
-    def __init__(self, work, pki, acl=True, extra=""):
+    def __init__(self, work, pki, acl=True, extra="", autosave=1):
         self.dir = Path(work) / "broker"
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -160,7 +160,7 @@ class Broker:
             "allow_anonymous false",
             "persistence true",
             f"persistence_location {self.dir / 'data'}/",
-            "autosave_interval 1",
+            f"autosave_interval {autosave}",
             f"log_dest file {self.dir / 'mosquitto.log'}",
             "max_queued_messages 1000000",
             "max_inflight_messages 100",
@@ -191,6 +191,14 @@ class Broker:
         self.proc.stop()
         wait_until(lambda: not port_open(self.port), 10, "mosquitto to close its port")
 
+    def kill(self, wipe=False):
+        """SIGKILL (a power cut); `wipe` also deletes the persistence file (the worst case)."""
+        self.proc.kill()
+        wait_until(lambda: not port_open(self.port), 10, "mosquitto to close its port")
+        if wipe:
+            for f in (self.dir / "data").iterdir():
+                f.unlink()
+
 
 def tls_inline(pki, cert, key):
     return f"{{ ca = {q(pki / 'ca.crt')}, cert = {q(cert)}, key = {q(key)} }}"
@@ -208,7 +216,8 @@ class Agent:
             f'device_id = "{device}"\nmetrics_listen = "127.0.0.1:{self.metrics_port}"\n\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n'
             f"tls = {tls_inline(pki, pki / 'devices' / f'{device}.crt', pki / 'devices' / f'{device}.key')}\n"
-            f"reconnect_initial_ms = 200\nreconnect_max_ms = 2000\n{mqtt_extra}\n"
+            f"reconnect_initial_ms = 200\nreconnect_max_ms = 2000\n"
+            f'confirm_timeout = "3s"\nconfirm_timeout_max = "15s"\n{mqtt_extra}\n'
             f"[buffer]\npath = {q(self.buffer)}\ncommit_interval_ms = 100\n{extra_buffer}\n"
             f'[[sources]]\ntype = "simulator"\n{sim}\n')
         self.proc = Proc(f"agent-{device}", [bin_path("gridmeter-agent"), "--config", str(cfg)], work)

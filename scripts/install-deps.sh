@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine with the Rust toolchain: Mosquitto
+# and its clients, Prometheus (promtool), and the Python packages of .ci/requirements.txt.
+# Already-installed packages are skipped, so it is cheap to run every time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=(mosquitto mosquitto-clients prometheus)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing system packages: ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages may start a broker/Prometheus of their own where a service manager runs;
+  # the tests start their own on free ports.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $sudo systemctl stop mosquitto prometheus 2>/dev/null || true
+  fi
+fi
+
+if ! python3 - <<'PY' 2>/dev/null
+import importlib.util, re, sys
+names = {"pymodbus": "pymodbus", "paho-mqtt": "paho", "PyYAML": "yaml", "moto[server]": "moto"}
+for line in open(".ci/requirements.txt"):
+    req = re.split(r"[<>=!~ ]", line.strip(), maxsplit=1)[0]
+    if req and not req.startswith("#"):
+        mod = names.get(req, req.replace("-", "_"))
+        if importlib.util.find_spec(mod) is None:
+            sys.exit(1)
+PY
+then
+  echo "== installing Python packages (.ci/requirements.txt)"
+  python3 -m pip install -q --disable-pip-version-check -r .ci/requirements.txt
+fi

@@ -287,7 +287,12 @@ def fleet():
     b.panel("timeseries", "Publish latency (p50/p99)", [
         (f"histogram_quantile(0.5, sum by (le) (rate(gridmeter_agent_publish_latency_seconds_bucket{sel}[{R}])))", "p50"),
         (f"histogram_quantile(0.99, sum by (le) (rate(gridmeter_agent_publish_latency_seconds_bucket{sel}[{R}])))", "p99"),
-    ], w=8, unit="s", description="Publish to PUBACK, which includes the collector's landing latency.")
+    ], w=8, unit="s", description="Publish to PUBACK (the broker took the message).")
+    b.panel("timeseries", "Confirmation latency (p50/p99)", [
+        (f"histogram_quantile(0.5, sum by (le) (rate(gridmeter_agent_confirmation_latency_seconds_bucket{sel}[{R}])))", "p50"),
+        (f"histogram_quantile(0.99, sum by (le) (rate(gridmeter_agent_confirmation_latency_seconds_bucket{sel}[{R}])))", "p99"),
+    ], w=8, unit="s", description="First publish to the collector's confirmation that the readings landed: "
+                                  "the window a lost agent disk could lose.")
     b.panel("timeseries", "Reconnects", [
         (f"sum by (instance) (increase(gridmeter_agent_reconnects_total{sel}[1h]))", "{{instance}}"),
     ], w=8, description="Broker reconnections per hour.")

@@ -47,7 +47,14 @@ pub struct Durable {
 impl Durable {
     /// The readings and gap-record ranges noted for `device`.
     pub fn device(&mut self, device: &DeviceId) -> (&mut SeqRanges, &mut SeqRanges) {
-        let entry = self.by_device.entry(device.clone()).or_default();
+        // No key clone (an allocation) for a device already noted in this stretch.
+        if !self.by_device.contains_key(device) {
+            self.by_device.insert(device.clone(), Default::default());
+        }
+        let entry = self
+            .by_device
+            .get_mut(device)
+            .expect("inserted just above");
         (&mut entry.0, &mut entry.1)
     }
 

@@ -161,6 +161,9 @@ pub struct Confirmed {
     pub readings: u64,
     /// Gap records deleted.
     pub gaps: u64,
+    /// When the earliest confirmed reading was first published (for the confirmation
+    /// latency).
+    pub first_sent: Option<Instant>,
 }
 
 /// Counts for the metrics.
@@ -822,7 +825,9 @@ impl Buffer {
         }
         tx.commit()?;
         for &(a, b) in c.seqs.ranges() {
-            self.delivery.forget(a, b);
+            if let Some(t) = self.delivery.forget(a, b) {
+                done.first_sent = Some(done.first_sent.map_or(t, |d: Instant| d.min(t)));
+            }
         }
         for id in &gone_gaps {
             self.delivery.forget_gap(*id);

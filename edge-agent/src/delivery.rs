@@ -234,11 +234,18 @@ impl Delivery {
             || gap_ids.iter().any(|id| self.awaiting_gaps.contains(id))
     }
 
-    /// `[a, b]` is confirmed (or its rows are gone): forget it in every state.
-    pub fn forget(&mut self, a: u64, b: u64) {
+    /// `[a, b]` is confirmed (or its rows are gone): forget it in every state. Returns when
+    /// the earliest of its seqs was first published, if any was.
+    pub fn forget(&mut self, a: u64, b: u64) -> Option<Instant> {
         self.in_flight.remove(a..=b);
         self.awaiting.remove(a..=b);
+        let first = self
+            .sent
+            .overlapping(a..=b)
+            .map(|(_, v)| v.first_sent)
+            .min();
         self.sent.remove(a..=b);
+        first
     }
 
     /// Gap record `id` is confirmed (or gone).

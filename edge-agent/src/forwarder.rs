@@ -411,6 +411,11 @@ impl Forwarder {
             .await
             .map_err(|e| AgentError::Task(e.to_string()))??;
         self.metrics.confirmed.inc_by(done.readings);
+        if let Some(t) = done.first_sent {
+            self.metrics
+                .confirmation_latency
+                .observe(t.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 

@@ -28,6 +28,7 @@ pub struct AgentMetrics {
     pub publish_refused: IntCounterVec,
     pub unconfirmed: IntGauge,
     pub oldest_unconfirmed_age: Gauge,
+    pub confirmation_latency: Histogram,
 }
 
 impl AgentMetrics {
@@ -122,6 +123,15 @@ impl AgentMetrics {
                 "gridmeter_agent_unconfirmed_readings",
                 "Readings the broker took that the collector has not confirmed yet (counted against the disk budget).",
             )?,
+            confirmation_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gridmeter_agent_confirmation_latency_seconds",
+                    "Per confirmation: time since the earliest reading it covers was first published (what a lost agent disk could lose).",
+                )
+                .buckets(vec![
+                    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+                ]),
+            )?,
             oldest_unconfirmed_age: Gauge::new(
                 "gridmeter_agent_oldest_unconfirmed_age_seconds",
                 "Time since the oldest unconfirmed reading was first published; 0 when none.",
@@ -146,6 +156,7 @@ impl AgentMetrics {
         registry.register(Box::new(m.publish_refused.clone()))?;
         registry.register(Box::new(m.unconfirmed.clone()))?;
         registry.register(Box::new(m.oldest_unconfirmed_age.clone()))?;
+        registry.register(Box::new(m.confirmation_latency.clone()))?;
         // Make the drop reason visible at 0 so alerts can use rate() from the start.
         m.dropped.with_label_values(&["buffer_full"]);
         Ok(m)

@@ -157,7 +157,7 @@ fn agent_config(pki: &Pki, device: &str, port: u16, dir: &Path) -> AgentConfig {
             port,
             tls: pki.device(device),
             keep_alive_secs: 30,
-            max_inflight: 16,
+            max_inflight: 32,
             batch_max_readings: 500,
             encoding: WireEncoding::Compact,
             live_every: 4,
@@ -250,11 +250,11 @@ fn backfill_end_to_end(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: u
     let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();
     let mut cfg = agent_config(pki, "bench-1", broker.port(), dir);
     cfg.buffer.path = buf;
-    // A source that produces nothing: the backlog is all there is.
+    // A source that produces one step (two readings): the backlog is nearly all there is.
     cfg.sources = vec![SourceConfig::Simulator(sim_cfg(
         Profile::HouseholdMeter,
         Some(start),
-        0,
+        1,
     ))];
     let registry = prometheus::Registry::new();
     let r2 = registry.clone();
@@ -278,6 +278,7 @@ fn backfill_end_to_end(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: u
                 t.elapsed() < Duration::from_secs(900),
                 "backfill did not finish"
             );
+            assert!(!agent.is_finished(), "the agent stopped early");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let confirmed = t.elapsed();

@@ -1,4 +1,6 @@
-//! The SQLite buffer: where a reading gets its seq and waits for the broker's PUBACK.
+//! The SQLite buffer: where a reading gets its seq and waits until a collector confirms
+//! that it landed (which of its readings are unsent, in flight or awaiting a confirmation
+//! is tracked in memory by [`crate::delivery`]).
 //!
 //! # Durability
 //! WAL mode. Transactions that *insert* readings run with `synchronous=FULL`: the seq counter
@@ -7,7 +9,7 @@
 //! could roll back a transaction whose readings were already published and acknowledged;
 //! the counter would then hand out the same seqs again with different content, which the
 //! collector would silently deduplicate away (a lost reading). Transactions that only
-//! *delete* acknowledged rows run with `synchronous=NORMAL`: losing one to a power cut only
+//! *delete* confirmed rows run with `synchronous=NORMAL`: losing one to a power cut only
 //! re-sends readings the collector already has (harmless duplicates), and the next FULL
 //! commit syncs the WAL anyway. Commits are batched (`commit_interval_ms`,
 //! `commit_max_readings`), so the fsync cost is paid per batch, not per reading.
@@ -25,9 +27,16 @@
 //! channel name, unit and value text. It is exact to maintain (no `stat` of WAL files whose
 //! size depends on checkpoints) and tracks the real file size within a small factor. When an
 //! insert takes the buffer over `max_buffer_bytes`, the oldest rows not currently in flight
-//! are deleted in the same transaction, and their seqs are recorded as gap records
-//! (`buffer_full`), merging adjacent ranges. Gap records travel in the `gaps` field of the
-//! next batches and are deleted only on that batch's PUBACK.
+//! (rows awaiting a confirmation included) are deleted in the same transaction, and their
+//! seqs are recorded as gap records (`buffer_full`), merging adjacent ranges. Gap records
+//! travel in the `gaps` field of the next batches and are deleted only when a confirmation
+//! covers them.
+//!
+//! # Taking batches without rescanning
+//! A backfill can leave hundreds of thousands of rows awaiting their confirmation. Batches
+//! are read only from the free stretches between taken seq ranges
+//! ([`Delivery::next_free_up`]), with one indexed range query per stretch, and a
+//! confirmation deletes whole seq ranges at once; neither costs time per awaiting row.
 //!
 //! # Corruption and the seq lease
 //! Seqs are reserved in blocks of [`lease::BLOCK`] in a side file `<path>.seq` (see

@@ -110,7 +110,7 @@ fn default_keep_alive() -> u64 {
     30
 }
 fn default_inflight() -> usize {
-    8
+    32
 }
 fn default_batch_max() -> usize {
     500

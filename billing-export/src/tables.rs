@@ -60,6 +60,9 @@ pub struct Series {
 pub struct Usage {
     pub series: Vec<Series>,
     rows: Vec<URow>,
+    /// Series that cannot be billed, with the reason (bounded text): their rows are dropped,
+    /// and the export holds their customers instead of failing the run.
+    pub bad: HashMap<(u32, u16), String>,
 }
 
 impl Usage {
@@ -301,6 +304,7 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
     let mut rows: Vec<URow> = Vec::new();
     // (device, channel) -> (kind, unit) as first seen.
     let mut meta: HashMap<(u32, u16), (String, String)> = HashMap::new();
+    let mut bad: HashMap<(u32, u16), String> = HashMap::new();
     for file in tables.data_files(table)? {
         let path = &file.location;
         let cols = [
@@ -337,7 +341,21 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                 if t < from || t >= to || window.value(i) != "15m" {
                     continue;
                 }
+                if bad.contains_key(&(d, c)) {
+                    continue;
+                }
                 let k = kind.value(i);
+                if !matches!(k, "counter" | "delta" | "gauge") {
+                    bad.insert(
+                        (d, c),
+                        format!(
+                            "{}: unknown kind {} (counter, delta or gauge)",
+                            path.display(),
+                            crate::error::excerpt(k)
+                        ),
+                    );
+                    continue;
+                }
                 let v = if k == "gauge" {
                     if avg.is_null(i) {
                         continue;
@@ -353,21 +371,25 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     .entry((d, c))
                     .or_insert_with(|| (k.to_string(), unit.value(i).to_string()));
                 if m.0 != k || m.1 != unit.value(i) {
-                    return Err(BillingError::data(
-                        path,
-                        format!(
-                            "device {} channel {} changes kind/unit from {}/{} to {}/{}",
-                            dev.value(i),
-                            chan.value(i),
-                            m.0,
-                            m.1,
-                            k,
-                            unit.value(i)
-                        ),
-                    ));
+                    let reason = format!(
+                        "{}: the series changes kind/unit from {}/{} to {}/{} at {}",
+                        path.display(),
+                        m.0,
+                        crate::error::excerpt(&m.1),
+                        k,
+                        crate::error::excerpt(unit.value(i)),
+                        crate::statement::iso(
+                            chrono::DateTime::from_timestamp_micros(t).unwrap_or_default()
+                        )
+                    );
+                    bad.insert((d, c), reason);
+                    continue;
                 }
                 let f = flags.value(i);
-                dec(path, v)?;
+                if let Err(e) = dec(path, v) {
+                    bad.insert((d, c), e.to_string());
+                    continue;
+                }
                 rows.push(URow {
                     ws: t,
                     lo: v as u64,
@@ -381,6 +403,7 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
         }
     }
     // Current revision per key: sort by key with the highest revision first, keep the first.
+    rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
     rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ws, std::cmp::Reverse(r.rev)));
     rows.dedup_by_key(|r| (r.dev, r.chan, r.ws));
     rows.shrink_to_fit();
@@ -402,11 +425,15 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
         });
         i = j;
     }
-    Ok(Usage { series, rows })
+    Ok(Usage { series, rows, bad })
 }
 
-/// Per (device index, channel index): the register difference and the number of readings.
-pub type RawByChannel = HashMap<(u32, u16), (Decimal, usize)>;
+/// What [`load_raw`] found: per (device index, channel index) the reduction of its readings,
+/// and the channels whose readings cannot be used, with the reason.
+pub struct Raw<T> {
+    pub channels: HashMap<(u32, u16), T>,
+    pub bad: HashMap<(u32, u16), String>,
+}
 
 /// One deduplicated raw reading.
 #[derive(Debug, Clone, Copy)]
@@ -420,13 +447,13 @@ pub struct RawReading {
 /// sorted by `(ts, seq)` per channel, reduced channel by channel with `difference(device,
 /// channel, kind, readings)` so only one channel's readings are materialised at a time. Only `raw/date=YYYY-MM-DD/` partitions within
 /// `[from - 2 days, to + 2 days]` (UTC dates) are read: the boundary readings are found there.
-pub fn load_raw(
+pub fn load_raw<T>(
     tables: &Tables,
     sel: &Selection,
     from_us: i64,
     to_us: i64,
-    difference: impl Fn(u32, u16, &str, &[RawReading]) -> Decimal,
-) -> Result<RawByChannel, BillingError> {
+    difference: impl Fn(u32, u16, &str, &[RawReading]) -> T,
+) -> Result<Raw<T>, BillingError> {
     let day_us = 86_400_000_000i64;
     let lo = chrono::DateTime::from_timestamp_micros(from_us - 2 * day_us).map(|t| t.date_naive());
     let hi = chrono::DateTime::from_timestamp_micros(to_us + 2 * day_us).map(|t| t.date_naive());
@@ -442,6 +469,7 @@ pub fn load_raw(
         value: Decimal,
     }
     let mut rows: Vec<RRow> = Vec::new();
+    let mut bad: HashMap<(u32, u16), String> = HashMap::new();
     for file in tables.data_files("raw")? {
         let path = &file.location;
         // Partition pruning on date=YYYY-MM-DD; files outside a date partition are read.
@@ -483,6 +511,13 @@ pub fn load_raw(
                 let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
                     continue;
                 };
+                let value = match dec(path, val.value(i)) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        bad.entry((d, c)).or_insert_with(|| e.to_string());
+                        continue;
+                    }
+                };
                 rows.push(RRow {
                     dev: d,
                     chan: c,
@@ -490,7 +525,7 @@ pub fn load_raw(
                     seq: seq.value(i),
                     ts: ts.value(i),
                     received: rec.value(i),
-                    value: dec(path, val.value(i))?,
+                    value,
                 });
             }
         }
@@ -499,7 +534,8 @@ pub fn load_raw(
     rows.sort_by_key(|r| (r.dev, r.seq, r.received));
     rows.dedup_by(|b, a| a.dev == b.dev && a.seq == b.seq);
     rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ts, r.seq));
-    let mut out: RawByChannel = HashMap::new();
+    rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
+    let mut out: HashMap<(u32, u16), T> = HashMap::new();
     let mut readings: Vec<RawReading> = Vec::new();
     let mut i = 0;
     while i < rows.len() {
@@ -515,10 +551,7 @@ pub fn load_raw(
             i += 1;
         }
         let kind = if counter { "counter" } else { "delta" };
-        out.insert(
-            (dev, chan),
-            (difference(dev, chan, kind, &readings), readings.len()),
-        );
+        out.insert((dev, chan), difference(dev, chan, kind, &readings));
     }
-    Ok(out)
+    Ok(Raw { channels: out, bad })
 }

@@ -326,6 +326,19 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
             .or_default()
             .push(l);
     }
+    let mut site_refs: BTreeMap<&str, Vec<invoice::SiteRef>> = BTreeMap::new();
+    for s in &reg.sites {
+        site_refs
+            .entry(s.customer.as_str())
+            .or_default()
+            .push(invoice::SiteRef {
+                id: s.id.clone(),
+                name: s.name.clone(),
+            });
+    }
+    for v in site_refs.values_mut() {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     let mut numbers = Numbers::scan(&exports_root, &label, &run_name)?;
     let mut issued_numbers = prev_ledger.map(|l| l.invoices.clone()).unwrap_or_default();
     let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
@@ -342,6 +355,7 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
                 corrects: earlier.clone(),
                 issuer: &cu.issuer,
                 customer: cu.c,
+                sites: site_refs.get(cu.c.id.as_str()).cloned().unwrap_or_default(),
                 tz: cu.tz,
                 period: &label,
                 period_start: cu.from,

@@ -31,6 +31,8 @@ pub struct Invoice {
     pub customer_id: String,
     pub customer_name: String,
     pub customer_address: Vec<String>,
+    /// The customer's sites (service addresses) in id order.
+    pub sites: Vec<SiteRef>,
     pub period: String,
     /// The customer's local period bounds in UTC.
     pub period_start: String,
@@ -63,6 +65,13 @@ pub struct Party {
     pub name: String,
     pub address: Vec<String>,
     pub tax_id: String,
+}
+
+/// A site on the invoice.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteRef {
+    pub id: String,
+    pub name: String,
 }
 
 /// Local dates `[first_day, last_day]`.
@@ -164,6 +173,7 @@ pub struct Context<'a> {
     pub corrects: Vec<String>,
     pub issuer: &'a Issuer,
     pub customer: &'a Customer,
+    pub sites: Vec<SiteRef>,
     pub tz: Tz,
     pub period: &'a str,
     pub period_start: DateTime<Utc>,
@@ -240,6 +250,7 @@ pub fn build(ctx: Context, lines: &[&Line]) -> Invoice {
         customer_id: customer.id.clone(),
         customer_name: customer.name.clone(),
         customer_address: customer.address.clone(),
+        sites: ctx.sites,
         period: ctx.period.to_string(),
         period_start: iso(ctx.period_start),
         period_end: iso(ctx.period_end),
@@ -341,6 +352,8 @@ table.grid{width:100%;border-collapse:collapse}\
 table.grid th{text-align:left;font-weight:600;border-bottom:1px solid #555;padding:3px 4px;background:#eef3f8}\
 table.grid td{padding:2px 4px;border-bottom:1px solid #ddd;vertical-align:top}\
 td.n,th.n{text-align:right;white-space:nowrap}\
+table.meters{font-size:8pt}\
+table.meters td.n small{white-space:normal}\
 small{color:#555;font-size:7.5pt}\
 tr{break-inside:avoid}\
 thead{display:table-header-group}\
@@ -414,25 +427,33 @@ pub fn html(inv: &Invoice) -> String {
         h.push_str(&format!("<div>{}</div>", esc(a)));
     }
     h.push_str("</div><div style=\"text-align:right\"><div class=\"label\">Service</div>");
+    for site in &inv.sites {
+        if site.name.is_empty() {
+            h.push_str(&format!("<div>Site {}</div>", esc(&site.id)));
+        } else {
+            h.push_str(&format!(
+                "<div>{} <small>(site {})</small></div>",
+                esc(&site.name),
+                esc(&site.id)
+            ));
+        }
+    }
     h.push_str(&format!(
-        "<div>Period {} ({} to {} local, {})</div><div>Issued {}</div><div>Run {}</div>",
-        esc(&inv.period),
-        esc(&inv.billing_period.first_day),
-        esc(&inv.billing_period.last_day),
+        "<div>Local time {}</div><div>Statement {} {}</div>",
         esc(&inv.time_zone),
-        esc(&inv.issued),
+        esc(&inv.period),
         esc(&inv.run)
     ));
     h.push_str("</div></div>\n");
     // Meter readings.
     if !inv.meters.is_empty() {
-        h.push_str("<h2>Meter readings</h2>\n<table class=\"grid meters\"><thead><tr><th>Meter</th><th class=\"n\">Start reading</th><th class=\"n\">End reading</th><th class=\"n\">Consumption</th><th class=\"n\">Multiplier</th><th class=\"n\">Billed</th><th class=\"n\">Estimated</th></tr></thead><tbody>\n");
+        h.push_str("<h2>Meter readings</h2>\n<table class=\"grid meters\"><thead><tr><th>Meter</th><th class=\"n\">Start reading</th><th class=\"n\">End reading</th><th class=\"n\">Consumption</th><th class=\"n\">Factor</th><th class=\"n\">Billed usage</th><th class=\"n\">Estimated</th></tr></thead><tbody>\n");
         for mt in &inv.meters {
             let reading = |r: &Option<Reading>| match r {
                 Some(r) => format!(
-                    "{}<br><small>{} {}</small>",
+                    "{}<br><small>{}<br>{}</small>",
                     trim(&r.value, 3),
-                    local_minute(&r.at_local),
+                    esc(&local_minute(&r.at_local)),
                     method_text(r.method)
                 ),
                 None => "&mdash;".to_string(),
@@ -447,16 +468,15 @@ pub fn html(inv: &Invoice) -> String {
                 format!("<br><small>{}</small>", esc(&mt.events.join(", ")))
             };
             h.push_str(&format!(
-                "<tr><td>{} {}<br><small>{} {}</small>{events}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{diff}</td><td class=\"n\">{}</td><td class=\"n\">{} {}</td><td class=\"n\">{}</td></tr>\n",
+                "<tr><td>{}<br><small>{} &middot; {}<br>site {}</small>{events}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{diff}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
                 esc(&mt.device_id),
                 esc(&mt.channel),
+                esc(crate::units::canonical(&mt.unit)),
                 esc(&mt.site_id),
-                esc(&mt.unit),
                 reading(&mt.start),
                 reading(&mt.end),
                 trim(&mt.multiplier, 0),
                 trim(&mt.billed_usage, 3),
-                esc(&mt.unit),
                 share_percent(&mt.estimated_share),
             ));
         }
@@ -527,7 +547,7 @@ pub fn html(inv: &Invoice) -> String {
         ));
     } else {
         h.push_str(&format!(
-            "Please pay {} {cur} by {} ({} days from the issue date), quoting invoice number {}.",
+            "Please pay {} {cur} by {} ({} days from the issue date), quoting invoice number <span style=\"white-space:nowrap\">{}</span>.",
             esc(&inv.total),
             esc(&inv.due_date),
             inv.payment_terms_days,

@@ -56,7 +56,9 @@ pub struct Series {
 }
 
 /// The current rows of all selected channels, sorted by (device, channel, window start), in
-/// one compact vector (40 bytes a row: a month of 10,000 meters is ~1.2 GB).
+/// one compact vector (40 bytes a row: a month of 10,000 meters is ~1.2 GB). Each series is
+/// judged on its current rows: one whose kind or unit changes, or with a current row that
+/// cannot be used, is reported in [`Usage::bad`] instead.
 pub struct Usage {
     pub series: Vec<Series>,
     rows: Vec<URow>,
@@ -88,7 +90,16 @@ struct URow {
     dev: u32,
     chan: u16,
     estimated: bool,
+    /// Index of the row's (kind, unit) among its series' variants, or [`POISON`].
+    variant: u8,
 }
+
+/// A series' (kind, unit, file where first seen).
+type Variant = (String, String, String);
+
+/// A row that cannot be used (unknown kind, value out of range); if it is the current
+/// revision of its window, its series is bad.
+const POISON: u8 = u8::MAX;
 
 /// One committed data file of a table.
 pub struct DataFile {
@@ -302,8 +313,10 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
     let ts = gridmeter_core::schema::ts_type();
     let value = gridmeter_core::schema::VALUE_TYPE;
     let mut rows: Vec<URow> = Vec::new();
-    // (device, channel) -> (kind, unit) as first seen.
-    let mut meta: HashMap<(u32, u16), (String, String)> = HashMap::new();
+    // (device, channel) -> the (kind, unit, file) variants its rows carry; a series is
+    // judged on its current rows only (a later revision may correct an earlier one).
+    let mut variants: HashMap<(u32, u16), Vec<Variant>> = HashMap::new();
+    let mut poison: HashMap<(u32, u16), String> = HashMap::new();
     let mut bad: HashMap<(u32, u16), String> = HashMap::new();
     for file in tables.data_files(table)? {
         let path = &file.location;
@@ -345,51 +358,47 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     continue;
                 }
                 let k = kind.value(i);
-                if !matches!(k, "counter" | "delta" | "gauge") {
-                    bad.insert(
-                        (d, c),
-                        format!(
-                            "{}: unknown kind {} (counter, delta or gauge)",
-                            path.display(),
-                            crate::error::excerpt(k)
-                        ),
-                    );
-                    continue;
-                }
-                let v = if k == "gauge" {
+                let (v, problem) = if k == "gauge" {
                     if avg.is_null(i) {
                         continue;
                     }
-                    avg.value(i)
-                } else {
+                    (avg.value(i), None)
+                } else if matches!(k, "counter" | "delta") {
                     if usage.is_null(i) {
                         continue;
                     }
-                    usage.value(i)
-                };
-                let m = meta
-                    .entry((d, c))
-                    .or_insert_with(|| (k.to_string(), unit.value(i).to_string()));
-                if m.0 != k || m.1 != unit.value(i) {
-                    let reason = format!(
-                        "{}: the series changes kind/unit from {}/{} to {}/{} at {}",
+                    (usage.value(i), None)
+                } else {
+                    let why = format!(
+                        "{}: unknown kind {} (counter, delta or gauge)",
                         path.display(),
-                        m.0,
-                        crate::error::excerpt(&m.1),
-                        k,
-                        crate::error::excerpt(unit.value(i)),
-                        crate::statement::iso(
-                            chrono::DateTime::from_timestamp_micros(t).unwrap_or_default()
-                        )
+                        crate::error::excerpt(k)
                     );
-                    bad.insert((d, c), reason);
-                    continue;
-                }
+                    (0, Some(why))
+                };
+                let problem = problem.or_else(|| dec(path, v).err().map(|e| e.to_string()));
+                let variant = match problem {
+                    Some(why) => {
+                        poison.entry((d, c)).or_insert(why);
+                        POISON
+                    }
+                    None => {
+                        let vs = variants.entry((d, c)).or_default();
+                        let u = unit.value(i);
+                        match vs.iter().position(|(vk, vu, _)| vk == k && vu == u) {
+                            Some(j) => j as u8,
+                            None if vs.len() < usize::from(POISON) => {
+                                vs.push((k.to_string(), u.to_string(), path.display().to_string()));
+                                (vs.len() - 1) as u8
+                            }
+                            None => {
+                                bad.insert((d, c), "too many kind/unit changes".into());
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let f = flags.value(i);
-                if let Err(e) = dec(path, v) {
-                    bad.insert((d, c), e.to_string());
-                    continue;
-                }
                 rows.push(URow {
                     ws: t,
                     lo: v as u64,
@@ -398,6 +407,7 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     dev: d,
                     chan: c,
                     estimated: f.contains("estimated") || f.contains("interpolated"),
+                    variant,
                 });
             }
         }
@@ -406,6 +416,43 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
     rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
     rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ws, std::cmp::Reverse(r.rev)));
     rows.dedup_by_key(|r| (r.dev, r.chan, r.ws));
+    // A series is bad when a current row is poisoned or its kind/unit changes.
+    let mut i = 0;
+    while i < rows.len() {
+        let key = (rows[i].dev, rows[i].chan);
+        let first = rows[i].variant;
+        let mut j = i;
+        while j < rows.len() && (rows[j].dev, rows[j].chan) == key {
+            if bad.contains_key(&key) {
+                j += 1;
+                continue;
+            }
+            let r = rows[j];
+            if r.variant == POISON || first == POISON {
+                bad.insert(key, poison.get(&key).cloned().unwrap_or_default());
+            } else if r.variant != first {
+                let vs = &variants[&key];
+                let (a, b) = (&vs[usize::from(first)], &vs[usize::from(r.variant)]);
+                bad.insert(
+                    key,
+                    format!(
+                        "the series changes kind/unit from {}/{} to {}/{} at {} ({})",
+                        a.0,
+                        crate::error::excerpt(&a.1),
+                        b.0,
+                        crate::error::excerpt(&b.1),
+                        crate::statement::iso(
+                            chrono::DateTime::from_timestamp_micros(r.ws).unwrap_or_default()
+                        ),
+                        b.2
+                    ),
+                );
+            }
+            j += 1;
+        }
+        i = j;
+    }
+    rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
     rows.shrink_to_fit();
     let mut series: Vec<Series> = Vec::new();
     let mut i = 0;
@@ -415,7 +462,11 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
         while j < rows.len() && rows[j].dev == dev && rows[j].chan == chan {
             j += 1;
         }
-        let (kind, unit) = meta.get(&(dev, chan)).cloned().unwrap_or_default();
+        let (kind, unit) = variants
+            .get(&(dev, chan))
+            .and_then(|vs| vs.get(usize::from(rows[i].variant)))
+            .map(|(k, u, _)| (k.clone(), u.clone()))
+            .unwrap_or_default();
         series.push(Series {
             device: dev,
             channel: chan,
@@ -554,4 +605,13 @@ pub fn load_raw<T>(
         out.insert((dev, chan), difference(dev, chan, kind, &readings));
     }
     Ok(Raw { channels: out, bad })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_rows_stay_compact() {
+        // A month of 10,000 meters is ~30 M rows: every byte here is 30 MB.
+        assert_eq!(std::mem::size_of::<super::URow>(), 40);
+    }
 }

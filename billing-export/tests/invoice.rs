@@ -671,7 +671,7 @@ fn printed_invoices_show_the_numbers_of_the_json() {
             &out.join("invoices/C-0001.html"),
             &[
                 "--hide-scrollbars".into(),
-                "--window-size=794,760".into(),
+                "--window-size=794,680".into(),
                 format!("--screenshot={}", PathBuf::from(png).display()),
             ],
         );

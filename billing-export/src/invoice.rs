@@ -230,7 +230,9 @@ pub fn build(ctx: Context, lines: &[&Line]) -> Invoice {
         });
     }
     let issue_date = ctx.issued.with_timezone(&ctx.tz).date_naive();
-    let due_date = issue_date + chrono::Days::new(u64::from(ctx.payment_terms_days));
+    let due_date = issue_date
+        .checked_add_days(chrono::Days::new(u64::from(ctx.payment_terms_days)))
+        .unwrap_or(NaiveDate::MAX);
     let issuer = ctx.issuer;
     Invoice {
         document: if lines.iter().any(|l| l.line_type == LineType::Adjustment) {

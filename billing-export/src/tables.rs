@@ -431,8 +431,13 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
             if r.variant == POISON || first == POISON {
                 bad.insert(key, poison.get(&key).cloned().unwrap_or_default());
             } else if r.variant != first {
-                let vs = &variants[&key];
-                let (a, b) = (&vs[usize::from(first)], &vs[usize::from(r.variant)]);
+                let vs = variants.get(&key).map(Vec::as_slice).unwrap_or_default();
+                let (Some(a), Some(b)) =
+                    (vs.get(usize::from(first)), vs.get(usize::from(r.variant)))
+                else {
+                    bad.insert(key, "inconsistent kind/unit".into());
+                    continue;
+                };
                 bad.insert(
                     key,
                     format!(

@@ -24,7 +24,7 @@ pub struct Lock {
     _file: File,
 }
 
-/// Takes `exports/.lock`, or fails at once naming it when another export holds it.
+/// Takes `exports/.lock`, waiting (and saying so) while another export holds it.
 pub fn lock(exports: &Path) -> Result<Lock, BillingError> {
     std::fs::create_dir_all(exports)
         .map_err(|e| BillingError::io(format!("creating {}", exports.display()), e))?;
@@ -35,16 +35,19 @@ pub fn lock(exports: &Path) -> Result<Lock, BillingError> {
         .write(true)
         .open(&path)
         .map_err(|e| BillingError::io(format!("opening {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Lock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(BillingError::Input(format!(
-            "another billing export is running ({} is locked)",
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(BillingError::io(format!("locking {}", path.display()), e))
+    let locked = match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::info!(
+                "waiting for another billing export ({} is locked)",
+                path.display()
+            );
+            file.lock()
         }
-    }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    };
+    locked.map_err(|e| BillingError::io(format!("locking {}", path.display()), e))?;
+    Ok(Lock { _file: file })
 }
 
 /// A run's record of the numbers it issued.

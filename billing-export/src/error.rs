@@ -19,9 +19,6 @@ pub enum BillingError {
     Input(String),
     #[error("writing {what}: {message}")]
     Output { what: String, message: String },
-    /// The reconciliation found differences; the run wrote nothing to `run-NNNN/`.
-    #[error("reconciliation failed with {count} mismatch(es):\n{details}")]
-    Reconciliation { count: usize, details: String },
 }
 
 impl BillingError {
@@ -42,5 +39,30 @@ impl BillingError {
             what: what.into(),
             message: message.to_string(),
         }
+    }
+}
+
+/// A bounded, escaped excerpt of a value for an error message: at most 64 characters, plus the
+/// value's length when it is longer. Error text never embeds unbounded input.
+pub fn excerpt(s: &str) -> String {
+    const MAX: usize = 64;
+    let head: String = s.chars().take(MAX).collect();
+    let esc: String = head.escape_debug().collect();
+    if head.len() == s.len() {
+        format!("\"{esc}\"")
+    } else {
+        format!("\"{esc}\"… ({} bytes)", s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn excerpts_are_bounded() {
+        assert_eq!(super::excerpt("Wh"), "\"Wh\"");
+        let long = "x".repeat(1_000_000);
+        let e = super::excerpt(&long);
+        assert!(e.len() < 100 && e.ends_with("(1000000 bytes)"), "{e}");
+        assert_eq!(super::excerpt("a\nb"), "\"a\\nb\"");
     }
 }

@@ -5,8 +5,9 @@
 //!   through the contract in ARCHITECTURE.md ([`tables`]).
 //! - Prices each device channel with the customer's tariff ([`tariff`]) in exact decimals,
 //!   rounding once per line ([`money`]).
-//! - Reconciles billed = usage = raw register difference ([`reconcile`]); any mismatch fails
-//!   the run and writes nothing but `_failed/reconciliation.csv`.
+//! - Reconciles billed = usage = raw register difference ([`reconcile`]); a customer with a
+//!   mismatch, a bad series or a channel its tariff cannot price is held with the reason in
+//!   `exceptions.csv` ([`exceptions`]), and everyone else is billed.
 //! - Writes `<out_dir>/exports/<period>/run-NNNN/` atomically; a later run of the same period
 //!   writes only adjustment lines against the previous run's ledger; same inputs give the
 //!   same bytes.
@@ -19,13 +20,17 @@
 //! # Ok::<(), BillingError>(())
 //! ```
 
+mod bill;
 pub mod config;
+pub mod csv_out;
 pub mod error;
 pub mod espi;
+pub mod exceptions;
 mod export;
 pub mod invoice;
 mod metrics;
 pub mod money;
+pub mod numbering;
 pub mod period;
 pub mod reconcile;
 pub mod registry;
@@ -36,8 +41,9 @@ pub mod units;
 
 pub use config::ExportConfig;
 pub use error::BillingError;
+pub use exceptions::Exception;
 pub use export::{run, ExportSummary};
 pub use money::Rounding;
 pub use period::Period;
-pub use registry::{ChannelSpec, Customer, Device, Registry, Site};
+pub use registry::{ChannelSpec, Customer, Device, Issuer, Registry, Site};
 pub use tariff::{Component, Tariff, Tariffs};

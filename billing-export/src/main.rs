@@ -1,4 +1,8 @@
 //! `gridmeter-billing run --config billing.toml --period 2026-10 | --from D --to D`.
+//!
+//! Exit status: 0 when every customer was billed; 2 when the run was published but some
+//! customers are held (their reasons are printed and in `exceptions.csv`); 1 on an error
+//! (nothing published).
 
 use std::path::PathBuf;
 
@@ -84,6 +88,20 @@ fn main() -> anyhow::Result<()> {
             }
             for (cur, t) in &s.totals {
                 println!("  total {cur} {t}");
+            }
+            if !s.held.is_empty() {
+                let customers = s.held_customers();
+                eprintln!(
+                    "{} customer(s) held, not billed (exceptions.csv):",
+                    customers.len()
+                );
+                for e in &s.held {
+                    eprintln!(
+                        "  {} {} {} {}: {}",
+                        e.customer_id, e.site_id, e.device_id, e.channel, e.reason
+                    );
+                }
+                std::process::exit(2);
             }
         }
     }

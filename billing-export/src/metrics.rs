@@ -7,14 +7,23 @@ use prometheus::{Encoder, Gauge, IntCounter, Registry, TextEncoder};
 
 use crate::error::BillingError;
 
+/// The figures of one run.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub lines: usize,
+    pub customers: usize,
+    pub mismatches: usize,
+    pub held: usize,
+}
+
 /// Writes `metrics.prom` atomically (temp file + rename).
-pub fn write(
-    path: &Path,
-    duration: Duration,
-    lines: usize,
-    customers: usize,
-    mismatches: usize,
-) -> Result<(), BillingError> {
+pub fn write(path: &Path, duration: Duration, f: &Figures) -> Result<(), BillingError> {
+    let Figures {
+        lines,
+        customers,
+        mismatches,
+        held,
+    } = *f;
     let fail = |e: prometheus::Error| BillingError::output("metrics", e);
     let reg = Registry::new();
     let now = std::time::SystemTime::now()
@@ -51,12 +60,19 @@ pub fn write(
     )
     .map_err(fail)?;
     m.inc_by(mismatches as u64);
+    let h = IntCounter::new(
+        "gridmeter_billing_held_customers_total",
+        "Customers held by the last run (see exceptions.csv).",
+    )
+    .map_err(fail)?;
+    h.inc_by(held as u64);
     for b in [
         Box::new(last) as Box<dyn prometheus::core::Collector>,
         Box::new(dur),
         Box::new(l),
         Box::new(c),
         Box::new(m),
+        Box::new(h),
     ] {
         reg.register(b).map_err(fail)?;
     }

@@ -46,76 +46,267 @@ pub fn raw_difference(
     to_us: i64,
     rules: &CounterRules,
 ) -> Decimal {
+    summarize(kind, readings, from_us, to_us, rules).difference
+}
+
+/// How a register value shown on an invoice was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadingMethod {
+    /// A reading taken exactly at the instant.
+    Actual,
+    /// Linearly interpolated between the readings around the instant (the consumption curve).
+    Interpolated,
+    /// No reading before the instant: the first reading after it (the curve starts there).
+    FirstReading,
+    /// No reading after the instant: the last reading before it (the curve ends there).
+    LastReading,
+}
+
+/// A register value at (or, for first/last readings, near) a billing boundary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegisterValue {
+    pub value: Decimal,
+    /// The instant of the value: the boundary, or the reading's time.
+    pub at_us: i64,
+    pub method: ReadingMethod,
+}
+
+/// What the raw readings say about one channel over the billed range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawSummary {
+    /// `raw`: the register difference (counters) or the sum of deltas.
+    pub difference: Decimal,
+    /// Readings considered (deduplicated).
+    pub readings: usize,
+    /// Counters: the register at the start and end of the range.
+    pub start: Option<RegisterValue>,
+    pub end: Option<RegisterValue>,
+    /// Counter steps overlapping the range that were not plain increases: `rollover`,
+    /// `reset`, `meter_swap`, `decrease` (each once, in this order). With any of them the
+    /// end reading minus the start reading is not the consumption.
+    pub events: Vec<&'static str>,
+}
+
+/// The raw side of one channel over `[from_us, to_us)`: see the module docs.
+pub fn summarize(
+    kind: &str,
+    readings: &[RawReading],
+    from_us: i64,
+    to_us: i64,
+    rules: &CounterRules,
+) -> RawSummary {
     if kind == "delta" {
-        return readings
-            .iter()
-            .filter(|r| r.ts >= from_us && r.ts < to_us)
-            .map(|r| r.value)
-            .sum();
+        return RawSummary {
+            difference: readings
+                .iter()
+                .filter(|r| r.ts >= from_us && r.ts < to_us)
+                .map(|r| r.value)
+                .sum(),
+            readings: readings.len(),
+            start: None,
+            end: None,
+            events: Vec::new(),
+        };
     }
+    let empty = RawSummary {
+        difference: Decimal::ZERO,
+        readings: 0,
+        start: None,
+        end: None,
+        events: Vec::new(),
+    };
     if readings.is_empty() {
-        return Decimal::ZERO;
+        return empty;
     }
     // Exact integer arithmetic on value × 10^9, like the aggregator.
-    let scaled = |d: Decimal| gridmeter_core::decimal::to_scaled_i128(d).unwrap_or(0);
     let max = rules.register_max.map(scaled);
     let swaps: Vec<(i64, i128, i128)> = rules
         .swaps
         .iter()
         .map(|(t, o, n)| (*t, scaled(*o), scaled(*n)))
         .collect();
+    let mut steps = Vec::with_capacity(readings.len());
     let mut cum = Vec::with_capacity(readings.len());
     let mut c: i128 = 0;
     cum.push(c);
     for w in readings.windows(2) {
-        c += increment(&w[0], &w[1], max, &swaps);
+        let s = step(&w[0], &w[1], max, &swaps);
+        c += s.0;
         cum.push(c);
+        steps.push(s);
     }
-    let at = |t: i64| -> i128 {
-        // Last reading with ts <= t.
-        let i = readings.partition_point(|r| r.ts <= t);
-        if i == 0 {
-            return 0;
-        }
-        let i = i - 1;
-        if readings[i].ts == t || i + 1 == readings.len() {
-            return cum[i];
-        }
-        let (a, b) = (&readings[i], &readings[i + 1]);
-        cum[i] + mul_div_round(cum[i + 1] - cum[i], t - a.ts, b.ts - a.ts)
+    let curve = Curve {
+        readings,
+        cum: &cum,
+        steps: &steps,
+        max,
     };
-    gridmeter_core::decimal::from_scaled_i128(at(to_us) - at(from_us)).unwrap_or(Decimal::MAX)
+    let mut events = Vec::new();
+    for name in ["rollover", "reset", "meter_swap", "decrease"] {
+        let hit = readings
+            .windows(2)
+            .zip(&steps)
+            .any(|(w, s)| w[0].ts < to_us && w[1].ts > from_us && s.1.name() == Some(name));
+        if hit {
+            events.push(name);
+        }
+    }
+    let first_ts = readings[0].ts;
+    RawSummary {
+        difference: from_scaled(curve.cum_at(to_us) - curve.cum_at(from_us)),
+        readings: readings.len(),
+        start: (first_ts < to_us)
+            .then(|| curve.register_at(from_us))
+            .flatten(),
+        end: curve.register_at(to_us).filter(|_| first_ts < to_us),
+        events,
+    }
+}
+
+fn scaled(d: Decimal) -> i128 {
+    gridmeter_core::decimal::to_scaled_i128(d).unwrap_or(0)
+}
+
+fn from_scaled(v: i128) -> Decimal {
+    gridmeter_core::decimal::from_scaled_i128(v).unwrap_or(Decimal::MAX)
 }
 
 const ONE: i128 = 1_000_000_000;
 
+/// Which of the aggregator's counter rules a step between two readings followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepKind {
+    Increase,
+    /// (old_final, new_start), scaled.
+    Swap(i128, i128),
+    Rollover,
+    Reset,
+    Decrease,
+}
+
+impl StepKind {
+    fn name(self) -> Option<&'static str> {
+        match self {
+            StepKind::Increase => None,
+            StepKind::Swap(..) => Some("meter_swap"),
+            StepKind::Rollover => Some("rollover"),
+            StepKind::Reset => Some("reset"),
+            StepKind::Decrease => Some("decrease"),
+        }
+    }
+}
+
 /// One step of the consumption curve (scaled integers): the aggregator's counter rules.
-fn increment(
+fn step(
     p0: &RawReading,
     p1: &RawReading,
     max: Option<i128>,
     swaps: &[(i64, i128, i128)],
-) -> i128 {
-    let scaled = |d: Decimal| gridmeter_core::decimal::to_scaled_i128(d).unwrap_or(0);
+) -> (i128, StepKind) {
     let (before, after) = (scaled(p0.value), scaled(p1.value));
     if let Some((_, old_final, new_start)) =
         swaps.iter().find(|(at, _, _)| p0.ts < *at && *at <= p1.ts)
     {
-        return (old_final - before) + (after - new_start);
+        return (
+            (old_final - before) + (after - new_start),
+            StepKind::Swap(*old_final, *new_start),
+        );
     }
     if after >= before {
-        return after - before;
+        return (after - before, StepKind::Increase);
     }
     if let Some(max) = max {
         let wrapped = (max + ONE - before) + after;
         if wrapped >= 0 && wrapped * 10 <= max + ONE {
-            return wrapped;
+            return (wrapped, StepKind::Rollover);
         }
     }
     if after * 10 <= before {
-        return after;
+        return (after, StepKind::Reset);
     }
-    after - before
+    (after - before, StepKind::Decrease)
+}
+
+/// The consumption curve of one channel's readings.
+struct Curve<'a> {
+    readings: &'a [RawReading],
+    /// Cumulative consumption at each reading (scaled).
+    cum: &'a [i128],
+    /// Step from reading i to i + 1.
+    steps: &'a [(i128, StepKind)],
+    max: Option<i128>,
+}
+
+impl Curve<'_> {
+    /// Index of the last reading with `ts <= t`.
+    fn last_at_or_before(&self, t: i64) -> Option<usize> {
+        self.readings.partition_point(|r| r.ts <= t).checked_sub(1)
+    }
+
+    /// The cumulative consumption C(t): 0 before the first reading, the last reading's C after
+    /// the last one, interpolated (half-even, 9 places) in between.
+    fn cum_at(&self, t: i64) -> i128 {
+        let Some(i) = self.last_at_or_before(t) else {
+            return 0;
+        };
+        if self.readings[i].ts == t || i + 1 == self.readings.len() {
+            return self.cum[i];
+        }
+        self.cum[i] + self.share(i, t)
+    }
+
+    /// The part of step `i` consumed by `t` (scaled).
+    fn share(&self, i: usize, t: i64) -> i128 {
+        let (a, b) = (&self.readings[i], &self.readings[i + 1]);
+        mul_div_round(self.steps[i].0, t - a.ts, b.ts - a.ts)
+    }
+
+    /// The register value at `t`, as the curve has it.
+    fn register_at(&self, t: i64) -> Option<RegisterValue> {
+        let rv = |v: i128, at_us: i64, method| RegisterValue {
+            value: from_scaled(v),
+            at_us,
+            method,
+        };
+        let Some(i) = self.last_at_or_before(t) else {
+            let first = self.readings.first()?;
+            return Some(rv(
+                scaled(first.value),
+                first.ts,
+                ReadingMethod::FirstReading,
+            ));
+        };
+        let a = &self.readings[i];
+        if a.ts == t {
+            return Some(rv(scaled(a.value), t, ReadingMethod::Actual));
+        }
+        if i + 1 == self.readings.len() {
+            return Some(rv(scaled(a.value), a.ts, ReadingMethod::LastReading));
+        }
+        let base = scaled(a.value);
+        let share = self.share(i, t);
+        let v = match self.steps[i].1 {
+            StepKind::Increase | StepKind::Decrease => base + share,
+            StepKind::Rollover => {
+                let v = base + share;
+                match self.max {
+                    Some(m) if v > m => v - (m + ONE),
+                    _ => v,
+                }
+            }
+            // The curve counts a reset as a restart from zero at the earlier reading.
+            StepKind::Reset => share,
+            StepKind::Swap(old_final, new_start) => {
+                if base + share <= old_final {
+                    base + share
+                } else {
+                    new_start + (base + share - old_final)
+                }
+            }
+        };
+        Some(rv(v, t, ReadingMethod::Interpolated))
+    }
 }
 
 /// `n / d` rounded half-to-even; `d > 0`.
@@ -155,33 +346,36 @@ pub struct Row {
 
 pub const HEADER: &str = "customer_id,site_id,device_id,channel,kind,unit,multiplier,usage_quantity,raw_register_difference,billed_usage_quantity,status,message";
 
+/// `reconciliation.csv` (text columns neutralised as in [`crate::csv_out`]).
 pub fn to_csv(rows: &[Row]) -> String {
     use crate::money::fixed;
-    use crate::statement::csv_field;
     let mut out = String::from(HEADER);
     out.push_str("\r\n");
     for r in rows {
         let f = [
-            r.customer_id.clone(),
-            r.site_id.clone(),
-            r.device_id.clone(),
-            r.channel.clone(),
-            r.kind.clone(),
-            r.unit.clone(),
-            fixed(r.multiplier, 9),
-            fixed(r.usage, 9),
-            r.raw.map(|v| fixed(v, 9)).unwrap_or_default(),
-            r.billed.map(|v| fixed(v, 9)).unwrap_or_default(),
-            if r.problems.is_empty() {
-                "ok"
-            } else {
-                "MISMATCH"
-            }
-            .to_string(),
-            r.problems.join("; "),
+            (r.customer_id.clone(), true),
+            (r.site_id.clone(), true),
+            (r.device_id.clone(), true),
+            (r.channel.clone(), true),
+            (r.kind.clone(), true),
+            (r.unit.clone(), true),
+            (fixed(r.multiplier, 9), false),
+            (fixed(r.usage, 9), false),
+            (r.raw.map(|v| fixed(v, 9)).unwrap_or_default(), false),
+            (r.billed.map(|v| fixed(v, 9)).unwrap_or_default(), false),
+            (
+                if r.problems.is_empty() {
+                    "ok"
+                } else {
+                    "MISMATCH"
+                }
+                .to_string(),
+                true,
+            ),
+            (r.problems.join("; "), true),
         ];
-        out.push_str(&f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(","));
-        out.push_str("\r\n");
+        let cells: Vec<(&str, bool)> = f.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+        crate::csv_out::row(&mut out, &cells);
     }
     out
 }
@@ -210,6 +404,43 @@ mod tests {
             + third
             + raw_difference("counter", &rs, 200, 300, &no);
         assert_eq!(sum, Decimal::from(100));
+    }
+
+    #[test]
+    fn register_values_at_the_bounds() {
+        let no = CounterRules::default();
+        // Readings 1000 @ 0, 1100 @ 300, 1130 @ 600: [0, 450) starts on a reading and ends
+        // half-way through the second step.
+        let rs = [r(0, 1000), r(300, 1100), r(600, 1130)];
+        let s = summarize("counter", &rs, 0, 450, &no);
+        assert_eq!(s.difference, Decimal::from(115));
+        let (a, b) = (s.start.unwrap(), s.end.unwrap());
+        assert_eq!(
+            (a.value, a.method),
+            (Decimal::from(1000), ReadingMethod::Actual)
+        );
+        assert_eq!((b.value, b.at_us), (Decimal::from(1115), 450));
+        assert_eq!(b.method, ReadingMethod::Interpolated);
+        assert_eq!(b.value - a.value, s.difference);
+        assert!(s.events.is_empty());
+        // A range starting before the first reading and ending after the last.
+        let s = summarize("counter", &rs, -100, 900, &no);
+        assert_eq!(s.start.unwrap().method, ReadingMethod::FirstReading);
+        assert_eq!(s.start.unwrap().at_us, 0);
+        assert_eq!(s.end.unwrap().method, ReadingMethod::LastReading);
+        assert_eq!(s.end.unwrap().value, Decimal::from(1130));
+        // No reading before the end of the range: nothing to show.
+        assert!(summarize("counter", &rs, -900, -100, &no).end.is_none());
+        // A rollover at 999_999 half-way: the register wraps, and the event is reported.
+        let ro = [r(0, 999_990), r(10, 10)];
+        let max = CounterRules {
+            register_max: Some(Decimal::from(999_999)),
+            swaps: vec![],
+        };
+        let s = summarize("counter", &ro, 0, 8, &max);
+        assert_eq!(s.difference, Decimal::from(16));
+        assert_eq!(s.end.unwrap().value, Decimal::from(6));
+        assert_eq!(s.events, vec!["rollover"]);
     }
 
     #[test]

@@ -34,6 +34,72 @@ pub struct Registry {
     /// Meter swaps, like the aggregator's `[[meter_swaps]]`.
     #[serde(default)]
     pub meter_swaps: Vec<MeterSwap>,
+    /// Who issues the invoices (numbering, payment terms, the letterhead). None listed: one
+    /// built-in issuer ([`Issuer::fallback`]).
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
+}
+
+/// An invoice issuer: its invoice numbers are unique and sequential across all periods and
+/// runs (`<invoice_prefix><number>`, the number zero-padded to `number_width` digits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Postal address lines of the letterhead.
+    #[serde(default)]
+    pub address: Vec<String>,
+    /// VAT or tax registration number, printed on the invoice.
+    #[serde(default)]
+    pub tax_id: String,
+    /// Default `<id>-`.
+    #[serde(default)]
+    pub invoice_prefix: Option<String>,
+    #[serde(default = "six")]
+    pub number_width: u32,
+    /// The first number (e.g. to continue the sequence of an earlier system).
+    #[serde(default = "one_u64")]
+    pub first_invoice_number: u64,
+    /// Due date = issue date (local) + this many days, unless the customer has its own.
+    #[serde(default = "fourteen")]
+    pub payment_terms_days: u32,
+}
+
+fn six() -> u32 {
+    6
+}
+fn one_u64() -> u64 {
+    1
+}
+fn fourteen() -> u32 {
+    14
+}
+
+impl Issuer {
+    /// The issuer of a registry that lists none: id `default`, numbers `INV-000001`, 14 days.
+    pub fn fallback() -> Issuer {
+        Issuer {
+            id: "default".into(),
+            name: String::new(),
+            address: Vec::new(),
+            tax_id: String::new(),
+            invoice_prefix: Some("INV-".into()),
+            number_width: 6,
+            first_invoice_number: 1,
+            payment_terms_days: 14,
+        }
+    }
+
+    /// The invoice number text of sequence number `n`.
+    pub fn invoice_number(&self, n: u64) -> String {
+        let prefix = self
+            .invoice_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}-", self.id));
+        format!("{prefix}{n:0w$}", w = self.number_width as usize)
+    }
 }
 
 /// A register replaced between two readings (same shape as the aggregator's).
@@ -57,6 +123,7 @@ impl Default for Registry {
             default_register_max: None,
             register_max: BTreeMap::new(),
             meter_swaps: Vec::new(),
+            issuers: Vec::new(),
         }
     }
 }
@@ -101,6 +168,15 @@ pub struct Customer {
     pub tax_rate: Decimal,
     /// IANA time zone, e.g. "Europe/Berlin": periods, time-of-use and dates are local.
     pub time_zone: String,
+    /// Issuer id; may be left out when the registry lists at most one issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Billing address lines printed on the invoice.
+    #[serde(default)]
+    pub address: Vec<String>,
+    /// Overrides the issuer's payment terms.
+    #[serde(default)]
+    pub payment_terms_days: Option<u32>,
 }
 
 fn two() -> u32 {
@@ -160,8 +236,12 @@ pub fn parse_instant(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 instant nor a YYYY-MM-DD date"))?;
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        format!(
+            "{} is neither an RFC 3339 instant nor a YYYY-MM-DD date",
+            crate::error::excerpt(text)
+        )
+    })?;
     local_midnight(date, tz)
 }
 
@@ -211,6 +291,23 @@ impl Registry {
         self.customers.iter().find(|c| c.id == id)
     }
 
+    /// The issuer of `customer`'s invoices: the one it names, else the only one listed, else
+    /// [`Issuer::fallback`] (validation refuses a missing choice among several).
+    pub fn issuer_of(&self, customer: &Customer) -> Issuer {
+        match &customer.issuer {
+            Some(id) => self.issuers.iter().find(|i| &i.id == id).cloned(),
+            None => self.issuers.first().cloned(),
+        }
+        .unwrap_or_else(Issuer::fallback)
+    }
+
+    /// Days from the issue date to the due date for `customer`.
+    pub fn payment_terms_days(&self, customer: &Customer) -> u32 {
+        customer
+            .payment_terms_days
+            .unwrap_or_else(|| self.issuer_of(customer).payment_terms_days)
+    }
+
     /// The channel mapping of `device`.
     pub fn channels_of(&self, device: &Device) -> BTreeMap<String, ChannelSpec> {
         if !device.channels.is_empty() {
@@ -231,24 +328,124 @@ impl Registry {
     }
 }
 
+/// Customer and site ids name files (`invoices/<customer>.json`, `espi/<customer>.xml`), so
+/// they are 1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit: no `/`, no `..`, no
+/// hidden files. Returns the problem, if any.
+pub fn path_safe_id(id: &str) -> Option<String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let first_ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !id.is_empty() && id.len() <= 64 && first_ok && id.chars().all(ok_char) {
+        return None;
+    }
+    Some(format!(
+        "{} cannot name a file: use 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit",
+        crate::error::excerpt(id)
+    ))
+}
+
+/// Rates and tax rates are shown with 9 decimal places (the statement files' scale); a rate
+/// with more would be shown rounded and the amounts could not be reproduced from it.
+pub fn check_rate_scale(p: &mut Problems, key: String, rate: Decimal) {
+    if rate.normalize().scale() > crate::money::QUANTITY_SCALE {
+        p.push(
+            key,
+            format!(
+                "{rate} has more than {} decimal places (the statements show rates exactly)",
+                crate::money::QUANTITY_SCALE
+            ),
+        );
+    }
+}
+
+/// Ids that differ only in letter case name the same file on case-insensitive file systems.
+fn check_ids<'a>(p: &mut Problems, what: &str, ids: impl Iterator<Item = (String, &'a str)>) {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for (at, id) in ids {
+        if let Some(problem) = path_safe_id(id) {
+            p.push(format!("{at}.id"), format!("{what} id {problem}"));
+            continue;
+        }
+        match seen.insert(id.to_ascii_lowercase(), id) {
+            Some(prev) if prev == id => {
+                p.push(format!("{at}.id"), format!("duplicate {what} id {id:?}"))
+            }
+            Some(prev) => p.push(
+                format!("{at}.id"),
+                format!("{what} ids {prev:?} and {id:?} differ only in case (they name files)"),
+            ),
+            None => {}
+        }
+    }
+}
+
 impl Validate for Registry {
     fn validate(&self, p: &mut Problems) {
+        check_ids(
+            p,
+            "customer",
+            self.customers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("customers[{i}]"), c.id.as_str())),
+        );
+        check_ids(
+            p,
+            "site",
+            self.sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("sites[{i}]"), s.id.as_str())),
+        );
+        let mut issuers = BTreeSet::new();
+        for (i, is) in self.issuers.iter().enumerate() {
+            let at = format!("issuers[{i}]");
+            if is.id.is_empty() || is.id.len() > 64 || is.id.chars().any(char::is_control) {
+                p.push(format!("{at}.id"), "must be 1-64 printable characters");
+            }
+            if !issuers.insert(is.id.as_str()) {
+                p.push(
+                    format!("{at}.id"),
+                    format!("duplicate issuer id {}", crate::error::excerpt(&is.id)),
+                );
+            }
+            if let Some(pre) = &is.invoice_prefix {
+                if pre.len() > 32 || pre.chars().any(char::is_control) {
+                    p.push(
+                        format!("{at}.invoice_prefix"),
+                        "must be at most 32 printable characters",
+                    );
+                }
+            }
+            if !(1..=12).contains(&is.number_width) {
+                p.push(format!("{at}.number_width"), "must be 1..=12");
+            }
+            if is.payment_terms_days > 365 {
+                p.push(format!("{at}.payment_terms_days"), "must be 0..=365");
+            }
+        }
         let mut customers = BTreeMap::new();
         for (i, c) in self.customers.iter().enumerate() {
             let at = format!("customers[{i}]");
-            if c.id.is_empty() {
-                p.push(format!("{at}.id"), "must not be empty");
+            customers.insert(c.id.as_str(), c);
+            match &c.issuer {
+                Some(id) if !issuers.contains(id.as_str()) => p.push(
+                    format!("{at}.issuer"),
+                    format!("unknown issuer {}", crate::error::excerpt(id)),
+                ),
+                None if self.issuers.len() > 1 => p.push(
+                    format!("{at}.issuer"),
+                    "must be set: the registry lists several issuers",
+                ),
+                _ => {}
             }
-            if customers.insert(c.id.as_str(), c).is_some() {
-                p.push(
-                    format!("{at}.id"),
-                    format!("duplicate customer id {:?}", c.id),
-                );
+            if c.payment_terms_days.is_some_and(|d| d > 365) {
+                p.push(format!("{at}.payment_terms_days"), "must be 0..=365");
             }
+            check_rate_scale(p, format!("{at}.tax_rate"), c.tax_rate);
             if c.time_zone.parse::<Tz>().is_err() {
                 p.push(
                     format!("{at}.time_zone"),
-                    format!("unknown time zone {:?}", c.time_zone),
+                    format!("unknown time zone {}", crate::error::excerpt(&c.time_zone)),
                 );
             }
             if c.currency.len() != 3 || !c.currency.chars().all(|ch| ch.is_ascii_uppercase()) {
@@ -267,13 +464,11 @@ impl Validate for Registry {
         let mut sites = BTreeMap::new();
         for (i, s) in self.sites.iter().enumerate() {
             let at = format!("sites[{i}]");
-            if sites.insert(s.id.as_str(), s).is_some() {
-                p.push(format!("{at}.id"), format!("duplicate site id {:?}", s.id));
-            }
+            sites.insert(s.id.as_str(), s);
             match customers.get(s.customer.as_str()) {
                 None => p.push(
                     format!("{at}.customer"),
-                    format!("unknown customer {:?}", s.customer),
+                    format!("unknown customer {}", crate::error::excerpt(&s.customer)),
                 ),
                 Some(c) => {
                     let tz = c.time_zone.parse::<Tz>().unwrap_or(Tz::UTC);
@@ -291,7 +486,7 @@ impl Validate for Registry {
             if !devices.insert(d.id.as_str()) {
                 p.push(
                     format!("{at}.id"),
-                    format!("duplicate device id {:?}", d.id),
+                    format!("duplicate device id {}", crate::error::excerpt(&d.id)),
                 );
             }
             if gridmeter_core::DeviceId::new(d.id.clone()).is_err() {
@@ -305,9 +500,10 @@ impl Validate for Registry {
                 .and_then(|s| customers.get(s.customer.as_str()))
                 .and_then(|c| c.time_zone.parse::<Tz>().ok());
             match tz {
-                None if !sites.contains_key(d.site.as_str()) => {
-                    p.push(format!("{at}.site"), format!("unknown site {:?}", d.site))
-                }
+                None if !sites.contains_key(d.site.as_str()) => p.push(
+                    format!("{at}.site"),
+                    format!("unknown site {}", crate::error::excerpt(&d.site)),
+                ),
                 _ => {
                     let tz = tz.unwrap_or(Tz::UTC);
                     let mut parsed = Vec::new();
@@ -329,7 +525,10 @@ impl Validate for Registry {
             }
             for ch in d.channels.keys() {
                 if gridmeter_core::Channel::new(ch.clone()).is_err() {
-                    p.push(format!("{at}.channels.{ch}"), "is not a valid channel name");
+                    p.push(
+                        format!("{at}.channels"),
+                        format!("{} is not a valid channel name", crate::error::excerpt(ch)),
+                    );
                 }
             }
         }

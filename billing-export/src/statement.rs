@@ -118,51 +118,56 @@ pub fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// RFC 4180 field: quoted when it contains a comma, quote, CR or LF.
+/// RFC 4180 field (see [`crate::csv_out::field`]).
 pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    crate::csv_out::field(s)
 }
 
-/// The CSV text (header + one row per line, CRLF line ends as RFC 4180 says).
+/// The `band` of a tax line: the exact rate, without trailing zeros (`0.19`, `0.08875`), so
+/// two rates never share a band (it is part of the line key).
+pub fn tax_band(rate: Decimal) -> String {
+    rate.normalize().to_string()
+}
+
+/// The CSV text (header + one row per line, CRLF line ends as RFC 4180 says). Text columns
+/// are neutralised against spreadsheet formulas ([`crate::csv_out`]).
 pub fn to_csv(run: &str, lines: &[Line]) -> String {
     let mut out = COLUMNS.join(",");
     out.push_str("\r\n");
     for l in lines {
-        let fields = [
-            run.to_string(),
-            l.line_type.as_str().to_string(),
-            l.customer_id.clone(),
-            l.site_id.clone(),
-            l.device_id.clone(),
-            l.channel.clone(),
-            l.component.clone(),
-            l.band.clone(),
-            l.period.clone(),
-            iso(l.period_start),
-            iso(l.period_end),
-            fixed(l.quantity, QUANTITY_SCALE),
-            l.unit.clone(),
-            fixed(l.rate, QUANTITY_SCALE),
-            fixed(l.amount, l.minor_units),
-            l.currency.clone(),
-            fixed(l.tax_rate, 4),
-            fixed(l.usage_quantity, QUANTITY_SCALE),
-            l.usage_unit.clone(),
-            fixed(l.quality, QUALITY_SCALE),
-            l.revision.to_string(),
-            l.previous_revision
-                .map(|r| r.to_string())
-                .unwrap_or_default(),
-            l.peak_at.map(iso).unwrap_or_default(),
-            l.peak_at_local.clone(),
+        let fields: [(String, bool); 24] = [
+            (run.to_string(), true),
+            (l.line_type.as_str().to_string(), true),
+            (l.customer_id.clone(), true),
+            (l.site_id.clone(), true),
+            (l.device_id.clone(), true),
+            (l.channel.clone(), true),
+            (l.component.clone(), true),
+            (l.band.clone(), true),
+            (l.period.clone(), true),
+            (iso(l.period_start), false),
+            (iso(l.period_end), false),
+            (fixed(l.quantity, QUANTITY_SCALE), false),
+            (l.unit.clone(), true),
+            (fixed(l.rate, QUANTITY_SCALE), false),
+            (fixed(l.amount, l.minor_units), false),
+            (l.currency.clone(), true),
+            (fixed(l.tax_rate, QUANTITY_SCALE), false),
+            (fixed(l.usage_quantity, QUANTITY_SCALE), false),
+            (l.usage_unit.clone(), true),
+            (fixed(l.quality, QUALITY_SCALE), false),
+            (l.revision.to_string(), false),
+            (
+                l.previous_revision
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+                false,
+            ),
+            (l.peak_at.map(iso).unwrap_or_default(), false),
+            (l.peak_at_local.clone(), true),
         ];
-        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
+        let cells: Vec<(&str, bool)> = fields.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+        crate::csv_out::row(&mut out, &cells);
     }
     out
 }

@@ -56,10 +56,15 @@ pub struct Series {
 }
 
 /// The current rows of all selected channels, sorted by (device, channel, window start), in
-/// one compact vector (40 bytes a row: a month of 10,000 meters is ~1.2 GB).
+/// one compact vector (40 bytes a row: a month of 10,000 meters is ~1.2 GB). Each series is
+/// judged on its current rows: one whose kind or unit changes, or with a current row that
+/// cannot be used, is reported in [`Usage::bad`] instead.
 pub struct Usage {
     pub series: Vec<Series>,
     rows: Vec<URow>,
+    /// Series that cannot be billed, with the reason (bounded text): their rows are dropped,
+    /// and the export holds their customers instead of failing the run.
+    pub bad: HashMap<(u32, u16), String>,
 }
 
 impl Usage {
@@ -85,7 +90,16 @@ struct URow {
     dev: u32,
     chan: u16,
     estimated: bool,
+    /// Index of the row's (kind, unit) among its series' variants, or [`POISON`].
+    variant: u8,
 }
+
+/// A series' (kind, unit, file where first seen).
+type Variant = (String, String, String);
+
+/// A row that cannot be used (unknown kind, value out of range); if it is the current
+/// revision of its window, its series is bad.
+const POISON: u8 = u8::MAX;
 
 /// One committed data file of a table.
 pub struct DataFile {
@@ -299,8 +313,11 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
     let ts = gridmeter_core::schema::ts_type();
     let value = gridmeter_core::schema::VALUE_TYPE;
     let mut rows: Vec<URow> = Vec::new();
-    // (device, channel) -> (kind, unit) as first seen.
-    let mut meta: HashMap<(u32, u16), (String, String)> = HashMap::new();
+    // (device, channel) -> the (kind, unit, file) variants its rows carry; a series is
+    // judged on its current rows only (a later revision may correct an earlier one).
+    let mut variants: HashMap<(u32, u16), Vec<Variant>> = HashMap::new();
+    let mut poison: HashMap<(u32, u16), String> = HashMap::new();
+    let mut bad: HashMap<(u32, u16), String> = HashMap::new();
     for file in tables.data_files(table)? {
         let path = &file.location;
         let cols = [
@@ -337,37 +354,51 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                 if t < from || t >= to || window.value(i) != "15m" {
                     continue;
                 }
+                if bad.contains_key(&(d, c)) {
+                    continue;
+                }
                 let k = kind.value(i);
-                let v = if k == "gauge" {
+                let (v, problem) = if k == "gauge" {
                     if avg.is_null(i) {
                         continue;
                     }
-                    avg.value(i)
-                } else {
+                    (avg.value(i), None)
+                } else if matches!(k, "counter" | "delta") {
                     if usage.is_null(i) {
                         continue;
                     }
-                    usage.value(i)
+                    (usage.value(i), None)
+                } else {
+                    let why = format!(
+                        "{}: unknown kind {} (counter, delta or gauge)",
+                        path.display(),
+                        crate::error::excerpt(k)
+                    );
+                    (0, Some(why))
                 };
-                let m = meta
-                    .entry((d, c))
-                    .or_insert_with(|| (k.to_string(), unit.value(i).to_string()));
-                if m.0 != k || m.1 != unit.value(i) {
-                    return Err(BillingError::data(
-                        path,
-                        format!(
-                            "device {} channel {} changes kind/unit from {}/{} to {}/{}",
-                            dev.value(i),
-                            chan.value(i),
-                            m.0,
-                            m.1,
-                            k,
-                            unit.value(i)
-                        ),
-                    ));
-                }
+                let problem = problem.or_else(|| dec(path, v).err().map(|e| e.to_string()));
+                let variant = match problem {
+                    Some(why) => {
+                        poison.entry((d, c)).or_insert(why);
+                        POISON
+                    }
+                    None => {
+                        let vs = variants.entry((d, c)).or_default();
+                        let u = unit.value(i);
+                        match vs.iter().position(|(vk, vu, _)| vk == k && vu == u) {
+                            Some(j) => j as u8,
+                            None if vs.len() < usize::from(POISON) => {
+                                vs.push((k.to_string(), u.to_string(), path.display().to_string()));
+                                (vs.len() - 1) as u8
+                            }
+                            None => {
+                                bad.insert((d, c), "too many kind/unit changes".into());
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let f = flags.value(i);
-                dec(path, v)?;
                 rows.push(URow {
                     ws: t,
                     lo: v as u64,
@@ -376,13 +407,57 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     dev: d,
                     chan: c,
                     estimated: f.contains("estimated") || f.contains("interpolated"),
+                    variant,
                 });
             }
         }
     }
     // Current revision per key: sort by key with the highest revision first, keep the first.
+    rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
     rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ws, std::cmp::Reverse(r.rev)));
     rows.dedup_by_key(|r| (r.dev, r.chan, r.ws));
+    // A series is bad when a current row is poisoned or its kind/unit changes.
+    let mut i = 0;
+    while i < rows.len() {
+        let key = (rows[i].dev, rows[i].chan);
+        let first = rows[i].variant;
+        let mut j = i;
+        while j < rows.len() && (rows[j].dev, rows[j].chan) == key {
+            if bad.contains_key(&key) {
+                j += 1;
+                continue;
+            }
+            let r = rows[j];
+            if r.variant == POISON || first == POISON {
+                bad.insert(key, poison.get(&key).cloned().unwrap_or_default());
+            } else if r.variant != first {
+                let vs = variants.get(&key).map(Vec::as_slice).unwrap_or_default();
+                let (Some(a), Some(b)) =
+                    (vs.get(usize::from(first)), vs.get(usize::from(r.variant)))
+                else {
+                    bad.insert(key, "inconsistent kind/unit".into());
+                    continue;
+                };
+                bad.insert(
+                    key,
+                    format!(
+                        "the series changes kind/unit from {}/{} to {}/{} at {} ({})",
+                        a.0,
+                        crate::error::excerpt(&a.1),
+                        b.0,
+                        crate::error::excerpt(&b.1),
+                        crate::statement::iso(
+                            chrono::DateTime::from_timestamp_micros(r.ws).unwrap_or_default()
+                        ),
+                        b.2
+                    ),
+                );
+            }
+            j += 1;
+        }
+        i = j;
+    }
+    rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
     rows.shrink_to_fit();
     let mut series: Vec<Series> = Vec::new();
     let mut i = 0;
@@ -392,7 +467,11 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
         while j < rows.len() && rows[j].dev == dev && rows[j].chan == chan {
             j += 1;
         }
-        let (kind, unit) = meta.get(&(dev, chan)).cloned().unwrap_or_default();
+        let (kind, unit) = variants
+            .get(&(dev, chan))
+            .and_then(|vs| vs.get(usize::from(rows[i].variant)))
+            .map(|(k, u, _)| (k.clone(), u.clone()))
+            .unwrap_or_default();
         series.push(Series {
             device: dev,
             channel: chan,
@@ -402,11 +481,15 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
         });
         i = j;
     }
-    Ok(Usage { series, rows })
+    Ok(Usage { series, rows, bad })
 }
 
-/// Per (device index, channel index): the register difference and the number of readings.
-pub type RawByChannel = HashMap<(u32, u16), (Decimal, usize)>;
+/// What [`load_raw`] found: per (device index, channel index) the reduction of its readings,
+/// and the channels whose readings cannot be used, with the reason.
+pub struct Raw<T> {
+    pub channels: HashMap<(u32, u16), T>,
+    pub bad: HashMap<(u32, u16), String>,
+}
 
 /// One deduplicated raw reading.
 #[derive(Debug, Clone, Copy)]
@@ -420,13 +503,13 @@ pub struct RawReading {
 /// sorted by `(ts, seq)` per channel, reduced channel by channel with `difference(device,
 /// channel, kind, readings)` so only one channel's readings are materialised at a time. Only `raw/date=YYYY-MM-DD/` partitions within
 /// `[from - 2 days, to + 2 days]` (UTC dates) are read: the boundary readings are found there.
-pub fn load_raw(
+pub fn load_raw<T>(
     tables: &Tables,
     sel: &Selection,
     from_us: i64,
     to_us: i64,
-    difference: impl Fn(u32, u16, &str, &[RawReading]) -> Decimal,
-) -> Result<RawByChannel, BillingError> {
+    difference: impl Fn(u32, u16, &str, &[RawReading]) -> T,
+) -> Result<Raw<T>, BillingError> {
     let day_us = 86_400_000_000i64;
     let lo = chrono::DateTime::from_timestamp_micros(from_us - 2 * day_us).map(|t| t.date_naive());
     let hi = chrono::DateTime::from_timestamp_micros(to_us + 2 * day_us).map(|t| t.date_naive());
@@ -442,6 +525,7 @@ pub fn load_raw(
         value: Decimal,
     }
     let mut rows: Vec<RRow> = Vec::new();
+    let mut bad: HashMap<(u32, u16), String> = HashMap::new();
     for file in tables.data_files("raw")? {
         let path = &file.location;
         // Partition pruning on date=YYYY-MM-DD; files outside a date partition are read.
@@ -483,6 +567,13 @@ pub fn load_raw(
                 let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
                     continue;
                 };
+                let value = match dec(path, val.value(i)) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        bad.entry((d, c)).or_insert_with(|| e.to_string());
+                        continue;
+                    }
+                };
                 rows.push(RRow {
                     dev: d,
                     chan: c,
@@ -490,7 +581,7 @@ pub fn load_raw(
                     seq: seq.value(i),
                     ts: ts.value(i),
                     received: rec.value(i),
-                    value: dec(path, val.value(i))?,
+                    value,
                 });
             }
         }
@@ -499,7 +590,8 @@ pub fn load_raw(
     rows.sort_by_key(|r| (r.dev, r.seq, r.received));
     rows.dedup_by(|b, a| a.dev == b.dev && a.seq == b.seq);
     rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ts, r.seq));
-    let mut out: RawByChannel = HashMap::new();
+    rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
+    let mut out: HashMap<(u32, u16), T> = HashMap::new();
     let mut readings: Vec<RawReading> = Vec::new();
     let mut i = 0;
     while i < rows.len() {
@@ -515,10 +607,16 @@ pub fn load_raw(
             i += 1;
         }
         let kind = if counter { "counter" } else { "delta" };
-        out.insert(
-            (dev, chan),
-            (difference(dev, chan, kind, &readings), readings.len()),
-        );
+        out.insert((dev, chan), difference(dev, chan, kind, &readings));
     }
-    Ok(out)
+    Ok(Raw { channels: out, bad })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_rows_stay_compact() {
+        // A month of 10,000 meters is ~30 M rows: every byte here is 30 MB.
+        assert_eq!(std::mem::size_of::<super::URow>(), 40);
+    }
 }

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::{Rounding, QUANTITY_SCALE};
+use crate::registry::check_rate_scale;
 use crate::units;
 
 /// The tariff file: `[tariffs.<name>]` tables.
@@ -199,6 +200,26 @@ impl Component {
             Component::Fixed(c) => c.tax_rate,
         }
     }
+    /// Every rate of the component with its key (for validation).
+    fn rates(&self) -> Vec<(String, Decimal)> {
+        match self {
+            Component::Flat(c) => vec![("rate".into(), c.rate)],
+            Component::Demand(c) => vec![("rate".into(), c.rate)],
+            Component::Tiered(c) => c
+                .tiers
+                .iter()
+                .enumerate()
+                .map(|(j, t)| (format!("tiers[{j}].rate"), t.rate))
+                .collect(),
+            Component::TimeOfUse(c) => c
+                .periods
+                .iter()
+                .enumerate()
+                .map(|(j, t)| (format!("periods[{j}].rate"), t.rate))
+                .collect(),
+            Component::Fixed(_) => Vec::new(),
+        }
+    }
     /// Volumetric components bill every interval exactly once (reconciled against usage).
     pub fn is_volumetric(&self) -> bool {
         matches!(
@@ -267,14 +288,17 @@ impl Validate for Tariffs {
                 if !names.insert(c.name()) {
                     p.push(
                         format!("{at}.name"),
-                        format!("duplicate component {:?}", c.name()),
+                        format!("duplicate component {}", crate::error::excerpt(c.name())),
                     );
                 }
                 if let Some(u) = c.unit() {
                     if !KNOWN_UNITS.contains(&u) {
                         p.push(
                             format!("{at}.unit"),
-                            format!("unknown unit {u:?}; known: {KNOWN_UNITS:?}"),
+                            format!(
+                                "unknown unit {}; known: {KNOWN_UNITS:?}",
+                                crate::error::excerpt(u)
+                            ),
                         );
                     }
                 }
@@ -282,11 +306,28 @@ impl Validate for Tariffs {
                     if r.is_sign_negative() || r >= Decimal::ONE {
                         p.push(format!("{at}.tax_rate"), "must be in [0, 1)");
                     }
+                    check_rate_scale(p, format!("{at}.tax_rate"), r);
+                }
+                for (key, rate) in c.rates() {
+                    check_rate_scale(p, format!("{at}.{key}"), rate);
                 }
                 match c {
                     Component::Tiered(tc) => {
                         if tc.tiers.is_empty() {
                             p.push(format!("{at}.tiers"), "must not be empty");
+                        }
+                        let mut bands = BTreeSet::new();
+                        for (j, tier) in tc.tiers.iter().enumerate() {
+                            let band = tier_band(j, tier);
+                            if !bands.insert(band.clone()) {
+                                p.push(
+                                    format!("{at}.tiers[{j}].name"),
+                                    format!(
+                                        "block name {} is used twice (unnamed blocks are tier1, tier2, ...)",
+                                        crate::error::excerpt(&band)
+                                    ),
+                                );
+                            }
                         }
                         let mut prev = Decimal::ZERO;
                         for (j, tier) in tc.tiers.iter().enumerate() {
@@ -319,7 +360,10 @@ impl Validate for Tariffs {
                         }
                         let mut check = |key: String, name: &str| {
                             if !periods.contains(name) {
-                                p.push(key, format!("unknown period {name:?}"));
+                                p.push(
+                                    key,
+                                    format!("unknown period {}", crate::error::excerpt(name)),
+                                );
                             }
                         };
                         check(format!("{at}.default_period"), &tc.default_period);
@@ -335,12 +379,23 @@ impl Validate for Tariffs {
                                 if weekday(d).is_none() {
                                     p.push(
                                         format!("{rat}.days"),
-                                        format!("{d:?} is not one of mon..sun"),
+                                        format!(
+                                            "{} is not one of mon..sun",
+                                            crate::error::excerpt(d)
+                                        ),
                                     );
                                 }
                             }
-                            if r.from_hour > 23 || r.to_hour > 24 || r.from_hour == r.to_hour {
-                                p.push(rat.clone(), "hours must satisfy 0 <= from_hour <= 23, to_hour <= 24, from != to");
+                            if r.from_hour > 23 || r.to_hour > 24 {
+                                p.push(
+                                    rat.clone(),
+                                    "hours must satisfy 0 <= from_hour <= 23 and to_hour <= 24",
+                                );
+                            } else if r.from_hour == r.to_hour {
+                                p.push(
+                                    rat.clone(),
+                                    "from_hour == to_hour is ambiguous (no hour, or all day?): for the whole day write from_hour = 0, to_hour = 24",
+                                );
                             }
                             if r.months.iter().any(|m| !(1..=12).contains(m)) {
                                 p.push(format!("{rat}.months"), "months are 1..=12");
@@ -366,6 +421,13 @@ impl Validate for Tariffs {
             }
         }
     }
+}
+
+/// The statement `band` of block `j` (0-based) of a tiered component: its name, or `tier<j+1>`.
+pub fn tier_band(j: usize, tier: &Tier) -> String {
+    tier.name
+        .clone()
+        .unwrap_or_else(|| format!("tier{}", j + 1))
 }
 
 /// One 15-minute interval of one device channel, multiplier applied, in the channel's unit.
@@ -455,8 +517,12 @@ pub struct PriceCtx<'a> {
 }
 
 fn billing_qty(ctx: &PriceCtx, q: Decimal, to: &str) -> Result<Decimal, PriceError> {
-    let v = units::convert(q, ctx.unit, to)
-        .ok_or_else(|| PriceError(format!("cannot convert {} to {to}", ctx.unit)))?;
+    let v = units::convert(q, ctx.unit, to).ok_or_else(|| {
+        PriceError(format!(
+            "cannot convert {} to {to}",
+            crate::error::excerpt(ctx.unit)
+        ))
+    })?;
     Ok(v.round_dp_with_strategy(
         QUANTITY_SCALE,
         rust_decimal::RoundingStrategy::MidpointNearestEven,
@@ -525,8 +591,12 @@ pub fn price(
                 };
                 accs[p].add(iv);
             }
-            for (p, acc) in t.periods.iter().zip(&accs) {
-                if acc.n == 0 {
+            // A period gets a line when its usage is not zero; a channel with no usage in any
+            // period gets one zero line in the default period, so the meter is on the bill.
+            let default = classify.default;
+            let all_zero = accs.iter().all(|a| a.usage.is_zero());
+            for (j, (p, acc)) in t.periods.iter().zip(&accs).enumerate() {
+                if acc.usage.is_zero() && !(all_zero && j == default) {
                     continue;
                 }
                 let q = billing_qty(ctx, acc.usage, &t.unit)?;
@@ -539,13 +609,10 @@ pub fn price(
             let mut acc = Acc::new();
             intervals.iter().for_each(|iv| acc.add(iv));
             let total = billing_qty(ctx, acc.usage, &t.unit)?;
-            let tier_name = |j: usize, tier: &Tier| {
-                tier.name
-                    .clone()
-                    .unwrap_or_else(|| format!("tier{}", j + 1))
-            };
             match t.mode {
                 TierMode::Graduated => {
+                    // A line per block the total reaches into; a total of zero (or less) gives one
+                    // zero line in the first block.
                     let mut lower = Decimal::ZERO;
                     for (j, tier) in t.tiers.iter().enumerate() {
                         let upper = tier.up_to.map_or(total, |u| u.min(total));
@@ -561,7 +628,7 @@ pub fn price(
                             out.push(line(
                                 ctx,
                                 &t.name,
-                                &tier_name(j, tier),
+                                &tier_band(j, tier),
                                 in_block,
                                 &t.unit,
                                 tier.rate,
@@ -589,12 +656,15 @@ pub fn price(
                         .enumerate()
                         .find(|(_, tier)| tier.up_to.is_none_or(|u| total <= u))
                         .ok_or_else(|| {
-                            PriceError(format!("no block of {} covers {total}", t.name))
+                            PriceError(format!(
+                                "no block of {} covers {total}",
+                                crate::error::excerpt(&t.name)
+                            ))
                         })?;
                     out.push(line(
                         ctx,
                         &t.name,
-                        &tier_name(j, tier),
+                        &tier_band(j, tier),
                         total,
                         &t.unit,
                         tier.rate,
@@ -607,24 +677,29 @@ pub fn price(
         }
         Component::Demand(d) => {
             let mut acc = Acc::new();
-            let mut peak: Option<(Decimal, DateTime<Utc>)> = None;
+            let mut peak: Option<(Decimal, &Interval)> = None;
             for iv in intervals {
                 acc.add(iv);
                 let kw = units::demand(iv.quantity, ctx.unit, &d.unit).ok_or_else(|| {
                     PriceError(format!(
                         "demand needs energy in Wh or kWh, not {}",
-                        ctx.unit
+                        crate::error::excerpt(ctx.unit)
                     ))
                 })?;
                 // Ties keep the earliest interval.
                 if peak.is_none_or(|(p, _)| kw > p) {
-                    peak = Some((kw, iv.start));
+                    peak = Some((kw, iv));
                 }
             }
-            if let Some((kw, at)) = peak {
+            if let Some((kw, iv)) = peak {
                 let kw = kw.round_dp(QUANTITY_SCALE);
-                let mut a = acc.clone();
-                a.usage = Decimal::ZERO;
+                // The line's usage is the peak interval's energy (kW = Wh × 4 / 1000), and its
+                // quality that interval's; the revision is the highest of all intervals (any of
+                // them could have been the peak).
+                let mut a = Acc::new();
+                a.add(iv);
+                a.revision = acc.revision;
+                let at = iv.start;
                 out.push(line(
                     ctx,
                     &d.name,
@@ -713,9 +788,10 @@ pub fn check_unit(c: &Component, unit: &str) -> Result<(), PriceError> {
         Ok(())
     } else {
         Err(PriceError(format!(
-            "component {:?} ({}) cannot price a channel measured in {unit:?}",
-            c.name(),
-            c.unit().unwrap_or("")
+            "component {} ({}) cannot price a channel measured in {}",
+            crate::error::excerpt(c.name()),
+            c.unit().unwrap_or(""),
+            crate::error::excerpt(unit)
         )))
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use chrono::{Duration, NaiveDate};
 use common::*;
-use gridmeter_billing::{run, BillingError, ExportConfig, Period, Rounding};
+use gridmeter_billing::{run, ExportConfig, Period, Rounding};
 use gridmeter_core::store::DataRoot;
 use rust_decimal::Decimal;
 
@@ -438,7 +438,7 @@ fn tables_on_s3_give_the_same_bytes() {
 }
 
 #[test]
-fn mismatch_fails_the_run_naming_customer_channel_and_numbers() {
+fn mismatch_holds_the_customer_naming_channel_and_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     pv(root, false);
@@ -456,28 +456,42 @@ fn mismatch_fails_the_run_naming_customer_channel_and_numbers() {
     };
     write_usage(root, "commit-0002", &[bad]);
     let cfg = config(root, PV_REGISTRY, PV_TARIFFS);
-    let err = run(&cfg, range("2026-06-01", "2026-06-02")).unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        matches!(err, BillingError::Reconciliation { count: 1, .. }),
-        "{msg}"
-    );
+    let s = run(&cfg, range("2026-06-01", "2026-06-02")).unwrap();
+    assert_eq!(s.reconciliation_mismatches, 1);
+    assert_eq!(s.held_customers().into_iter().collect::<Vec<_>>(), ["C-PV"]);
+    let msg = &s.held[0].reason;
     // Usage: 3475 + 7 = 3482 Wh; raw: 3475 Wh.
-    assert!(
-        msg.contains("customer C-PV device pv-meter channel energy_import"),
-        "{msg}"
+    assert_eq!(
+        (s.held[0].device_id.as_str(), s.held[0].channel.as_str()),
+        ("pv-meter", "energy_import")
     );
     assert!(msg.contains("3482") && msg.contains("3475"), "{msg}");
-    assert!(!root.join("exports/2026-06-01_2026-06-02/run-0001").exists());
+    let out = s.run_dir.unwrap();
+    // Held: no invoice, no statement lines, no Green Button feed; the reconciliation shows why.
+    assert!(!out.join("invoices/C-PV.json").exists());
+    assert!(!out.join("espi/C-PV.xml").exists());
+    assert_eq!(read(&out.join("statement_lines.csv")).lines().count(), 1);
+    assert!(read(&out.join("reconciliation.csv")).contains("MISMATCH"));
+    let exceptions = read(&out.join("exceptions.csv"));
     assert!(
-        read(&root.join("exports/2026-06-01_2026-06-02/_failed/reconciliation.csv"))
-            .contains("MISMATCH")
+        exceptions.starts_with(
+            "customer_id,site_id,device_id,channel,reason\r\nC-PV,S-PV,pv-meter,energy_import,"
+        ),
+        "{exceptions}"
     );
     let prom = read(&root.join("exports/metrics.prom"));
     assert!(
         prom.contains("gridmeter_billing_reconciliation_mismatches_total 1"),
         "{prom}"
     );
+    assert!(
+        prom.contains("gridmeter_billing_held_customers_total 1"),
+        "{prom}"
+    );
+    // Unchanged inputs: the customer is still held for the same reason; nothing new to write.
+    let again = run(&cfg, range("2026-06-01", "2026-06-02")).unwrap();
+    assert_eq!(again.run, None);
+    assert_eq!(again.held, s.held);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -163,6 +163,24 @@ pub fn check_readable(path: &Path, key: &str, problems: &mut Problems) {
     }
 }
 
+/// An error as a binary reports it on exit: its message, then each cause whose text the
+/// message does not already contain (`thiserror`'s `#[error("...: {0}")]` wrappers repeat
+/// their source), joined with `: `. No backtrace, whatever `RUST_BACKTRACE` says, so a
+/// config error prints its problem list once.
+pub fn error_report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -542,7 +542,14 @@ impl Validate for AgentConfig {
         if self.mqtt.port == 0 {
             p.push("mqtt.port", "must not be 0");
         }
-        self.mqtt.tls.check("mqtt.tls", p);
+        // The broker takes the device's identity from the certificate's CN: a certificate
+        // of another device (or a collector's) would have every publish dropped.
+        self.mqtt.tls.check_role(
+            "mqtt.tls",
+            gridmeter_core::identity::Role::Device,
+            Some(self.device_id.as_str()),
+            p,
+        );
         if self.mqtt.max_inflight == 0 || self.mqtt.max_inflight > 1000 {
             p.push("mqtt.max_inflight", "must be 1..=1000");
         }

@@ -47,7 +47,8 @@ struct InFlight {
 
 pub(crate) struct Forwarder {
     pub config: Arc<AgentConfig>,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Rebuilt from its files at every connection attempt (certificate renewal).
+    pub tls: gridmeter_core::tls::ClientTls,
     pub buffer: Arc<Mutex<Buffer>>,
     pub metrics: AgentMetrics,
     pub notify: Arc<Notify>,
@@ -104,7 +105,7 @@ impl Forwarder {
         opts.set_clean_session(false);
         opts.set_inflight((m.max_inflight + 1).min(u16::MAX as usize) as u16);
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
-        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(self.tls.clone())));
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(self.tls.reload())));
         let (client, mut eventloop) = AsyncClient::new(opts, m.max_inflight * 2 + 8);
         lock(&self.buffer).release_inflight();
         let topic = wire::topic_for(&cfg.device_id);
@@ -151,7 +152,7 @@ impl Forwarder {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        return if connected { tracing::warn!("connection lost: {e}"); Ok(false) } else { Err(e.to_string()) };
+                        return if connected { tracing::warn!("connection lost: {}", self.tls.explain(&e)); Ok(false) } else { Err(self.tls.explain(&e)) };
                     }
                 },
                 _ = self.notify.notified(), if connected && stopping.is_none() => fill = true,

@@ -76,8 +76,9 @@ pub async fn run(
             problems.iter().map(String::from).collect(),
         ));
     }
-    let tls = Arc::new(config.mqtt.tls.client_config()?);
     let metrics = AgentMetrics::register(&registry)?;
+    let expiry = gridmeter_core::tls::register_expiry_gauge(&registry, "agent")?;
+    let tls = gridmeter_core::tls::ClientTls::load(config.mqtt.tls.clone(), Some(expiry))?;
     metrics
         .buffer_budget_bytes
         .set(config.buffer.max_buffer_bytes as i64);

@@ -269,9 +269,16 @@ impl Identity {
         (sub.join(format!("{stem}.crt")), sub.join(format!("{stem}.key")))
     }
 
-    fn params(&self, days: u32, crl_url: Option<&str>) -> Result<CertificateParams, PkiError> {
-        if days == 0 {
-            return Err(PkiError::Invalid("validity must be at least 1 day".into()));
+    fn params(
+        &self,
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+        crl_url: Option<&str>,
+    ) -> Result<CertificateParams, PkiError> {
+        if not_after <= not_before {
+            return Err(PkiError::Invalid(
+                "a certificate's validity must end after it starts".into(),
+            ));
         }
         let mut params = CertificateParams::new(self.names.clone())
             .map_err(cert_err(format!("names for {}", self.common_name)))?;
@@ -296,11 +303,15 @@ impl Identity {
                 uris: vec![url.to_string()],
             }];
         }
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(i64::from(days));
+        params.not_before = to_time(not_before)?;
+        params.not_after = to_time(not_after)?;
         Ok(params)
     }
+}
+
+fn to_time(t: DateTime<Utc>) -> Result<time::OffsetDateTime, PkiError> {
+    time::OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .map_err(|e| PkiError::Invalid(format!("time {t}: {e}")))
 }
 
 /// A certificate and its private key, PEM.
@@ -422,16 +433,37 @@ impl Ca {
         &self.cert_pem
     }
 
-    /// Issues a certificate for `who`, valid `days`, with a CRL distribution point if
-    /// `crl_url` is given.
+    /// Issues a certificate for `who`, valid from an hour ago (clock skew) for `days`, with
+    /// a CRL distribution point if `crl_url` is given.
     pub fn issue(
         &self,
         who: &Identity,
         days: u32,
         crl_url: Option<&str>,
     ) -> Result<Issued, PkiError> {
+        if days == 0 {
+            return Err(PkiError::Invalid("validity must be at least 1 day".into()));
+        }
+        let now = Utc::now();
+        self.issue_window(
+            who,
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::days(i64::from(days)),
+            crl_url,
+        )
+    }
+
+    /// Issues a certificate for `who` valid from `not_before` to `not_after` (a window in
+    /// the past makes an expired certificate, as tests of expiry handling need).
+    pub fn issue_window(
+        &self,
+        who: &Identity,
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+        crl_url: Option<&str>,
+    ) -> Result<Issued, PkiError> {
         let what = format!("{} certificate {}", who.role, who.common_name);
-        let params = who.params(days, crl_url)?;
+        let params = who.params(not_before, not_after, crl_url)?;
         let key = KeyPair::generate().map_err(cert_err(format!("{what} key")))?;
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -723,6 +755,29 @@ impl PkiDir {
         reason: Reason,
         crl_days: u32,
     ) -> Result<Vec<String>, PkiError> {
+        self.revoke_except(who, None, reason, crl_days)
+    }
+
+    /// Revokes every certificate of `who` except the one in its file now (after
+    /// [`PkiDir::renew`]: the key of the old one may be compromised) and rewrites the CRL.
+    pub fn revoke_superseded(
+        &mut self,
+        who: &Identity,
+        reason: Reason,
+        crl_days: u32,
+    ) -> Result<Vec<String>, PkiError> {
+        let (crt, _) = who.paths(&self.dir);
+        let current = tls::certificate_info(&crt, "certificate")?.serial;
+        self.revoke_except(who, Some(&current), reason, crl_days)
+    }
+
+    fn revoke_except(
+        &mut self,
+        who: &Identity,
+        keep: Option<&str>,
+        reason: Reason,
+        crl_days: u32,
+    ) -> Result<Vec<String>, PkiError> {
         let (crt, _) = who.paths(&self.dir);
         if crt.exists() {
             let info = tls::certificate_info(&crt, "certificate")?;
@@ -744,7 +799,7 @@ impl PkiDir {
         for e in &mut self.index.certificates {
             if e.role == who.role && e.common_name == who.common_name {
                 any = true;
-                if e.revoked_at.is_none() {
+                if e.revoked_at.is_none() && Some(e.serial.as_str()) != keep {
                     e.revoked_at = Some(now);
                     e.reason = Some(reason);
                     serials.push(e.serial.clone());
@@ -893,8 +948,12 @@ mod tests {
         assert_ne!(new.serial, old.serial);
         assert!(new.not_after < old.not_after);
         assert_eq!(crate::tls::certificate_info(&crt, "c").unwrap(), new);
+        let renewed = pki.renew(&who, 20).unwrap().1;
+        // Superseded certificates only: the one in the file stays valid.
+        let superseded = pki.revoke_superseded(&who, Reason::Superseded, 30).unwrap();
+        assert_eq!(superseded, vec![old.serial.clone(), new.serial.clone()]);
         let revoked = pki.revoke(&who, Reason::KeyCompromise, 30).unwrap();
-        assert_eq!(revoked, vec![old.serial.clone(), new.serial.clone()]);
+        assert_eq!(revoked, vec![renewed.serial.clone()]);
         // Revoking again changes nothing; an unknown name is an error.
         assert!(pki.revoke(&who, Reason::KeyCompromise, 30).unwrap().is_empty());
         let other = Identity::device(&DeviceId::new("nobody").unwrap()).unwrap();

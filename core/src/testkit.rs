@@ -113,6 +113,14 @@ impl Pki {
         self.lock().renew(who, days).expect("renew").1
     }
 
+    /// Revokes every certificate of `who` but the current one (after [`Pki::renew`]) and
+    /// rewrites the CRL (restart the broker to load it).
+    pub fn revoke_superseded(&self, who: &Identity) -> Vec<String> {
+        self.lock()
+            .revoke_superseded(who, pki::Reason::Superseded, pki::DEFAULT_CRL_DAYS)
+            .expect("revoke superseded")
+    }
+
     /// Revokes every certificate of `who` and rewrites the CRL (restart the broker to load
     /// it).
     pub fn revoke(&self, who: &Identity) -> Vec<String> {

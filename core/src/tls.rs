@@ -192,9 +192,21 @@ pub fn certificate_info(path: &Path, what: &'static str) -> Result<CertInfo, Tls
         .map_err(|m| content(what, path, m))
 }
 
-const V1_ADVICE: &str = "an X.509 v1 certificate has no extensions (no key usage, no \
-    subjectAltName), and TLS libraries such as rustls accept only v3. A plain `openssl x509 \
-    -req` without `-extfile` makes v1 certificates";
+const V1_ADVICE: &str = "it has no extensions (no key usage, no subjectAltName), and TLS \
+    libraries such as rustls accept only v3 (a plain `openssl x509 -req` without `-extfile` \
+    makes v1)";
+
+/// The `gridmeter pki renew …` command for the certificate `info` describes.
+fn renew_hint(info: &CertInfo) -> String {
+    let cn = info.common_name.as_deref().unwrap_or("NAME");
+    match info.role() {
+        Some(Role::Device) => format!("gridmeter pki renew {cn}"),
+        Some(Role::Collector) => format!("gridmeter pki renew --collector {cn}"),
+        Some(Role::Client) => format!("gridmeter pki renew --client {cn}"),
+        Some(Role::Broker) => "gridmeter pki renew --server".into(),
+        None => "gridmeter pki renew NAME".into(),
+    }
+}
 
 fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let d = now - t;
@@ -219,11 +231,11 @@ fn check_client_certificate(path: &Path, info: &CertInfo) -> Result<(), TlsError
             path,
             format!(
                 "is an X.509 v{} certificate ({}): {V1_ADVICE}. Reissue it as v3 with \
-                 `gridmeter pki renew NAME`, or with openssl pass `-extfile` naming \
-                 basicConstraints=CA:FALSE, keyUsage=digitalSignature and \
-                 extendedKeyUsage=clientAuth",
+                 `{}`, or with openssl pass `-extfile` naming basicConstraints=CA:FALSE, \
+                 keyUsage=digitalSignature and extendedKeyUsage=clientAuth",
                 info.version,
-                info.subject
+                info.subject,
+                renew_hint(info)
             ),
         ));
     }
@@ -232,11 +244,12 @@ fn check_client_certificate(path: &Path, info: &CertInfo) -> Result<(), TlsError
             what,
             path,
             format!(
-                "expired at {} ({}; {}): renew it with `gridmeter pki renew NAME` and \
-                 replace the files; the new certificate is used at the next connection",
+                "expired at {} ({}; {}): renew it with `{}` and replace the files; the \
+                 new certificate is used at the next connection",
                 ts(info.not_after),
                 ago(info.not_after, now),
-                info.subject
+                info.subject,
+                renew_hint(info)
             ),
         ));
     }
@@ -299,18 +312,25 @@ impl ExplainingVerifier {
         let now = Utc::now();
         let message = match &err {
             _ if info.version < 3 => format!(
-                "{who} is an X.509 v{}: {V1_ADVICE}. Reissue the broker certificate as v3 \
+                "{who} is an X.509 v{} certificate: {V1_ADVICE}. Reissue the broker certificate as v3 \
                  (`gridmeter pki renew --server --server-name HOST`, or openssl with \
                  `-extfile` naming subjectAltName=DNS:HOST, keyUsage=digitalSignature and \
                  extendedKeyUsage=serverAuth) and restart the broker",
                 info.version
             ),
-            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
-                "{who} is not signed by the CA in {} ({}): this client trusts another CA \
+            rustls::Error::InvalidCertificate(
+                e @ (CertificateError::UnknownIssuer | CertificateError::BadSignature),
+            ) => format!(
+                "{who} is not signed by the CA in {} ({}){}: this client trusts another CA \
                  than the one that issued the broker's certificate; point mqtt.tls.ca at \
                  the broker's CA (the ca.crt of the PKI that issued server.crt)",
                 self.ca_path.display(),
-                self.ca_subjects.join("; ")
+                self.ca_subjects.join("; "),
+                if matches!(e, CertificateError::BadSignature) {
+                    ", which has the issuer's name but another key (two PKIs created apart)"
+                } else {
+                    ""
+                }
             ),
             rustls::Error::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
@@ -415,9 +435,10 @@ impl TlsFiles {
                         "does not belong to the client certificate {} ({}): the key's public \
                          key is not the one in the certificate. The key was replaced or mixed \
                          up with another one; restore the key issued with this certificate, \
-                         or reissue both (`gridmeter pki renew NAME`)",
+                         or reissue both (`{}`)",
                         self.cert.display(),
-                        cert.subject
+                        cert.subject,
+                        renew_hint(&cert)
                     ),
                 ))
             }
@@ -667,13 +688,14 @@ pub fn explain_connect_error(
         }
         rustls::Error::AlertReceived(AlertDescription::CertificateRevoked) => format!(
             "{ours}: it is revoked (on the broker's certificate revocation list). Issue a new \
-             one (`gridmeter pki renew NAME`) and replace the files; it is used at the next \
-             connection"
+             one (`{}`) and replace the files; it is used at the next connection",
+            renew_hint(cert)
         ),
         rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => format!(
-            "{ours}: it has expired for the broker (not after {}). Renew it (`gridmeter pki \
-             renew NAME`), or check the broker's clock",
-            ts(cert.not_after)
+            "{ours}: it has expired for the broker (not after {}). Renew it (`{}`), or \
+             check the broker's clock",
+            ts(cert.not_after),
+            renew_hint(cert)
         ),
         rustls::Error::AlertReceived(AlertDescription::UnknownCA) => format!(
             "{ours}: the broker does not trust its issuer; it was issued by another CA than \

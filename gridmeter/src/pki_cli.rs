@@ -76,6 +76,11 @@ pub enum PkiCommand {
         /// current certificate).
         #[arg(long = "server-name", requires = "server")]
         server_names: Vec<String>,
+        /// Also revoke every earlier certificate of the names (a stolen or lost key) and
+        /// rewrite crl.pem. The old certificate then stops working as soon as the broker
+        /// loads the CRL, so roll the new files out first.
+        #[arg(long)]
+        revoke_old: bool,
     },
     /// Revoke every certificate issued to the names and rewrite crl.pem. Copy it to the
     /// broker and restart it: Mosquitto reads its crlfile at start.
@@ -232,6 +237,7 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
             days,
             who,
             server_names,
+            revoke_old,
         } => {
             let mut p = PkiDir::open(&dir)?;
             let names = if who.server && server_names.is_empty() {
@@ -242,6 +248,17 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
             for id in identities(&who, &names)? {
                 let (path, info) = p.renew(&id, days)?;
                 print_issued(&path, &info);
+                if revoke_old {
+                    let serials =
+                        p.revoke_superseded(&id, Reason::KeyCompromise, DEFAULT_CRL_DAYS)?;
+                    println!("  revoked earlier serial(s): {}", serials.join(", "));
+                }
+            }
+            if revoke_old {
+                println!(
+                    "{}: copy it to the broker and restart the broker",
+                    dir.join("crl.pem").display()
+                );
             }
             Ok(())
         }

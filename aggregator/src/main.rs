@@ -115,7 +115,9 @@ fn main() -> std::process::ExitCode {
                 "gridmeter-aggregator: {}",
                 gridmeter_core::config::error_report(e.as_ref())
             );
-            if e.downcast_ref::<gridmeter_core::config::ConfigError>().is_some() {
+            if e.downcast_ref::<gridmeter_core::config::ConfigError>()
+                .is_some()
+            {
                 std::process::ExitCode::from(2)
             } else {
                 std::process::ExitCode::FAILURE

@@ -45,7 +45,9 @@ fn main() -> ExitCode {
                 "gridmeter-collector: {}",
                 gridmeter_core::config::error_report(e.as_ref())
             );
-            if e.downcast_ref::<gridmeter_core::config::ConfigError>().is_some() {
+            if e.downcast_ref::<gridmeter_core::config::ConfigError>()
+                .is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

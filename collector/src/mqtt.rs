@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gridmeter_core::tls::ClientTls;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
 };
-use gridmeter_core::tls::ClientTls;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;

@@ -58,7 +58,11 @@ fn v1_certificate(dir: &Path, key: &str, subject: &str, out: &str) {
         ],
     );
     let info = certificate_info(&dir.join(out), "test certificate").unwrap();
-    assert_eq!(info.version, 1, "openssl made a v{} certificate", info.version);
+    assert_eq!(
+        info.version, 1,
+        "openssl made a v{} certificate",
+        info.version
+    );
 }
 
 /// Connects with `tls` until the connection fails; returns the explained error.
@@ -111,7 +115,10 @@ async fn a_renewed_certificate_is_presented_at_the_next_reconnect() {
     wait_gauge(&registry, "gridmeter_collector_connected", 1.0).await;
     let files = pki.collector();
     let old = certificate_info(&files.cert, "collector").unwrap();
-    assert_eq!(metric(&registry, EXPIRY), Some(old.not_after.timestamp() as f64));
+    assert_eq!(
+        metric(&registry, EXPIRY),
+        Some(old.not_after.timestamp() as f64)
+    );
 
     let received = |n: f64| {
         let registry = registry.clone();
@@ -275,7 +282,11 @@ fn this_clients_certificate_problems_are_explained() {
         (expired, "mqtt.tls.cert", "expired at"),
         (v1, "mqtt.tls.cert", "X.509 v1"),
         (mismatch, "mqtt.tls.key", "does not belong"),
-        (pki.device("dev-a"), "mqtt.tls.cert", "not a collector certificate"),
+        (
+            pki.device("dev-a"),
+            "mqtt.tls.cert",
+            "not a collector certificate",
+        ),
     ] {
         cfg.mqtt.tls = Some(files);
         let mut p = gridmeter_core::config::Problems::new();

@@ -326,7 +326,10 @@ async fn a_client_cannot_take_over_another_clients_id() {
 
     // Without use_username_as_clientid the same attack kicks both victims off.
     let open = Broker::start_with(&pki, |c| {
-        c.replace("use_username_as_clientid true", "use_username_as_clientid false")
+        c.replace(
+            "use_username_as_clientid true",
+            "use_username_as_clientid false",
+        )
     });
     let collector = Watched::connect(open.port, "collector-0", &pki.collector()).await;
     let device = Watched::connect(open.port, "dev-a", &pki.device("dev-a")).await;
@@ -364,7 +367,8 @@ async fn only_collector_certificates_may_read_readings() {
     assert!(out.status.success(), "{out:?}");
     collector
         .wait("the collector to read the reading", |s| {
-            s.topics.contains(&"gridmeter/v1/dev-a/readings".to_string())
+            s.topics
+                .contains(&"gridmeter/v1/dev-a/readings".to_string())
         })
         .await;
     // After the reading, the collector confirms to each: on the same connection, the
@@ -415,7 +419,12 @@ async fn a_revoked_device_is_refused() {
     let mut broker = Broker::start(&pki);
     let publish = |tls: &TlsFiles, port: u16, dev: &str| {
         Command::new("mosquitto_pub")
-            .args(pub_args(port, tls, &format!("gridmeter/v1/{dev}/readings"), "x"))
+            .args(pub_args(
+                port,
+                tls,
+                &format!("gridmeter/v1/{dev}/readings"),
+                "x",
+            ))
             .output()
             .unwrap()
     };

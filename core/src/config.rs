@@ -20,7 +20,8 @@ impl Problems {
     }
     /// Records a problem at `path` (e.g. `sources[1].registers[0].scale`).
     pub fn push(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
-        self.0.push(format!("{path}: {}", message.to_string().trim_end()));
+        self.0
+            .push(format!("{path}: {}", message.to_string().trim_end()));
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -204,10 +204,19 @@ mod tests {
 
     #[test]
     fn device_names_cannot_enter_the_collector_namespace() {
-        for bad in ["collector", "collector-1", "Collector-2", "COLLECTORX", "gridmeter-broker"] {
+        for bad in [
+            "collector",
+            "collector-1",
+            "Collector-2",
+            "COLLECTORX",
+            "gridmeter-broker",
+        ] {
             let id = DeviceId::new(bad).unwrap();
             let err = check_device_id(&id).unwrap_err().to_string();
-            assert!(err.contains("reserved") || err.contains("broker"), "{bad}: {err}");
+            assert!(
+                err.contains("reserved") || err.contains("broker"),
+                "{bad}: {err}"
+            );
         }
         for ok in ["dev-1", "inv-042", "meter.7", "colle", "my-collector"] {
             check_device_id(&DeviceId::new(ok).unwrap()).unwrap();

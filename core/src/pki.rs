@@ -26,13 +26,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use rustls::pki_types::pem::PemObject;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     CrlIssuingDistributionPoint, CrlScope, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
     SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{self, NameError, Role, BROKER_CN};
@@ -266,7 +266,10 @@ impl Identity {
             Role::Device => (dir.join("devices"), self.common_name.as_str()),
             Role::Client => (dir.join("clients"), self.common_name.as_str()),
         };
-        (sub.join(format!("{stem}.crt")), sub.join(format!("{stem}.key")))
+        (
+            sub.join(format!("{stem}.crt")),
+            sub.join(format!("{stem}.key")),
+        )
     }
 
     fn params(
@@ -781,7 +784,11 @@ impl PkiDir {
         let (crt, _) = who.paths(&self.dir);
         if crt.exists() {
             let info = tls::certificate_info(&crt, "certificate")?;
-            let known = self.index.certificates.iter().any(|e| e.serial == info.serial);
+            let known = self
+                .index
+                .certificates
+                .iter()
+                .any(|e| e.serial == info.serial);
             if !known {
                 self.index.certificates.push(IndexEntry {
                     serial: info.serial,
@@ -922,7 +929,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.common_name.as_deref(), Some("collector-0"));
         assert_eq!(c.role(), Some(Role::Collector));
-        assert!(matches!(pki.ca().save(dir.path()), Err(PkiError::Exists(_))));
+        assert!(matches!(
+            pki.ca().save(dir.path()),
+            Err(PkiError::Exists(_))
+        ));
         // Every certificate is in the index; an empty CRL exists.
         assert_eq!(pki.index().certificates.len(), 4);
         assert!(dir.path().join("crl.pem").exists());
@@ -955,7 +965,10 @@ mod tests {
         let revoked = pki.revoke(&who, Reason::KeyCompromise, 30).unwrap();
         assert_eq!(revoked, vec![renewed.serial.clone()]);
         // Revoking again changes nothing; an unknown name is an error.
-        assert!(pki.revoke(&who, Reason::KeyCompromise, 30).unwrap().is_empty());
+        assert!(pki
+            .revoke(&who, Reason::KeyCompromise, 30)
+            .unwrap()
+            .is_empty());
         let other = Identity::device(&DeviceId::new("nobody").unwrap()).unwrap();
         assert!(matches!(
             pki.revoke(&other, Reason::Unspecified, 30),

@@ -171,8 +171,8 @@ impl ObjectStoreConfig {
 
     /// The secret key in `path`: readable, not readable by every user, not empty.
     fn secret_from_file(&self, path: &std::path::Path) -> Result<String, String> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -356,7 +356,10 @@ mod tests {
         c.secret_access_key = Some("wJalrXUtnFEMI-very-secret".into());
         let shown = format!("{c:?} {c:#?}");
         assert!(!shown.contains("very-secret"), "{shown}");
-        assert!(shown.contains("<redacted>") && shown.contains("AKIAEXAMPLE"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("AKIAEXAMPLE"),
+            "{shown}"
+        );
         // Nor does the collector's or the aggregator's whole config, which embeds it.
         let wrapped = format!("{:?}", Some(c));
         assert!(!wrapped.contains("very-secret"));
@@ -384,7 +387,11 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(problems(&c).contains("readable by every user"), "{}", problems(&c));
+            assert!(
+                problems(&c).contains("readable by every user"),
+                "{}",
+                problems(&c)
+            );
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         assert_eq!(problems(&c), "");

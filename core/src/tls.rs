@@ -177,7 +177,11 @@ pub fn parse_certificate(der: &[u8]) -> Result<(CertInfo, Vec<u8>), String> {
         version: cert.version().0 + 1,
         not_before: time(cert.validity().not_before)?,
         not_after: time(cert.validity().not_after)?,
-        serial: if serial.is_empty() { "00".into() } else { serial },
+        serial: if serial.is_empty() {
+            "00".into()
+        } else {
+            serial
+        },
         subject: subject.to_string(),
         issuer: cert.issuer().to_string(),
     };
@@ -443,13 +447,7 @@ impl TlsFiles {
                 ))
             }
             Ok(_) => {}
-            Err(e) => {
-                return Err(content(
-                    "private key",
-                    &self.key,
-                    format!("unusable: {e}"),
-                ))
-            }
+            Err(e) => return Err(content("private key", &self.key, format!("unusable: {e}"))),
         }
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
@@ -505,8 +503,7 @@ impl TlsFiles {
             Ok(l) => Some(l),
             Err(e) => {
                 let at = match &e {
-                    TlsError::Content { what, .. } | TlsError::Read { what, .. } => match *what
-                    {
+                    TlsError::Content { what, .. } | TlsError::Read { what, .. } => match *what {
                         "client certificate" => format!("{key_path}.cert"),
                         "private key" => format!("{key_path}.key"),
                         "CA certificate" => format!("{key_path}.ca"),

@@ -57,7 +57,10 @@ async fn a_renewed_certificate_is_presented_at_the_next_reconnect() {
     // connection made with the renewed one.
     broker.restart().unwrap();
     let before = sub.seen.lock().unwrap().dedup().len();
-    assert!(before < total, "everything was delivered before the renewal");
+    assert!(
+        before < total,
+        "everything was delivered before the renewal"
+    );
     wait_for(Duration::from_secs(120), "every reading delivered", || {
         sub.seen.lock().unwrap().dedup().len() == total
     })

@@ -88,8 +88,7 @@ const S3_SECRET: &str = "/etc/gridmeter/s3/secret_access_key";
 fn with_s3_secret(text: &str, dir: &Path) -> String {
     let path = dir.join("s3-secret");
     std::fs::write(&path, "secret\n").unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     text.replace(S3_SECRET, &path.display().to_string())
 }
 

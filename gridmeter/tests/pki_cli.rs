@@ -19,10 +19,7 @@ fn gridmeter(args: &[&str]) -> Output {
 /// Runs `gridmeter pki <args> --dir <dir>` with umask 000, so nothing is protected by the
 /// umask: modes come from the tool alone.
 fn pki(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = format!(
-        "umask 000; exec '{}' pki",
-        env!("CARGO_BIN_EXE_gridmeter")
-    );
+    let mut cmd = format!("umask 000; exec '{}' pki", env!("CARGO_BIN_EXE_gridmeter"));
     for a in args {
         cmd.push_str(&format!(" '{a}'"));
     }
@@ -88,7 +85,12 @@ fn roles_and_names_cannot_be_confused() {
     let dir = tmp.path().join("pki");
     ok(pki(&dir, &["init", "--device", "dev-1"]));
     let before = files(&dir);
-    for name in ["collector", "collector-1", "Collector-9", "gridmeter-broker"] {
+    for name in [
+        "collector",
+        "collector-1",
+        "Collector-9",
+        "gridmeter-broker",
+    ] {
         let e = failed(pki(&dir, &["device", name]));
         assert!(e.contains("reserved") || e.contains("broker's name"), "{e}");
         let e = failed(pki(&dir, &["client", name]));
@@ -105,11 +107,9 @@ fn roles_and_names_cannot_be_confused() {
     // The right command issues the collector, with its role in the certificate.
     let out = ok(pki(&dir, &["collector", "1"]));
     assert!(out.contains("collectors/collector-1.crt"), "{out}");
-    let info = gridmeter_core::tls::certificate_info(
-        &dir.join("collectors/collector-1.crt"),
-        "collector",
-    )
-    .unwrap();
+    let info =
+        gridmeter_core::tls::certificate_info(&dir.join("collectors/collector-1.crt"), "collector")
+            .unwrap();
     assert_eq!(info.organizational_unit.as_deref(), Some("collector"));
     // Issuing twice refuses to overwrite.
     let e = failed(pki(&dir, &["device", "dev-1"]));
@@ -120,7 +120,10 @@ fn roles_and_names_cannot_be_confused() {
 fn keys_are_0600_from_creation_and_symlinks_are_not_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pki");
-    ok(pki(&dir, &["init", "--device", "dev-1", "--collector", "2"]));
+    ok(pki(
+        &dir,
+        &["init", "--device", "dev-1", "--collector", "2"],
+    ));
     ok(pki(&dir, &["client", "ops-tool"]));
     let all = files(&dir);
     let keys: Vec<&PathBuf> = all
@@ -132,10 +135,19 @@ fn keys_are_0600_from_creation_and_symlinks_are_not_followed() {
         assert_eq!(mode(k), 0o600, "{}", k.display());
     }
     for p in &all {
-        assert_eq!(mode(p) & 0o022, 0, "{} is group/world writable", p.display());
+        assert_eq!(
+            mode(p) & 0o022,
+            0,
+            "{} is group/world writable",
+            p.display()
+        );
     }
     for d in ["", "devices", "collectors", "clients"] {
-        assert_eq!(mode(&dir.join(d)) & 0o022, 0, "{d}/ is group/world writable");
+        assert_eq!(
+            mode(&dir.join(d)) & 0o022,
+            0,
+            "{d}/ is group/world writable"
+        );
     }
 
     // A key path planted as a symlink to a file elsewhere: refused, the target untouched.
@@ -143,7 +155,10 @@ fn keys_are_0600_from_creation_and_symlinks_are_not_followed() {
     std::fs::write(&target, "precious").unwrap();
     std::os::unix::fs::symlink(&target, dir.join("devices/dev-2.key")).unwrap();
     let e = failed(pki(&dir, &["device", "dev-2"]));
-    assert!(e.contains("dev-2.key") && e.contains("already exists"), "{e}");
+    assert!(
+        e.contains("dev-2.key") && e.contains("already exists"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
     assert!(!dir.join("devices/dev-2.crt").exists());
 
@@ -189,13 +204,16 @@ fn renew_keeps_the_name_and_revoke_is_honoured_by_openssl() {
     assert_eq!(new.organizational_unit, old.organizational_unit);
     assert_ne!(new.serial, old.serial);
     assert!(new.not_after < old.not_after); // 30 days instead of 825
-    // Both verify until the old one is revoked.
+                                            // Both verify until the old one is revoked.
     assert!(verify(&dir, &tmp.path().join("old-dev-1.crt")).contains(": OK"));
     ok(pki(&dir, &["renew", "--revoke-old", "dev-1"]));
     assert!(verify(&dir, &tmp.path().join("old-dev-1.crt")).contains("certificate revoked"));
     assert!(verify(&dir, &cert("dev-1")).contains(": OK"));
 
-    let out = ok(pki(&dir, &["revoke", "--reason", "key-compromise", "dev-2"]));
+    let out = ok(pki(
+        &dir,
+        &["revoke", "--reason", "key-compromise", "dev-2"],
+    ));
     assert!(out.contains(&info(&cert("dev-2")).serial), "{out}");
     assert!(verify(&dir, &cert("dev-2")).contains("certificate revoked"));
     assert!(verify(&dir, &cert("dev-1")).contains(": OK"));
@@ -203,7 +221,11 @@ fn renew_keeps_the_name_and_revoke_is_honoured_by_openssl() {
     assert!(e.contains("never issued"), "{e}");
 
     let list = ok(pki(&dir, &["list"]));
-    assert!(list.lines().any(|l| l.contains("\tdev-2\t") && l.contains("revoked")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("\tdev-2\t") && l.contains("revoked")),
+        "{list}"
+    );
     assert_eq!(
         list.lines()
             .filter(|l| l.contains("\tdev-1\t") && l.ends_with("valid"))

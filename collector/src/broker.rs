@@ -6,9 +6,10 @@
 //! password of CONNECT, never the certificate, and nothing is called per PUBLISH or
 //! SUBSCRIBE. So any certified client may publish on any device's topic (the collector
 //! still dead-letters a payload whose device_id differs from its topic's, but a client can
-//! send both) and read everything. It listens on 127.0.0.1 only, says so loudly when it
-//! starts, and cannot be stopped in-process (its threads end with the process). Deployments
-//! use Mosquitto or EMQX with the shipped ACLs (deploy/mosquitto/, deploy/emqx/).
+//! send both) and read everything. It listens on 127.0.0.1 only, is announced as demo-only
+//! ([`DEMO_ONLY`]) wherever it is started, and cannot be stopped in-process (its threads
+//! end with the process). Deployments use Mosquitto or EMQX with the shipped ACLs
+//! (deploy/mosquitto/, deploy/emqx/).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,7 +28,7 @@ pub enum BrokerError {
     NotListening(u16),
 }
 
-/// What the embedded broker is not: printed by the demo and logged when it starts.
+/// What the embedded broker is not: printed by the demo, logged by a collector that starts it.
 pub const DEMO_ONLY: &str = "the embedded broker is for local demos only: it checks client \
     certificates but has no ACL, so any certified client may publish for any device; deploy \
     Mosquitto or EMQX with the ACLs in deploy/";
@@ -102,7 +103,6 @@ impl EmbeddedBroker {
             std::thread::sleep(Duration::from_millis(20));
         }
         tracing::info!(%listen, "embedded broker (rumqttd, mTLS) listening");
-        tracing::warn!("{DEMO_ONLY}");
         Ok(EmbeddedBroker {
             port,
             _thread: thread,

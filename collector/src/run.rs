@@ -115,6 +115,7 @@ pub async fn run(
         Some(h) => (None, h.clone(), config.mqtt.port, config.mqtt.tls.clone()),
         None => {
             let b = EmbeddedBroker::start(&config.embedded.pki_dir, config.embedded.port)?;
+            tracing::warn!("{}", crate::broker::DEMO_ONLY);
             let port = b.port();
             let tls = config.mqtt.tls.clone().or(Some(config.embedded.tls()));
             (Some(b), "127.0.0.1".to_string(), port, tls)

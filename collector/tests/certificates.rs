@@ -196,6 +196,33 @@ async fn the_brokers_certificate_problems_are_explained() {
     assert!(!m.contains("UnsupportedCertVersion"), "{m}");
     drop(broker);
 
+    // A broker whose certificate has expired.
+    let old = Pki::new(&dir.path().join("expired"), &[]).unwrap();
+    let now = Utc::now();
+    let issued = PkiDir::open(old.dir())
+        .unwrap()
+        .ca()
+        .issue_window(
+            &Identity::server(&[]),
+            now - chrono::Duration::days(400),
+            now - chrono::Duration::days(3),
+            None,
+        )
+        .unwrap();
+    std::fs::write(old.server_cert(), &issued.cert_pem).unwrap();
+    std::fs::write(old.server_key(), &issued.key_pem).unwrap();
+    let broker = Broker::start(&old);
+    let tls = ClientTls::load(old.collector(), None).unwrap();
+    let m = connect_error(broker.port, &tls).await;
+    assert!(
+        m.contains("the broker's certificate")
+            && m.contains("expired at")
+            && m.contains("3 days ago")
+            && m.contains("gridmeter pki renew --server"),
+        "{m}"
+    );
+    drop(broker);
+
     // A client that trusts another CA than the one that issued the broker's certificate.
     let pki = Pki::new(&dir.path().join("pki"), &[]).unwrap();
     let other = Pki::new(&dir.path().join("other"), &[]).unwrap();

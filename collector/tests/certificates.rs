@@ -1,8 +1,10 @@
 //! The certificate lifecycle on the collector's side, against the shipped Mosquitto: a
 //! renewed certificate is presented at the next reconnect without a restart (and its expiry
 //! is on /metrics), and every certificate problem is reported with what is wrong and how to
-//! fix it: an X.509 v1 certificate, a wrong CA, an expired certificate, a key that does not
-//! match. The binary prints a config's problem list once, with no backtrace.
+//! fix it: an X.509 v1 certificate, a wrong CA, an expired certificate (the broker's, or this
+//! client's, which is still loaded so that the process keeps running until it is renewed),
+//! a key that does not match. The binary prints a config's problem list once, with no
+//! backtrace.
 
 mod common;
 
@@ -240,6 +242,16 @@ async fn the_brokers_certificate_problems_are_explained() {
         "{m}"
     );
 
+    // This client's certificate has expired: the broker refuses it and the client says so.
+    let expired = ClientTls::load(expired_collector(&pki, dir.path()), None).unwrap();
+    let m = connect_error(broker.port, &expired).await;
+    assert!(
+        m.contains("the broker refused this client's certificate")
+            && m.contains("expired at")
+            && m.contains("gridmeter pki renew --collector collector-0"),
+        "{m}"
+    );
+
     // A client certificate from another CA: the broker refuses it and the client says so.
     let foreign = ClientTls::load(
         TlsFiles {
@@ -264,13 +276,22 @@ fn this_clients_certificate_problems_are_explained() {
     let good = pki.collector();
     good.load().unwrap();
 
-    // Expired.
+    // Expired: loaded all the same (an agent keeps buffering until the renewal arrives),
+    // and reported.
     let expired = expired_collector(&pki, dir.path());
-    let m = load_error(&expired);
+    let m = expired
+        .load()
+        .unwrap()
+        .cert
+        .validity_problem()
+        .expect("an expired certificate has a validity problem");
     assert!(
-        m.contains("expired at") && m.contains("days ago") && m.contains("gridmeter pki renew"),
+        m.contains("expired at")
+            && m.contains("2 days ago")
+            && m.contains("gridmeter pki renew --collector collector-0"),
         "{m}"
     );
+    assert_eq!(good.load().unwrap().cert.validity_problem(), None);
 
     // X.509 v1.
     v1_certificate(
@@ -306,7 +327,6 @@ fn this_clients_certificate_problems_are_explained() {
     let mut cfg = CollectorConfig::new("c1", dir.path().join("d"), dir.path().join("w"));
     cfg.mqtt.host = Some("127.0.0.1".into());
     for (files, key, what) in [
-        (expired, "mqtt.tls.cert", "expired at"),
         (v1, "mqtt.tls.cert", "X.509 v1"),
         (mismatch, "mqtt.tls.key", "does not belong"),
         (
@@ -324,6 +344,11 @@ fn this_clients_certificate_problems_are_explained() {
             "{key} {what}: {all:?}"
         );
     }
+    // An expired certificate is no config problem: the process starts and keeps retrying.
+    cfg.mqtt.tls = Some(expired);
+    let mut p = gridmeter_core::config::Problems::new();
+    gridmeter_core::config::Validate::validate(&cfg, &mut p);
+    assert!(p.is_empty(), "{:?}", p.iter().collect::<Vec<_>>());
 }
 
 /// A collector-0 certificate that expired yesterday, in `dir`.
@@ -351,8 +376,9 @@ fn expired_collector(pki: &Pki, dir: &Path) -> TlsFiles {
 #[test]
 fn the_binary_prints_config_problems_once_without_a_backtrace() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&dir.path().join("pki"), &[]).unwrap();
-    let tls = expired_collector(&pki, dir.path());
+    let pki = Pki::new(&dir.path().join("pki"), &["dev-a"]).unwrap();
+    // A device's certificate where the collector's belongs, and an unknown key.
+    let tls = pki.device("dev-a");
     let conf = dir.path().join("collector.toml");
     std::fs::write(
         &conf,
@@ -376,7 +402,11 @@ fn the_binary_prints_config_problems_once_without_a_backtrace() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.matches("- bogus_key:").count(), 1, "{stderr}");
     assert_eq!(stderr.matches("- mqtt.tls.cert:").count(), 1, "{stderr}");
-    assert_eq!(stderr.matches("expired at").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("not a collector certificate").count(),
+        1,
+        "{stderr}"
+    );
     assert!(stderr.contains("has 2 problems"), "{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
 }

@@ -2,9 +2,10 @@
 //! every connection attempt, with certificate errors an operator can act on.
 //!
 //! - [`TlsFiles::load`] reads the CA, the client certificate and its key, and refuses what
-//!   would only fail later at the broker: an X.509 v1 certificate, an expired or not yet
-//!   valid one, a key that does not belong to the certificate. Every message names the file,
-//!   what is wrong and how to get a good one.
+//!   can never work: an X.509 v1 certificate, a key that does not belong to the
+//!   certificate. An expired or not yet valid certificate is loaded (an agent must keep
+//!   buffering until it is renewed) and reported ([`CertInfo::validity_problem`]). Every
+//!   message names the file, what is wrong and how to get a good one.
 //! - The broker's certificate is checked by webpki; its refusals (X.509 v1, wrong CA,
 //!   expired) are rewritten into the same kind of message.
 //! - [`ClientTls`] keeps the loaded configuration and rebuilds it from the files before
@@ -225,13 +226,11 @@ fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// The checks a client certificate must pass before it is worth presenting.
+/// The check a client certificate must pass to be worth presenting at all: X.509 v3.
 fn check_client_certificate(path: &Path, info: &CertInfo) -> Result<(), TlsError> {
-    let what = "client certificate";
-    let now = Utc::now();
     if info.version < 3 {
         return Err(content(
-            what,
+            "client certificate",
             path,
             format!(
                 "is an X.509 v{} certificate ({}): {V1_ADVICE}. Reissue it as v3 with \
@@ -243,33 +242,39 @@ fn check_client_certificate(path: &Path, info: &CertInfo) -> Result<(), TlsError
             ),
         ));
     }
-    if info.not_after < now {
-        return Err(content(
-            what,
-            path,
-            format!(
-                "expired at {} ({}; {}): renew it with `{}` and replace the files; the \
-                 new certificate is used at the next connection",
-                ts(info.not_after),
-                ago(info.not_after, now),
-                info.subject,
-                renew_hint(info)
-            ),
-        ));
-    }
-    if info.not_before > now {
-        return Err(content(
-            what,
-            path,
-            format!(
-                "is not valid before {} (this host's clock says {}): check the clock \
-                 (NTP) of this host",
-                ts(info.not_before),
-                ts(now)
-            ),
-        ));
-    }
     Ok(())
+}
+
+impl CertInfo {
+    /// Why this (client) certificate is outside its validity window now, worded for an
+    /// operator, or `None` while it is valid.
+    ///
+    /// Not a reason to refuse to start: an agent with an expired certificate must keep
+    /// reading and buffering its devices until the renewed files arrive (it loads them at
+    /// its next connection attempt). [`ClientTls`] logs this as an error instead, and the
+    /// broker's refusal is explained by [`ClientTls::explain`].
+    pub fn validity_problem(&self) -> Option<String> {
+        let now = Utc::now();
+        if self.not_after < now {
+            Some(format!(
+                "expired at {} ({}; {}): renew it with `{}` and replace the files; the new \
+                 certificate is used at the next connection",
+                ts(self.not_after),
+                ago(self.not_after, now),
+                self.subject,
+                renew_hint(self)
+            ))
+        } else if self.not_before > now {
+            Some(format!(
+                "is not valid before {} (this host's clock says {}): check the clock (NTP) \
+                 of this host",
+                ts(self.not_before),
+                ts(now)
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// A certificate problem, worded for an operator (shown by [`ClientTls::explain`]).
@@ -410,8 +415,9 @@ pub struct LoadedTls {
 
 impl TlsFiles {
     /// Reads the files and builds a client configuration that verifies the broker against
-    /// `ca` and presents `cert`/`key`, after checking that the certificate is X.509 v3,
-    /// within its validity window and matches the key.
+    /// `ca` and presents `cert`/`key`, after checking that the certificate is X.509 v3 and
+    /// matches the key. Its validity window is not checked here (see
+    /// [`CertInfo::validity_problem`]).
     pub fn load(&self) -> Result<LoadedTls, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         let mut ca_subjects = Vec::new();
@@ -583,7 +589,14 @@ impl ClientTls {
             t.files.cert.display(),
             t.current.cert.describe()
         );
+        t.report_validity();
         Ok(t)
+    }
+
+    fn report_validity(&self) {
+        if let Some(p) = self.current.cert.validity_problem() {
+            tracing::error!("client certificate {} {p}", self.files.cert.display());
+        }
     }
 
     fn set_gauge(&self) {
@@ -609,6 +622,7 @@ impl ClientTls {
                 }
                 self.current = loaded;
                 self.set_gauge();
+                self.report_validity();
             }
             Err(e) => tracing::warn!(
                 "cannot reload the client certificate, keeping the one loaded before ({}): {e}",
@@ -688,12 +702,16 @@ pub fn explain_connect_error(
              one (`{}`) and replace the files; it is used at the next connection",
             renew_hint(cert)
         ),
-        rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => format!(
-            "{ours}: it has expired for the broker (not after {}). Renew it (`{}`), or \
-             check the broker's clock",
-            ts(cert.not_after),
-            renew_hint(cert)
-        ),
+        rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => {
+            match cert.validity_problem() {
+                Some(p) => format!("{ours}: it {p}"),
+                None => format!(
+                    "{ours}: the broker considers it expired, but it is valid until {} by \
+                     this host's clock: check the broker's clock (NTP)",
+                    ts(cert.not_after)
+                ),
+            }
+        }
         rustls::Error::AlertReceived(AlertDescription::UnknownCA) => format!(
             "{ours}: the broker does not trust its issuer; it was issued by another CA than \
              the broker's `cafile`. Use a certificate of the broker's PKI"
@@ -704,10 +722,13 @@ pub fn explain_connect_error(
             | AlertDescription::CertificateUnknown
             | AlertDescription::AccessDenied
             | AlertDescription::HandshakeFailure),
-        ) => format!(
-            "{ours} ({a:?}): the broker's log says why (a revoked, expired or foreign \
-             certificate)"
-        ),
+        ) => match cert.validity_problem() {
+            Some(p) => format!("{ours} ({a:?}): it {p}"),
+            None => format!(
+                "{ours} ({a:?}): the broker's log says why (a revoked, expired or foreign \
+                 certificate)"
+            ),
+        },
         other => format!("TLS: {other}"),
     }
 }

@@ -1,7 +1,8 @@
 //! The agent's certificate, against a real Mosquitto (mTLS, CRL, ACL): a renewed
 //! certificate is presented at the next reconnect without a restart, its expiry is on
-//! /metrics, a certificate that is not this device's is refused at start-up, and the binary
-//! prints a config's problem list once, with no backtrace.
+//! /metrics, an expired one does not stop the agent from buffering (and its renewal is
+//! picked up without a restart), a certificate that is not this device's is refused at
+//! start-up, and the binary prints a config's problem list once, with no backtrace.
 
 mod common;
 
@@ -87,6 +88,65 @@ async fn a_renewed_certificate_is_presented_at_the_next_reconnect() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the revoked certificate connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_does_not_stop_the_agent_and_its_renewal_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), &["meter-x"]).unwrap();
+    let broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
+    let sub = subscribe(&pki, broker.port()).await;
+    // The device's certificate expired yesterday.
+    let who = Identity::device(&DeviceId::new("meter-x").unwrap()).unwrap();
+    let (crt, key) = who.paths(pki.dir());
+    let now = chrono::Utc::now();
+    gridmeter_core::pki::PkiDir::open(pki.dir())
+        .unwrap()
+        .ca()
+        .issue_window(
+            &who,
+            now - chrono::Duration::days(30),
+            now - chrono::Duration::days(1),
+            None,
+        )
+        .unwrap()
+        .replace(&crt, &key)
+        .unwrap();
+    let expired = certificate_info(&crt, "device").unwrap();
+
+    let mut cfg = agent_config(&pki, "meter-x", broker.port(), &dir.path().join("b.sqlite"));
+    cfg.sources = vec![virtual_meter(100, None)];
+    let total = 200;
+    let registry = Registry::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(gridmeter_agent::run(cfg, registry.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    // It runs and buffers; the broker refuses the certificate.
+    wait_for(Duration::from_secs(60), "readings buffered", || {
+        metric(&registry, "gridmeter_agent_buffer_rows", None) == total as f64
+    })
+    .await;
+    assert_eq!(metric(&registry, "gridmeter_agent_connected", None), 0.0);
+    assert_eq!(
+        metric(&registry, EXPIRY, Some(("component", "agent"))),
+        expired.not_after.timestamp() as f64,
+        "the gauge shows the expired certificate (the alert fires)"
+    );
+    assert!(sub.seen.lock().unwrap().readings().next().is_none());
+
+    // Renewed files: the next connection attempt presents them and the backlog drains.
+    let renewed = pki.renew(&who, 30);
+    wait_for(Duration::from_secs(60), "every reading delivered", || {
+        sub.seen.lock().unwrap().dedup().len() == total
+    })
+    .await;
+    assert_eq!(
+        metric(&registry, EXPIRY, Some(("component", "agent"))),
+        renewed.not_after.timestamp() as f64
+    );
+    stop_tx.send(()).unwrap();
+    agent.await.unwrap().unwrap();
 }
 
 #[test]

@@ -64,6 +64,10 @@ done
 run "YAML well-formed + Kubernetes/compose/provisioning schema basics" \
   python3 deploy/tools/check_yaml.py --root "$ROOT"
 
+# --- security properties -------------------------------------------------------------------
+run "security: compose mounts/ports, k8s NetworkPolicies and S3 secrets, bucket policy" \
+  python3 deploy/tools/check_security.py --root "$ROOT"
+
 # --- systemd units -----------------------------------------------------------------------
 if command -v systemd-analyze >/dev/null 2>&1; then
   # The binaries are not installed here: verify copies whose ExecStart points to /bin/true

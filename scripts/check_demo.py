@@ -23,6 +23,9 @@ def check(cond, what):
         problems.append(what)
 
 
+check("embedded broker is for local demos only" in log and "no ACL" in log,
+      "the demo says its embedded broker is for local demos only (no ACL)")
+
 landed = int(re.search(r"readings landed: (\d+)", log).group(1))
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(mosquitto mosquitto-clients prometheus chromium poppler-utils fonts-dejavu-core)
+apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,11 +1,15 @@
 //! The embedded broker: rumqttd with TLS and client-certificate verification, so the demo
-//! runs with nothing installed.
+//! runs with nothing installed. **For local demos only.**
 //!
-//! It is a convenience, not the production broker: rumqttd 0.20 verifies client
-//! certificates against the CA but has no per-device ACL (any certified client may publish
-//! on any topic; the collector still rejects a payload whose device_id differs from its
-//! topic's) and cannot be stopped in-process (its threads end with the process). Production
-//! deployments use Mosquitto or EMQX (deploy/mosquitto/).
+//! rumqttd 0.20 verifies client certificates against the CA but has no per-device ACL and
+//! no hook to add one: its only authentication hook sees the client id, username and
+//! password of CONNECT, never the certificate, and nothing is called per PUBLISH or
+//! SUBSCRIBE. So any certified client may publish on any device's topic (the collector
+//! still dead-letters a payload whose device_id differs from its topic's, but a client can
+//! send both) and read everything. It listens on 127.0.0.1 only, is announced as demo-only
+//! ([`DEMO_ONLY`]) wherever it is started, and cannot be stopped in-process (its threads
+//! end with the process). Deployments use Mosquitto or EMQX with the shipped ACLs
+//! (deploy/mosquitto/, deploy/emqx/).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,6 +27,11 @@ pub enum BrokerError {
     #[error("embedded broker did not listen on 127.0.0.1:{0} within 20 s")]
     NotListening(u16),
 }
+
+/// What the embedded broker is not: printed by the demo, logged by a collector that starts it.
+pub const DEMO_ONLY: &str = "the embedded broker is for local demos only: it checks client \
+    certificates but has no ACL, so any certified client may publish for any device; deploy \
+    Mosquitto or EMQX with the ACLs in deploy/";
 
 /// A running rumqttd on 127.0.0.1 (mTLS): an MQTT 3.1.1 listener (the collector) and an
 /// MQTT 5 listener (agents, which read PUBACK reason codes).

@@ -10,15 +10,17 @@
 //! [mqtt]
 //! host = "broker.example"        # no host: start the embedded broker ([embedded])
 //! port = 8883
-//! client_id = "gridmeter-collector-c1"
 //! share_group = "collectors"     # optional: $share/collectors/gridmeter/v1/+/readings
-//! tls = { ca = "ca.crt", cert = "collector.crt", key = "collector.key" }
+//! # This collector's own certificate (`gridmeter pki collector 1`): CN collector-1 is its
+//! # identity, ACL entry and (on the shipped brokers) MQTT client id.
+//! tls = { ca = "ca.crt", cert = "collectors/collector-1.crt", key = "collectors/collector-1.key" }
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use gridmeter_core::config::{check_readable, Problems, Validate};
+use gridmeter_core::identity::Role;
 use gridmeter_core::tls::TlsFiles;
 use gridmeter_core::wire::Limits;
 use serde::Deserialize;
@@ -91,11 +93,13 @@ pub struct MqttConfig {
     #[serde(default = "default_port")]
     pub port: u16,
     /// Client TLS files; required with `host`. With the embedded broker the default is the
-    /// `collector` certificate of `embedded.pki_dir`.
+    /// `collector-0` certificate of `embedded.pki_dir`.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
     /// Must be stable across restarts: the broker keeps the persistent session (and the
-    /// unacked messages) under this id. Default `gridmeter-collector-{collector_id}`.
+    /// unacked messages) under this id. Default `gridmeter-collector-{collector_id}`. The
+    /// shipped Mosquitto and EMQX configs replace it with the certificate's CN, so that no
+    /// client can take over another's id.
     #[serde(default)]
     pub client_id: Option<String>,
     /// Subscribe to `$share/{group}/gridmeter/v1/+/readings`.
@@ -127,12 +131,26 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
-    /// PKI directory with `ca.crt`, `server.crt`, `server.key`, `collector.crt/.key`.
+    /// PKI directory with `ca.crt`, `server.crt`, `server.key` and
+    /// `collectors/collector-0.crt/.key` (`gridmeter pki init`).
     #[serde(default = "default_pki_dir")]
     pub pki_dir: PathBuf,
     /// Listen port on 127.0.0.1 (0: any free port).
     #[serde(default = "default_port")]
     pub port: u16,
+}
+
+impl EmbeddedConfig {
+    /// The collector's TLS files in `pki_dir` (collector `collector-0` of `gridmeter pki
+    /// init`), used with the embedded broker when `mqtt.tls` is not set.
+    pub fn tls(&self) -> TlsFiles {
+        let d = &self.pki_dir;
+        TlsFiles {
+            ca: d.join("ca.crt"),
+            cert: d.join("collectors/collector-0.crt"),
+            key: d.join("collectors/collector-0.key"),
+        }
+    }
 }
 
 impl Default for EmbeddedConfig {
@@ -306,16 +324,16 @@ impl Validate for CollectorConfig {
                 "mqtt.tls",
                 "required with mqtt.host (the collector only speaks mTLS)",
             ),
-            (_, Some(tls)) => tls.check("mqtt.tls", p),
+            // A collector's certificate: the broker ACL grants the collector rights by its
+            // CN (collector-<name>), and takes the client id from it.
+            (_, Some(tls)) => tls.check_role("mqtt.tls", Role::Collector, None, p),
             (None, None) => {
-                for f in [
-                    "ca.crt",
-                    "server.crt",
-                    "server.key",
-                    "collector.crt",
-                    "collector.key",
-                ] {
+                for f in ["ca.crt", "server.crt", "server.key"] {
                     check_readable(&self.embedded.pki_dir.join(f), "embedded.pki_dir", p);
+                }
+                let tls = self.embedded.tls();
+                for f in [&tls.cert, &tls.key] {
+                    check_readable(f, "embedded.pki_dir", p);
                 }
             }
         }

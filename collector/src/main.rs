@@ -3,6 +3,7 @@
 //! raw date partition (see `gridmeter_collector::compact`).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,7 +36,27 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes once, never a backtrace (RUST_BACKTRACE or not).
+            eprintln!(
+                "gridmeter-collector: {}",
+                gridmeter_core::config::error_report(e.as_ref())
+            );
+            if e.downcast_ref::<gridmeter_core::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

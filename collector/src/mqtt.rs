@@ -3,10 +3,17 @@
 //! `clean_session = false` and a stable client id make the broker keep the subscription
 //! and every unacked QoS 1 message while the collector is down, and redeliver them when it
 //! comes back. Manual acks make the PUBACK wait for the WAL fsync (see [`crate::wal`]).
+//! The shipped brokers make the client id the certificate's CN (`collector-<name>`), so each
+//! running collector needs its own certificate.
+//!
+//! The TLS configuration is rebuilt from its files before every reconnect
+//! ([`gridmeter_core::tls::ClientTls`]): a renewed certificate is presented at the next
+//! connection, without a restart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gridmeter_core::tls::ClientTls;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
 };
@@ -26,12 +33,12 @@ pub fn options(
     client_id: &str,
     host: &str,
     port: u16,
-    tls: rustls::ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
     keep_alive: Duration,
     max_packet_bytes: usize,
 ) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, host, port);
-    o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
     o.set_clean_session(false);
     o.set_manual_acks(true);
     o.set_keep_alive(keep_alive);
@@ -59,7 +66,8 @@ pub fn network_options() -> rumqttc::NetworkOptions {
 }
 
 /// Polls the event loop until `stop` turns true: forwards publishes to `tx`, (re)subscribes
-/// on every connection that has no session yet, and reconnects after errors.
+/// on every connection that has no session yet, and reconnects after errors, with the TLS
+/// configuration reloaded from `tls`'s files.
 pub async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -67,6 +75,7 @@ pub async fn drive(
     tx: mpsc::Sender<Incoming>,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
+    mut tls: ClientTls,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -100,7 +109,11 @@ pub async fn drive(
             Ok(_) => {}
             Err(e) => {
                 metrics.connected.set(0);
-                tracing::warn!("broker connection: {e}; reconnecting in {backoff:?}");
+                tracing::warn!(
+                    "broker connection: {}; reconnecting in {backoff:?}",
+                    tls.explain(&e)
+                );
+                reload_tls(&mut eventloop, &mut tls);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => break,
@@ -111,6 +124,15 @@ pub async fn drive(
     }
     metrics.connected.set(0);
     let _ = client.try_disconnect();
+}
+
+/// Puts a TLS configuration freshly loaded from `tls`'s files into the event loop's
+/// options, which rumqttc uses for its next connection attempt.
+fn reload_tls(eventloop: &mut EventLoop, tls: &mut ClientTls) {
+    let config = tls.reload();
+    eventloop
+        .mqtt_options
+        .set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
 }
 
 /// Sends the PUBACKs the ingest thread releases (after the fsync).

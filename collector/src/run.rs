@@ -7,7 +7,6 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use gridmeter_core::config::{Problems, Validate};
-use gridmeter_core::tls::TlsFiles;
 use gridmeter_core::wire::Limits;
 use prometheus::Registry;
 use tokio::runtime::Handle;
@@ -117,22 +116,20 @@ pub async fn run(
         Some(h) => (None, h.clone(), config.mqtt.port, config.mqtt.tls.clone()),
         None => {
             let b = EmbeddedBroker::start(&config.embedded.pki_dir, config.embedded.port)?;
+            tracing::warn!("{}", crate::broker::DEMO_ONLY);
             let port = b.port();
-            let d = &config.embedded.pki_dir;
-            let tls = config.mqtt.tls.clone().or(Some(TlsFiles {
-                ca: d.join("ca.crt"),
-                cert: d.join("collector.crt"),
-                key: d.join("collector.key"),
-            }));
+            let tls = config.mqtt.tls.clone().or(Some(config.embedded.tls()));
             (Some(b), "127.0.0.1".to_string(), port, tls)
         }
     };
     let tls = tls.ok_or_else(|| CollectorError::Config(vec!["mqtt.tls: required".into()]))?;
+    let expiry = gridmeter_core::tls::register_expiry_gauge(&registry, "collector")?;
+    let tls = gridmeter_core::tls::ClientTls::load(tls, Some(expiry))?;
     let opts = mqtt::options(
         &config.client_id(),
         &host,
         port,
-        tls.client_config()?,
+        tls.config(),
         Duration::from_secs(config.mqtt.keep_alive_secs.max(5)),
         config.mqtt.max_packet_bytes,
     );
@@ -148,6 +145,7 @@ pub async fn run(
         in_tx,
         metrics.clone(),
         stop_rx,
+        tls,
     ));
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel::<Durable>();
     let confirm_task = tokio::spawn(confirm::publish_loop(

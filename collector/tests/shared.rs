@@ -25,11 +25,12 @@ async fn two_collectors_on_a_shared_subscription_land_exactly_once_after_compact
     let data = dir.path().join("data");
 
     let mut collectors = Vec::new();
-    for id in ["s1", "s2"] {
+    // Each collector has its own certificate: the broker makes the CN the client id.
+    for (id, cert) in [("s1", "0"), ("s2", "1")] {
         let mut cfg = CollectorConfig::new(id, data.clone(), dir.path().join(format!("wal-{id}")));
         cfg.mqtt.host = Some("127.0.0.1".into());
         cfg.mqtt.port = broker.port;
-        cfg.mqtt.tls = Some(pki.collector());
+        cfg.mqtt.tls = Some(pki.collector_named(cert));
         cfg.mqtt.share_group = Some("collectors".into());
         cfg.flush_interval_ms = 200;
         let registry = prometheus::Registry::new();

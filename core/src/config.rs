@@ -20,7 +20,8 @@ impl Problems {
     }
     /// Records a problem at `path` (e.g. `sources[1].registers[0].scale`).
     pub fn push(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
-        self.0.push(format!("{path}: {message}"));
+        self.0
+            .push(format!("{path}: {}", message.to_string().trim_end()));
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -180,6 +181,24 @@ pub fn check_readable(path: &Path, key: &str, problems: &mut Problems) {
     if let Err(e) = std::fs::File::open(path) {
         problems.push(key, format!("cannot read {}: {e}", path.display()));
     }
+}
+
+/// An error as a binary reports it on exit: its message, then each cause whose text the
+/// message does not already contain (`thiserror`'s `#[error("...: {0}")]` wrappers repeat
+/// their source), joined with `: `. No backtrace, whatever `RUST_BACKTRACE` says, so a
+/// config error prints its problem list once.
+pub fn error_report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = e.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -6,13 +6,17 @@
 //! url = "s3://gridmeter-landing/prod"   # bucket, then an optional key prefix
 //! endpoint = "http://minio.internal:9000"   # optional; AWS when unset
 //! region = "eu-central-1"
-//! access_key_id = "..."                 # optional: else AWS_* environment, instance role
-//! secret_access_key = "..."
+//! access_key_id = "AKIA..."             # optional: else AWS_* environment, instance role
+//! secret_access_key_file = "/run/secrets/s3-secret-key"   # or secret_access_key = "..."
 //! allow_http = true                     # needed for an http:// endpoint
 //! ```
 //!
 //! Settings not given here come from the usual `AWS_*` environment variables
-//! ([`object_store::aws::AmazonS3Builder::from_env`]).
+//! ([`object_store::aws::AmazonS3Builder::from_env`]): `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or an instance/pod role. With the secret in
+//! a file (a Kubernetes Secret, a systemd credential) or the environment, the config file
+//! holds nothing secret and may be world-readable; the secret file must not be (validation
+//! refuses one that every user can read). `Debug` never prints the secret.
 
 use std::sync::Arc;
 
@@ -24,7 +28,7 @@ use serde::Deserialize;
 use crate::config::{Problems, Validate};
 
 /// S3 (or S3-compatible) storage instead of a local `data_root`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectStoreConfig {
     /// `s3://bucket/prefix`
@@ -35,11 +39,34 @@ pub struct ObjectStoreConfig {
     pub region: Option<String>,
     #[serde(default)]
     pub access_key_id: Option<String>,
+    /// The secret key inline (the config file is then a secret itself); prefer
+    /// `secret_access_key_file` or `AWS_SECRET_ACCESS_KEY`.
     #[serde(default)]
     pub secret_access_key: Option<String>,
+    /// A file holding the secret key (surrounding whitespace ignored), read when the store
+    /// is opened.
+    #[serde(default)]
+    pub secret_access_key_file: Option<std::path::PathBuf>,
     /// Allow `http://` endpoints (MinIO on a private network).
     #[serde(default)]
     pub allow_http: bool,
+}
+
+impl std::fmt::Debug for ObjectStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 /// Why a store could not be opened.
@@ -51,6 +78,11 @@ pub enum StoreError {
     Store(#[from] object_store::Error),
     #[error("exactly one of data_root and [object_store] must be set")]
     Root,
+    #[error("object_store.secret_access_key_file {path}: {message}")]
+    SecretFile {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 /// Where an `s3://bucket/prefix` URL points.
@@ -124,6 +156,43 @@ impl ObjectStoreConfig {
         if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             p.push(format!("{key}.region"), "must not be empty when set");
         }
+        if let Some(path) = &self.secret_access_key_file {
+            if self.secret_access_key.is_some() {
+                p.push(
+                    format!("{key}.secret_access_key_file"),
+                    "set either secret_access_key or secret_access_key_file, not both",
+                );
+            }
+            if let Err(e) = self.secret_from_file(path) {
+                p.push(format!("{key}.secret_access_key_file"), e);
+            }
+        }
+    }
+
+    /// The secret key in `path`: readable, not readable by every user, not empty.
+    fn secret_from_file(&self, path: &std::path::Path) -> Result<String, String> {
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o004 != 0 {
+                return Err(format!(
+                    "{} is readable by every user (mode {mode:04o}): chmod o-r it (0600 or 0640)",
+                    path.display()
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        Ok(secret.to_string())
     }
 
     /// The store for the whole bucket (object keys include the prefix).
@@ -143,6 +212,15 @@ impl ObjectStoreConfig {
         }
         if let Some(s) = &self.secret_access_key {
             b = b.with_secret_access_key(s);
+        }
+        if let Some(path) = &self.secret_access_key_file {
+            let secret = self
+                .secret_from_file(path)
+                .map_err(|message| StoreError::SecretFile {
+                    path: path.clone(),
+                    message,
+                })?;
+            b = b.with_secret_access_key(secret);
         }
         Ok(Arc::new(b.build()?))
     }
@@ -227,6 +305,7 @@ mod tests {
             region: None,
             access_key_id: None,
             secret_access_key: None,
+            secret_access_key_file: None,
             allow_http: false,
         }
     }
@@ -268,5 +347,57 @@ mod tests {
         c.secret_access_key = Some("s".into());
         assert!(c.open().is_ok());
         assert!(cfg("nope").open().is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let mut c = cfg("s3://b/p");
+        c.access_key_id = Some("AKIAEXAMPLE".into());
+        c.secret_access_key = Some("wJalrXUtnFEMI-very-secret".into());
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("AKIAEXAMPLE"),
+            "{shown}"
+        );
+        // Nor does the collector's or the aggregator's whole config, which embeds it.
+        let wrapped = format!("{:?}", Some(c));
+        assert!(!wrapped.contains("very-secret"));
+    }
+
+    #[test]
+    fn secret_key_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let mut c = cfg("s3://bucket/p");
+        c.endpoint = Some("http://127.0.0.1:1".into());
+        c.allow_http = true;
+        c.region = Some("us-east-1".into());
+        c.access_key_id = Some("k".into());
+        c.secret_access_key_file = Some(path.clone());
+        let problems = |c: &ObjectStoreConfig| {
+            let mut p = Problems::new();
+            c.check("object_store", &mut p);
+            p.iter().map(String::from).collect::<Vec<_>>().join("\n")
+        };
+        assert!(problems(&c).contains("cannot read"), "{}", problems(&c));
+        assert!(c.open().is_err());
+        std::fs::write(&path, "s3cr3t\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(
+                problems(&c).contains("readable by every user"),
+                "{}",
+                problems(&c)
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert_eq!(problems(&c), "");
+        assert_eq!(c.secret_from_file(&path).unwrap(), "s3cr3t");
+        assert!(c.open().is_ok());
+        c.secret_access_key = Some("inline".into());
+        assert!(problems(&c).contains("not both"), "{}", problems(&c));
     }
 }

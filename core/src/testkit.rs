@@ -1,15 +1,17 @@
 //! Test kit: a real PKI and a real Mosquitto broker with mutual TLS and per-device ACLs.
 //!
 //! Tests of every component talk to the same kind of broker production uses, on loopback:
-//! `require_certificate true`, `use_identity_as_username true` (the certificate CN becomes
-//! the MQTT username) and an ACL that lets device X publish only to
-//! `gridmeter/v1/X/readings`. Enabled by the `testkit` feature (dev-dependencies only).
+//! `require_certificate true`, `use_identity_as_username true` and
+//! `use_username_as_clientid true` (the certificate CN becomes the MQTT username and client
+//! id), the PKI's CRL, and the shipped ACL (deploy/mosquitto/acl) that lets device X publish
+//! only to `gridmeter/v1/X/readings`. Enabled by the `testkit` feature (dev-dependencies only).
 //! Also a real S3 server ([`Moto`]) for the components that read and write object stores.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod moto;
@@ -18,26 +20,33 @@ pub use moto::upload_dir;
 pub use moto::{files_under, Moto};
 
 use crate::model::DeviceId;
-use crate::pki::{self, Ca, PkiError};
-use crate::tls::TlsFiles;
+use crate::pki::{self, Identity, InitOptions, PkiDir, PkiError};
+use crate::tls::{CertInfo, TlsFiles};
 
-/// A PKI directory with CA, broker, collector and device certificates.
+/// A PKI directory with CA, CRL, broker, collector and device certificates.
 pub struct Pki {
     dir: PathBuf,
-    ca: Ca,
+    pki: Mutex<PkiDir>,
 }
 
 impl Pki {
-    /// Creates (or reuses) the PKI in `dir` with certificates for `devices`.
+    /// Creates (or reuses) the PKI in `dir` with certificates for `devices` and collector
+    /// `collector-0`.
     pub fn new(dir: &Path, devices: &[&str]) -> Result<Pki, PkiError> {
         let ids: Vec<DeviceId> = devices
             .iter()
             .map(|d| DeviceId::new(*d).expect("test device ids are valid"))
             .collect();
-        let ca = pki::init_dir(dir, &[], &ids)?;
+        let pki = PkiDir::init(
+            dir,
+            &InitOptions {
+                devices: ids,
+                ..Default::default()
+            },
+        )?;
         Ok(Pki {
             dir: dir.to_path_buf(),
-            ca,
+            pki: Mutex::new(pki),
         })
     }
 
@@ -53,46 +62,71 @@ impl Pki {
     pub fn server_key(&self) -> PathBuf {
         self.dir.join("server.key")
     }
+    /// The CRL (`crlfile` of the test broker).
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
 
-    /// TLS files of the `collector` client.
-    pub fn collector(&self) -> TlsFiles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PkiDir> {
+        self.pki.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// TLS files of `who`, issuing its certificate if it does not exist yet.
+    pub fn files(&self, who: &Identity) -> TlsFiles {
+        let (cert, key) = who.paths(&self.dir);
+        if !cert.exists() {
+            self.lock()
+                .issue(who, pki::DEFAULT_DAYS)
+                .expect("issue a test certificate");
+        }
         TlsFiles {
             ca: self.ca_cert(),
-            cert: self.dir.join("collector.crt"),
-            key: self.dir.join("collector.key"),
+            cert,
+            key,
         }
+    }
+
+    /// TLS files of collector `collector-0`.
+    pub fn collector(&self) -> TlsFiles {
+        self.collector_named("0")
+    }
+
+    /// TLS files of collector `collector-<name>` (`1`, `collector-1`), issued if needed.
+    /// The shipped ACL lists collector-0 to collector-3.
+    pub fn collector_named(&self, name: &str) -> TlsFiles {
+        self.files(&Identity::collector(name).expect("valid collector name"))
     }
 
     /// TLS files of a device; issues its certificate if it does not exist yet.
     pub fn device(&self, id: &str) -> TlsFiles {
-        let devices = self.dir.join("devices");
-        if !devices.join(format!("{id}.crt")).exists() {
-            let dev = DeviceId::new(id).expect("test device ids are valid");
-            self.ca
-                .issue_device(&dev)
-                .and_then(|i| i.write(&devices, id))
-                .expect("issue a device certificate");
-        }
-        TlsFiles {
-            ca: self.ca_cert(),
-            cert: devices.join(format!("{id}.crt")),
-            key: devices.join(format!("{id}.key")),
-        }
+        let dev = DeviceId::new(id).expect("test device ids are valid");
+        self.files(&Identity::device(&dev).expect("test device ids are not reserved"))
     }
 
-    /// TLS files of an arbitrary client common name (e.g. a second collector).
-    pub fn client(&self, common_name: &str) -> TlsFiles {
-        if !self.dir.join(format!("{common_name}.crt")).exists() {
-            self.ca
-                .issue_client(common_name)
-                .and_then(|i| i.write(&self.dir, common_name))
-                .expect("issue a client certificate");
-        }
-        TlsFiles {
-            ca: self.ca_cert(),
-            cert: self.dir.join(format!("{common_name}.crt")),
-            key: self.dir.join(format!("{common_name}.key")),
-        }
+    /// TLS files of a plain client (role client) named `name`.
+    pub fn client(&self, name: &str) -> TlsFiles {
+        self.files(&Identity::client(name).expect("valid client name"))
+    }
+
+    /// Renews `who`'s certificate (new key, same CN), valid `days`; returns the new one.
+    pub fn renew(&self, who: &Identity, days: u32) -> CertInfo {
+        self.lock().renew(who, days).expect("renew").1
+    }
+
+    /// Revokes every certificate of `who` but the current one (after [`Pki::renew`]) and
+    /// rewrites the CRL (restart the broker to load it).
+    pub fn revoke_superseded(&self, who: &Identity) -> Vec<String> {
+        self.lock()
+            .revoke_superseded(who, pki::Reason::Superseded, pki::DEFAULT_CRL_DAYS)
+            .expect("revoke superseded")
+    }
+
+    /// Revokes every certificate of `who` and rewrites the CRL (restart the broker to load
+    /// it).
+    pub fn revoke(&self, who: &Identity) -> Vec<String> {
+        self.lock()
+            .revoke(who, pki::Reason::KeyCompromise, pki::DEFAULT_CRL_DAYS)
+            .expect("revoke")
     }
 }
 
@@ -126,7 +160,7 @@ pub struct Mosquitto {
     child: Option<Child>,
 }
 
-/// The ACL the test broker enforces: the one that ships (deploy/mosquitto/acl).
+/// The ACL the test broker enforces: deploy/mosquitto/acl as shipped.
 pub const ACL: &str = include_str!("../../deploy/mosquitto/acl");
 
 /// Finds a free TCP port on loopback.
@@ -152,14 +186,7 @@ impl Mosquitto {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
         let acl_path = dir.path().join("acl");
-        let mut acl = ACL.to_string();
-        // Extra collector identities used by tests with several collectors.
-        for n in 1..=4 {
-            acl.push_str(&format!(
-                "\nuser collector-{n}\ntopic read gridmeter/v1/+/readings\ntopic read $share/+/gridmeter/v1/+/readings\ntopic write gridmeter/v1/+/confirm\n"
-            ));
-        }
-        std::fs::write(&acl_path, acl)?;
+        std::fs::write(&acl_path, ACL)?;
         let conf = dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf)?;
         writeln!(f, "per_listener_settings false")?;
@@ -195,6 +222,8 @@ impl Mosquitto {
         writeln!(f, "keyfile {}", pki.server_key().display())?;
         writeln!(f, "require_certificate true")?;
         writeln!(f, "use_identity_as_username true")?;
+        writeln!(f, "use_username_as_clientid true")?;
+        writeln!(f, "crlfile {}", pki.crl().display())?;
         if opts.acl {
             writeln!(f, "acl_file {}", acl_path.display())?;
         }

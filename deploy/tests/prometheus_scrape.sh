@@ -56,6 +56,7 @@ REQUIRED=(
   gridmeter_collector_wal_bytes
   gridmeter_collector_connected
   gridmeter_collector_confirmations_sent_total
+  gridmeter_tls_certificate_expiry_timestamp_seconds
 )
 # Conditions (PromQL that must return a non-empty result).
 CONDITIONS=(
@@ -63,6 +64,9 @@ CONDITIONS=(
   'up{job="gridmeter-collector"} == 1'
   'gridmeter_agent_connected == 1'
   'gridmeter_collector_connected == 1'
+  # Both report their client certificate's expiry (openssl -days 2: within 3 days).
+  'gridmeter_tls_certificate_expiry_timestamp_seconds{job="gridmeter-agent",component="agent"} > time()'
+  'gridmeter_tls_certificate_expiry_timestamp_seconds{job="gridmeter-collector",component="collector"} < time() + 3 * 86400'
   'gridmeter_collector_readings_accepted_total > 0'
   'gridmeter_agent_readings_sent_total > 0'
   'gridmeter_agent_readings_confirmed_total > 0'
@@ -126,14 +130,14 @@ PROM_PORT="$(free_port)"
 
 # ---- PKI (openssl; same layout as gridmeter_core::pki) ---------------------------------
 PKI="$TMP/pki"
-mkdir -p "$PKI/devices"
+mkdir -p "$PKI/devices" "$PKI/collectors"
 (
   cd "$PKI"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=gridmeter test CA/O=gridmeter" -keyout ca.key -out ca.crt \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  issue() { # issue NAME CN EKU [SAN]
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2/O=gridmeter" \
+  issue() { # issue NAME SUBJECT EKU [SAN]
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "$2" \
       -keyout "$1.key" -out "$1.csr"
     {
       echo "basicConstraints=critical,CA:FALSE"
@@ -146,9 +150,9 @@ mkdir -p "$PKI/devices"
       -extfile "$1.ext" -out "$1.crt"
     rm -f "$1.csr" "$1.ext"
   }
-  issue server localhost serverAuth "DNS:localhost,IP:127.0.0.1"
-  issue collector collector clientAuth
-  issue "devices/$DEVICE" "$DEVICE" clientAuth
+  issue server "/CN=localhost/O=gridmeter" serverAuth "DNS:localhost,IP:127.0.0.1"
+  issue collectors/collector-0 "/CN=collector-0/OU=collector/O=gridmeter" clientAuth
+  issue "devices/$DEVICE" "/CN=$DEVICE/OU=device/O=gridmeter" clientAuth
 ) >"$TMP/pki.log" 2>&1
 
 # ---- mosquitto ----------------------------------------------------------------------------
@@ -170,6 +174,7 @@ certfile $PKI/server.crt
 keyfile $PKI/server.key
 require_certificate true
 use_identity_as_username true
+use_username_as_clientid true
 acl_file $TMP/acl
 CONF
 "$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.stdout.log" 2>&1 &
@@ -188,7 +193,7 @@ flush_interval_ms = 1000
 host = "127.0.0.1"
 port = $MQTT_PORT
 client_id = "gridmeter-collector-scrape"
-tls = { ca = "$PKI/ca.crt", cert = "$PKI/collector.crt", key = "$PKI/collector.key" }
+tls = { ca = "$PKI/ca.crt", cert = "$PKI/collectors/collector-0.crt", key = "$PKI/collectors/collector-0.key" }
 TOML
 mkdir -p "$TMP/data" "$TMP/wal"
 RUST_LOG="${RUST_LOG:-info}" "$BIN_DIR/gridmeter-collector" --config "$TMP/collector.toml" \

@@ -568,34 +568,6 @@ pub struct SimulatorSource {
     pub peak_watts: Option<u32>,
 }
 
-/// The broker derives the device's identity from its certificate's CN: a different
-/// `device_id` would publish to a topic the ACL refuses.
-fn check_identity(device: &DeviceId, tls: &TlsFiles, p: &mut Problems) {
-    // An unreadable certificate is reported by the TLS check already.
-    let Ok(info) = gridmeter_core::tls::certificate_info(&tls.cert, "client certificate") else {
-        return;
-    };
-    match info.common_name.as_deref() {
-        Some(cn) if cn == device.as_str() => {}
-        Some(cn) => p.push(
-            "device_id",
-            format!(
-                "{device:?} differs from the CN {cn:?} of the client certificate {}; the broker \
-                 names the device by its CN, so it would accept and drop every publish. Use \
-                 device_id = {cn:?} or a certificate issued for {device:?} (gridmeter pki device {device})",
-                tls.cert.display()
-            ),
-        ),
-        None => p.push(
-            "mqtt.tls.cert",
-            format!(
-                "{} has no CN; the broker needs CN = device_id ({device:?})",
-                tls.cert.display()
-            ),
-        ),
-    }
-}
-
 impl Validate for AgentConfig {
     fn validate(&self, p: &mut Problems) {
         if self.mqtt.host.trim().is_empty() {
@@ -604,10 +576,16 @@ impl Validate for AgentConfig {
         if self.mqtt.port == 0 {
             p.push("mqtt.port", "must not be 0");
         }
-        self.mqtt.tls.check("mqtt.tls", p);
-        if self.mqtt.check_identity {
-            check_identity(&self.device_id, &self.mqtt.tls, p);
-        }
+        // The broker takes the device's identity from the certificate's CN: a certificate
+        // of another device (or a collector's) would have every publish dropped.
+        self.mqtt.tls.check_role(
+            "mqtt.tls",
+            gridmeter_core::identity::Role::Device,
+            self.mqtt
+                .check_identity
+                .then_some(self.device_id.as_str()),
+            p,
+        );
         if self.mqtt.confirm_timeout.is_zero() {
             p.push("mqtt.confirm_timeout", "must be > 0");
         }

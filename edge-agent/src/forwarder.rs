@@ -92,6 +92,8 @@ impl Ord for Pending {
 
 pub(crate) struct Forwarder {
     pub config: Arc<AgentConfig>,
+    /// Rebuilt from its files at every connection attempt (certificate renewal).
+    pub tls: gridmeter_core::tls::ClientTls,
     pub buffer: Arc<Mutex<Buffer>>,
     pub metrics: AgentMetrics,
     pub notify: Arc<Notify>,
@@ -140,6 +142,7 @@ fn refused_hint(r: PubAckReason) -> &'static str {
 impl Forwarder {
     pub fn new(
         config: Arc<AgentConfig>,
+        tls: gridmeter_core::tls::ClientTls,
         buffer: Arc<Mutex<Buffer>>,
         metrics: AgentMetrics,
         notify: Arc<Notify>,
@@ -147,6 +150,7 @@ impl Forwarder {
     ) -> Forwarder {
         Forwarder {
             config,
+            tls,
             buffer,
             metrics,
             notify,
@@ -195,27 +199,27 @@ impl Forwarder {
         }
     }
 
-    fn options(&self) -> Result<MqttOptions, String> {
-        let cfg = &self.config;
-        let m = &cfg.mqtt;
+    fn options(&mut self) -> MqttOptions {
         // Read the files at every attempt: a renewed certificate is used on the next
         // connection without a restart.
-        let tls = m.tls.client_config().map_err(|e| e.to_string())?;
+        let tls = self.tls.reload();
+        let cfg = &self.config;
+        let m = &cfg.mqtt;
         let mut opts = MqttOptions::new(cfg.device_id.as_str(), m.host.clone(), m.port);
         opts.set_keep_alive(Duration::from_secs(m.keep_alive_secs.max(1)));
         opts.set_clean_start(false);
         opts.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
         opts.set_outgoing_inflight_upper_limit((m.max_inflight + 1).min(u16::MAX as usize) as u16);
         opts.set_max_packet_size(Some(4 * 1024 * 1024));
-        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
-        Ok(opts)
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+        opts
     }
 
     /// One connection. Ok(true): stopped; Ok(false): lost after it was up; Err: failed.
     async fn connection(&mut self) -> Result<bool, String> {
         let cfg = self.config.clone();
         let m = &cfg.mqtt;
-        let (client, mut eventloop) = AsyncClient::new(self.options()?, m.max_inflight * 2 + 8);
+        let (client, mut eventloop) = AsyncClient::new(self.options(), m.max_inflight * 2 + 8);
         lock(&self.buffer).release_inflight();
         let topic = wire::topic_for(&cfg.device_id);
         let confirm_topic = confirm_topic_for(&cfg.device_id);
@@ -284,7 +288,7 @@ impl Forwarder {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        return if connected { tracing::warn!("connection lost: {e}"); Ok(false) } else { Err(e.to_string()) };
+                        return if connected { tracing::warn!("connection lost: {}", self.tls.explain(&e)); Ok(false) } else { Err(self.tls.explain(&e)) };
                     }
                 },
                 _ = self.notify.notified(), if connected && stopping.is_none() => fill = true,

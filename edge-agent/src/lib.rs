@@ -80,10 +80,9 @@ pub async fn run(
             problems.iter().map(String::from).collect(),
         ));
     }
-    // Fail early on unusable certificate files; the forwarder reads them again at every
-    // connection attempt (renewed certificates need no restart).
-    config.mqtt.tls.client_config()?;
     let metrics = AgentMetrics::register(&registry)?;
+    let expiry = gridmeter_core::tls::register_expiry_gauge(&registry, "agent")?;
+    let tls = gridmeter_core::tls::ClientTls::load(config.mqtt.tls.clone(), Some(expiry))?;
     metrics
         .buffer_budget_bytes
         .set(config.buffer.max_buffer_bytes as i64);
@@ -136,6 +135,7 @@ pub async fn run(
     let mut forwarder = tokio::spawn(
         forwarder::Forwarder::new(
             config.clone(),
+            tls,
             buffer.clone(),
             metrics.clone(),
             notify.clone(),

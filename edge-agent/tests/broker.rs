@@ -20,7 +20,7 @@ async fn broker_outage_is_backfilled_oldest_first() {
     let pki = Pki::new(&dir.path().join("pki"), &["meter-1"]).unwrap();
     let mut broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
     let sub = subscribe(&pki, broker.port()).await;
-    let collector = Collector::start(&pki, broker.port(), dir.path(), "c1").await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), 1).await;
 
     let mut cfg = agent_config(
         &pki,
@@ -105,7 +105,7 @@ async fn disk_budget_drops_oldest_and_reports_the_gap() {
     // The collector's persistent session exists before the outage, so nothing published
     // after the broker returns is missed.
     let sub = subscribe(&pki, broker.port()).await;
-    let collector = Collector::start(&pki, broker.port(), dir.path(), "c2").await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), 2).await;
     broker.stop();
 
     let mut cfg = agent_config(

@@ -64,7 +64,7 @@ async fn broker_power_cut_with_lost_persistence_loses_nothing() {
     let pki = Pki::new(&dir.path().join("pki"), &["meter-p"]).unwrap();
     let mut broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
     // The collector's persistent session exists, then the collector goes away.
-    Collector::start(&pki, broker.port(), dir.path(), "c1")
+    Collector::start(&pki, broker.port(), dir.path(), 1)
         .await
         .stop()
         .await;
@@ -77,7 +77,7 @@ async fn broker_power_cut_with_lost_persistence_loses_nothing() {
     broker.kill();
     broker.wipe_persistence().unwrap();
     broker.start_again().unwrap();
-    let collector = Collector::start(&pki, broker.port(), dir.path(), "c1").await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), 1).await;
     wait_for(Duration::from_secs(90), "every reading confirmed", || {
         agent.get("gridmeter_agent_readings_confirmed_total") == total as f64
             && agent.get("gridmeter_agent_buffer_rows") == 0.0
@@ -109,7 +109,7 @@ async fn collector_session_lost_while_publishing_loses_nothing() {
         },
     )
     .unwrap();
-    Collector::start(&pki, broker.port(), dir.path(), "c1")
+    Collector::start(&pki, broker.port(), dir.path(), 1)
         .await
         .stop()
         .await;
@@ -130,7 +130,7 @@ async fn collector_session_lost_while_publishing_loses_nothing() {
         agent.get("gridmeter_agent_buffer_rows") == total as f64
     })
     .await;
-    let collector = Collector::start(&pki, broker.port(), dir.path(), "c1").await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), 1).await;
     wait_for(Duration::from_secs(90), "every reading confirmed", || {
         agent.get("gridmeter_agent_readings_confirmed_total") == total as f64
             && agent.get("gridmeter_agent_buffer_rows") == 0.0
@@ -149,7 +149,7 @@ async fn denied_publish_keeps_every_reading_and_the_age_rises() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), &["meter-a"]).unwrap();
     let broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
-    let collector = Collector::start(&pki, broker.port(), dir.path(), "c1").await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), 1).await;
     let mut cfg = agent_config(&pki, "meter-a", broker.port(), &dir.path().join("b.sqlite"));
     cfg.device_id = gridmeter_core::DeviceId::new("meter-b").unwrap();
     let total = 100u64;
@@ -197,7 +197,7 @@ async fn confirm_after_wal_drains_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), &["meter-w"]).unwrap();
     let broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
-    let collector = Collector::start_with(&pki, broker.port(), dir.path(), "c1", |c| {
+    let collector = Collector::start_with(&pki, broker.port(), dir.path(), 1, |c| {
         c.confirm_after = gridmeter_collector::config::ConfirmAfter::Wal;
         c.flush_interval_ms = 60_000; // nothing lands during the test: only the WAL confirms
     })
@@ -226,8 +226,8 @@ async fn shared_subscription_collectors_each_confirm_their_part() {
     let shared = |c: &mut gridmeter_collector::CollectorConfig| {
         c.mqtt.share_group = Some("g".into());
     };
-    let c1 = Collector::start_with(&pki, broker.port(), dir.path(), "c1", shared).await;
-    let c2 = Collector::start_with(&pki, broker.port(), dir.path(), "c2", shared).await;
+    let c1 = Collector::start_with(&pki, broker.port(), dir.path(), 1, shared).await;
+    let c2 = Collector::start_with(&pki, broker.port(), dir.path(), 2, shared).await;
     let mut cfg = agent_config(&pki, "meter-h", broker.port(), &dir.path().join("b.sqlite"));
     let total = 600u64;
     cfg.mqtt.batch_max_readings = 20;

@@ -56,7 +56,7 @@ async fn kill_9_twenty_times_loses_nothing_and_reuses_no_seq() {
     let pki = Pki::new(&dir.path().join("pki"), &["meter-k"]).unwrap();
     let broker = Mosquitto::start(&pki, MosquittoOptions::default()).unwrap();
     let sub = subscribe(&pki, broker.port()).await;
-    let collector = Collector::start(&pki, broker.port(), dir.path(), "ck").await;
+    let collector = Collector::start(&pki, broker.port(), dir.path(), 0).await;
     let buf = dir.path().join("buf.sqlite");
     let live = dir.path().join("live.toml");
     std::fs::write(&live, config(&pki, broker.port(), &buf, true, free_port())).unwrap();

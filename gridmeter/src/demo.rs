@@ -1,7 +1,10 @@
 //! `gridmeter demo`: the whole pipeline on one machine, with nothing installed.
 //!
 //! 1. A PKI (CA, broker, collector, one certificate per device) is generated on the fly.
-//! 2. An embedded MQTT broker (rumqttd) with client-certificate verification starts.
+//! 2. An embedded MQTT broker (rumqttd) with client-certificate verification starts. It is
+//!    for local demos only: it has no ACL, so any certified client could publish for any
+//!    device (the demo says so in its output). Deployments use Mosquitto or EMQX with the
+//!    shipped ACLs (deploy/).
 //! 3. The collector (real code, in-process) subscribes over mTLS.
 //! 4. A simulated fleet — household meters, PV inverters, edge servers — runs the real agent
 //!    code, each agent with its own SQLite buffer, certificate and MQTT connection. Their
@@ -194,8 +197,8 @@ fn collector_toml(out: &Path, broker_port: u16, metrics: SocketAddr) -> String {
     let pki = out.join("pki");
     let tls = gridmeter_core::tls::TlsFiles {
         ca: pki.join("ca.crt"),
-        cert: pki.join("collector.crt"),
-        key: pki.join("collector.key"),
+        cert: pki.join("collectors/collector-0.crt"),
+        key: pki.join("collectors/collector-0.key"),
     };
     format!(
         "collector_id = \"demo-1\"\ndata_root = \"{}\"\nwal_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"demo-collector\"\ntls = {}\n",
@@ -322,6 +325,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     step(&format!(
         "embedded MQTT broker (rumqttd, mTLS) on 127.0.0.1:{broker_port} (MQTT 3.1.1, collector) and 127.0.0.1:{agent_port} (MQTT 5, agents)"
     ));
+    println!("         {}", gridmeter_collector::broker::DEMO_ONLY);
 
     // 3. Collector.
     let collector_metrics = local_addr(9102)?;

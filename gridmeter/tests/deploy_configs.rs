@@ -80,10 +80,23 @@ fn with_tls(text: &str, files: &TlsFiles) -> String {
         .join("\n")
 }
 
+/// The path every component's `[object_store]` reads its S3 secret key from (each mounts
+/// its own Secret there).
+const S3_SECRET: &str = "/etc/gridmeter/s3/secret_access_key";
+
+/// `text` with the S3 secret key file pointing at a real one (mode 0600).
+fn with_s3_secret(text: &str, dir: &Path) -> String {
+    let path = dir.join("s3-secret");
+    std::fs::write(&path, "secret\n").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    text.replace(S3_SECRET, &path.display().to_string())
+}
+
 /// Parses and validates `text` as the component's config, with real certificates.
-fn check<T: DeserializeOwned + Validate>(text: &str, name: &str) -> T {
+fn check<T: DeserializeOwned + Validate + 'static>(text: &str, name: &str) -> T {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), &["edge-1", "node-1"]).unwrap();
+    let text = &with_s3_secret(text, dir.path());
     let files = if text.contains("collector_id") {
         pki.collector()
     } else if text.contains("edge-1") {
@@ -91,7 +104,28 @@ fn check<T: DeserializeOwned + Validate>(text: &str, name: &str) -> T {
     } else {
         pki.device("node-1")
     };
-    parse::<T>(&with_tls(text, &files), name).unwrap_or_else(|e| panic!("{name}: {e}"))
+    let mut parsed =
+        parse::<T>(&with_tls(text, &files), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    restore_s3_secret(&mut parsed);
+    parsed
+}
+
+/// Puts the shipped secret file path back (the temporary one differs per call), so configs
+/// of different components can be compared.
+fn restore_s3_secret<T: 'static>(config: &mut T) {
+    let any: &mut dyn std::any::Any = config;
+    let os = if let Some(c) = any.downcast_mut::<CollectorConfig>() {
+        c.object_store.as_mut()
+    } else if let Some(a) = any.downcast_mut::<AggregatorConfig>() {
+        a.object_store.as_mut()
+    } else {
+        None
+    };
+    if let Some(os) = os {
+        if os.secret_access_key_file.is_some() {
+            os.secret_access_key_file = Some(S3_SECRET.into());
+        }
+    }
 }
 
 #[test]
@@ -134,17 +168,33 @@ fn kubernetes_configmaps() {
     let billing = read("deploy/k8s/70-billing.yaml");
     let dir = tempfile::tempdir().unwrap();
     for f in ["billing.toml", "registry.toml", "tariffs.toml"] {
-        std::fs::write(dir.path().join(f), embedded(&billing, f)).unwrap();
+        let text = with_s3_secret(&embedded(&billing, f), dir.path());
+        std::fs::write(dir.path().join(f), text).unwrap();
     }
     let cfg = ExportConfig::load(&dir.path().join("billing.toml"))
         .unwrap_or_else(|e| panic!("70-billing.yaml: {e}"));
     cfg.check()
         .unwrap_or_else(|e| panic!("70-billing.yaml registry/tariffs: {e}"));
+    let DataRoot::ObjectStore(mut billing_store) = cfg.tables else {
+        panic!("billing reads S3 in Kubernetes");
+    };
     assert_eq!(
-        cfg.tables,
-        DataRoot::ObjectStore(aggregator.object_store.expect("checked above")),
+        billing_store.secret_access_key_file.as_deref(),
+        Some(dir.path().join("s3-secret").as_path()),
+        "billing reads its own S3 secret from a file"
+    );
+    billing_store.secret_access_key_file = Some(S3_SECRET.into());
+    assert_eq!(
+        billing_store,
+        aggregator.object_store.expect("checked above"),
         "billing reads the aggregator's tables"
     );
+    // No component's config holds a secret: each names the file its own Secret is at.
+    assert!(collector
+        .object_store
+        .as_ref()
+        .is_some_and(|o| o.secret_access_key.is_none()
+            && o.secret_access_key_file.as_deref() == Some(Path::new(S3_SECRET))));
 }
 
 #[test]

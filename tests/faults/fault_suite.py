@@ -419,14 +419,14 @@ def test_s3(args, rng, work):
 # ---------------------------------------------------------------------------------------
 def shared_run(work, collectors, devices, sims, until_readings):
     pki = work / "pki"
-    h.pki_init(pki, devices, clients=["collector-2"] if collectors > 1 else [])
+    h.pki_init(pki, devices, collectors=[str(i) for i in range(collectors)])
     broker = h.Broker(work, pki).start()
     root = work / "data"
     procs, ports = [], []
     for i in range(collectors):
         cid = f"c{i + 1}"
         text, mport = h.collector_toml(pki, work / f"wal-{cid}", broker.port, cid=cid,
-                                       client_cert="collector" if i == 0 else f"collector-{i + 1}",
+                                       client_cert=f"collector-{i}",
                                        share="collectors" if collectors > 1 else None, data_root=root)
         (work / f"{cid}.toml").write_text(text)
         procs.append(h.Proc(cid, [h.bin_path("gridmeter-collector"), "--config", str(work / f"{cid}.toml")], work).start())

@@ -124,24 +124,19 @@ class Proc:
         cls.registry.clear()
 
 
-def pki_init(dir_, devices, clients=()):
+def pki_init(dir_, devices, collectors=("0",)):
+    """CA, CRL, broker, the collectors (CN collector-<name>) and the devices."""
     gm = bin_path("gridmeter")
     args = [gm, "pki", "init", "--dir", str(dir_)]
     for d in devices:
         args += ["--device", d]
+    for c in collectors:
+        args += ["--collector", c]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    for c in clients:
-        subprocess.run([gm, "pki", "client", "--dir", str(dir_), c], check=True,
-                       stdout=subprocess.DEVNULL)
 
 
-# The shipped ACL, plus the second collector identity the shared-subscription test uses.
-ACL = (ROOT / "deploy" / "mosquitto" / "acl").read_text() + """
-user collector-2
-topic read gridmeter/v1/+/readings
-topic read $share/+/gridmeter/v1/+/readings
-topic write gridmeter/v1/+/confirm
-"""
+# The shipped ACL (collector-0 to collector-3, per-device topics).
+ACL = (ROOT / "deploy" / "mosquitto" / "acl").read_text()
 
 
 class Broker:
@@ -170,6 +165,8 @@ class Broker:
             f"keyfile {pki / 'server.key'}",
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
+            f"crlfile {pki / 'crl.pem'}",
             f"acl_file {self.dir / 'acl'}" if acl else "",
             extra,
         ]
@@ -243,7 +240,7 @@ def object_store_toml(bucket, endpoint):
             'region = "us-east-1"\naccess_key_id = "testing"\nsecret_access_key = "testing"\nallow_http = true\n')
 
 
-def collector_toml(pki, wal, broker_port, cid="c1", client_cert="collector", share=None,
+def collector_toml(pki, wal, broker_port, cid="c1", client_cert="collector-0", share=None,
                    data_root=None, s3=None, extra=""):
     s = f'collector_id = "{cid}"\nwal_dir = {q(wal)}\nflush_interval_ms = 500\nmissing_after_secs = 3600\n{extra}\n'
     mport = free_port()
@@ -253,7 +250,7 @@ def collector_toml(pki, wal, broker_port, cid="c1", client_cert="collector", sha
     if s3:
         s += object_store_toml(s3["bucket"], s3["endpoint"])
     s += (f'\n[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\nclient_id = "gm-{cid}"\n'
-          f"tls = {tls_inline(pki, pki / f'{client_cert}.crt', pki / f'{client_cert}.key')}\n")
+          f"tls = {tls_inline(pki, pki / 'collectors' / f'{client_cert}.crt', pki / 'collectors' / f'{client_cert}.key')}\n")
     if share:
         s += f'share_group = "{share}"\n'
     return s, mport

@@ -26,6 +26,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(pki: &Pki) -> Broker {
+        Broker::start_with(pki, |c| c)
+    }
+
+    /// Like [`Broker::start`], with the shipped config passed through `edit` first (to show
+    /// what a setting prevents, by running without it).
+    pub fn start_with(pki: &Pki, edit: impl FnOnce(String) -> String) -> Broker {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
         let conf = std::fs::read_to_string(deploy.join("mosquitto.conf")).unwrap();
         let acl = std::fs::read_to_string(deploy.join("acl")).unwrap();
@@ -55,32 +61,51 @@ impl Broker {
         );
         // Started as root (CI containers), mosquitto would drop to user "mosquitto", which
         // cannot read the test's 0600 keys. `user root` has no effect when not root.
-        let conf = format!("user root\n{conf}");
+        let conf = edit(format!("user root\n{conf}"));
         std::fs::write(dir.path().join("acl"), acl).unwrap();
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(mosquitto_bin())
+        let child = Broker::spawn(dir.path());
+        let mut b = Broker { port, dir, child };
+        b.wait_listening();
+        b
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        Command::new(mosquitto_bin())
             .arg("-c")
-            .arg(&conf_path)
+            .arg(dir.join("mosquitto.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
             .spawn()
-            .expect("start mosquitto (apt-get install mosquitto)");
-        let mut b = Broker { port, dir, child };
+            .expect("start mosquitto (apt-get install mosquitto)")
+    }
+
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = b.child.try_wait().unwrap() {
-                panic!("mosquitto exited with {status}; log:\n{}", b.log());
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("mosquitto exited with {status}; log:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "mosquitto did not listen; log:\n{}",
-                b.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        b
+    }
+
+    /// Stops the broker (SIGTERM: it saves its sessions) and starts it again on the same
+    /// port: every client is disconnected, and the CRL is read anew.
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.child = Broker::spawn(self.dir.path());
+        self.wait_listening();
     }
 
     pub fn log(&self) -> String {

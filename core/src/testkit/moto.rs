@@ -99,6 +99,7 @@ impl Moto {
             region: Some("us-east-1".into()),
             access_key_id: Some("testing".into()),
             secret_access_key: Some("testing".into()),
+            secret_access_key_file: None,
             allow_http: true,
         }
     }

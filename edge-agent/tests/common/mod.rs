@@ -152,7 +152,9 @@ impl Drop for Subscriber {
 /// Subscribes to every device's readings as the `collector` identity with a persistent
 /// session, and returns once the subscription is acknowledged.
 pub async fn subscribe(pki: &Pki, port: u16) -> Subscriber {
-    let tls = pki.collector().client_config().unwrap();
+    // Its own collector identity (collector-3): the broker uses the CN as the client id,
+    // so it must not share one with a collector a test runs.
+    let tls = pki.collector_named("3").client_config().unwrap();
     let mut opts = MqttOptions::new("collector", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_clean_session(false);
@@ -251,10 +253,10 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts collector `id` against the broker on 127.0.0.1:`port` and waits until it is
-    /// connected.
-    pub async fn start(pki: &Pki, port: u16, dir: &Path, id: &str) -> Collector {
-        Collector::start_with(pki, port, dir, id, |_| {}).await
+    /// Starts collector number `n` (0 to 2: certificate `collector-<n>`, collector id
+    /// `c<n>`) against the broker on 127.0.0.1:`port` and waits until it is connected.
+    pub async fn start(pki: &Pki, port: u16, dir: &Path, n: u8) -> Collector {
+        Collector::start_with(pki, port, dir, n, |_| {}).await
     }
 
     /// [`Collector::start`] with `adjust` applied to its config first.
@@ -262,18 +264,20 @@ impl Collector {
         pki: &Pki,
         port: u16,
         dir: &Path,
-        id: &str,
+        n: u8,
         adjust: impl FnOnce(&mut gridmeter_collector::CollectorConfig),
     ) -> Collector {
+        assert!(n < 3, "collector-3 is the test subscriber's");
+        let id = format!("c{n}");
         let data = dir.join("data");
         let mut cfg = gridmeter_collector::CollectorConfig::new(
-            id,
+            id.clone(),
             data.clone(),
             dir.join(format!("wal-{id}")),
         );
         cfg.mqtt.host = Some("127.0.0.1".into());
         cfg.mqtt.port = port;
-        cfg.mqtt.tls = Some(pki.collector());
+        cfg.mqtt.tls = Some(pki.collector_named(&n.to_string()));
         cfg.flush_interval_ms = 200;
         adjust(&mut cfg);
         let registry = prometheus::Registry::new();

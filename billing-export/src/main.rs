@@ -42,7 +42,22 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(code) => code,
+        Err(e) => {
+            // The message and its causes once, never a backtrace (RUST_BACKTRACE or not).
+            eprintln!(
+                "gridmeter-billing: {}",
+                gridmeter_core::config::error_report(e.as_ref())
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command line; the exit code is 2 when the run was published with customers held.
+fn run_cli() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -101,9 +116,9 @@ fn main() -> anyhow::Result<()> {
                         e.customer_id, e.site_id, e.device_id, e.channel, e.reason
                     );
                 }
-                std::process::exit(2);
+                return Ok(std::process::ExitCode::from(2));
             }
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 //!   never panics and names what is wrong and where).
 //! - [`config`]: TOML loading that reports every problem at once.
 //! - [`tls`]: rustls client configuration from PEM files with clear errors.
+//! - [`text`]: bounded excerpts of untrusted text for error messages.
 //! - [`metrics`]: a tiny `/metrics` HTTP endpoint for a Prometheus registry.
 //! - `pki` (feature `pki`): a CA and the broker, collector and device certificates.
 //! - `schema` (feature `arrow`): the Arrow schemas of the raw and usage tables.
@@ -23,6 +24,7 @@ pub mod schema;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod text;
 pub mod tls;
 pub mod wire;
 

@@ -23,7 +23,7 @@
 //! Memory per device: ≈ 150 bytes (map entry, id, fields) + 16 × [`CONTENT_HISTORY`] bytes of
 //! history + ≈ 40 bytes per interval (B-tree entry) × at most `max_open_holes`: ≈ 450 bytes
 //! for a device publishing in order, ≈ 3 KB at the cap. The checkpoint stores the same with
-//! varints (≈ 60 bytes for a device in order, ≈ 1.2 KB at the cap): proportional to the
+//! varints (≈ 200 bytes for a device in order, under 2 KB at the cap): proportional to the
 //! number of devices, whatever holes a device creates.
 
 use std::collections::{BTreeMap, HashMap};

@@ -53,7 +53,7 @@ pub struct SegmentOutput {
 }
 
 /// A segment is sealed once its dead letters hold this many bytes (payload and detail).
-pub const MAX_SEGMENT_DEAD_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_SEGMENT_DEAD_BYTES: usize = 32 * 1024 * 1024;
 
 impl SegmentOutput {
     pub fn is_empty(&self) -> bool {

@@ -389,8 +389,15 @@ impl Ingest {
                 self.metrics.wal_bytes.add(n as i64);
                 // Durable: ack now, so the broker can send more while this group is being
                 // processed (processing is a pure function of the WAL and can be replayed).
-                let publishes: Vec<rumqttc::Publish> =
-                    group.iter().map(|m| m.publish.clone()).collect();
+                // An ack needs the packet id only: the payloads are not kept alive for it.
+                let publishes: Vec<rumqttc::Publish> = group
+                    .iter()
+                    .map(|m| {
+                        let mut p = m.publish.clone();
+                        p.payload = bytes::Bytes::new();
+                        p
+                    })
+                    .collect();
                 let _ = ack_tx.send(publishes);
                 for rec in &records {
                     process::process_isolated(

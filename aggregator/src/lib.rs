@@ -606,6 +606,8 @@ async fn recompute(
 }
 
 /// What computing one series gave: a row for a window table, or its device held back.
+/// Nearly every value is a row, so rows are not boxed (that would allocate per row).
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Row(usize, UsageRow),
     Held(String, String),

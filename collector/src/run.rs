@@ -585,9 +585,11 @@ mod tests {
         );
     }
 
-    /// `(reason, topic)` of every dead letter and `(device, seq)` of every raw row under
-    /// `root`, read back from Parquet.
-    fn landed(root: &Path) -> (Vec<(String, String)>, Vec<(String, u64)>) {
+    /// `(reason, topic)` of every dead letter and `(device, seq)` of every raw row.
+    type Landed = (Vec<(String, String)>, Vec<(String, u64)>);
+
+    /// What landed under `root`, read back from Parquet.
+    fn landed(root: &Path) -> Landed {
         use arrow::array::{Array, StringArray, UInt64Array};
         let (mut dead, mut raw) = (Vec::new(), Vec::new());
         for (p, bytes) in files(root) {

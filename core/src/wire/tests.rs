@@ -528,7 +528,7 @@ proptest! {
     ) {
         // A few fields get one of the generated (possibly long) strings, the rest valid text.
         let pick = |i: usize| serde_json::to_string(&strings[i % strings.len()]).unwrap();
-        let rare = |i: usize, k: usize, ok: &str| if (i * 7 + k) % 41 == 0 { pick(i + k) } else { ok.to_string() };
+        let rare = |i: usize, k: usize, ok: &str| if (i * 7 + k).is_multiple_of(41) { pick(i + k) } else { ok.to_string() };
         let readings: Vec<String> = (0..n).map(|i| format!(
             r#"{{"seq":{i},"ts":{},"channel":{},"kind":{},"unit":{},"value":{},"quality":[{}]}}"#,
             rare(i, 0, "\"2026-11-22T10:15:00Z\""),

@@ -122,6 +122,11 @@ impl From<v1::Checkpoint> for Checkpoint {
                     pending_mark: d.pending_mark,
                     pending_since_us: d.pending_since_us,
                     last_seen_us: d.last_seen_us,
+                    // Not recorded by version 1. A day past the last message bounds the ts of
+                    // every reading it landed but one from a clock more than a day ahead
+                    // (whose redelivery then reads as a regression: a false alarm, since it
+                    // is already landed, never a loss).
+                    max_ts_us: d.last_seen_us.saturating_add(86_400_000_000),
                     ..DeviceState::default()
                 };
                 (id, state)
@@ -224,5 +229,8 @@ mod tests {
         assert_eq!(d.seen.ranges(), vec![(1, 100), (102, 110)]);
         assert_eq!(d.lost.ranges(), vec![(101, 101)]);
         assert_eq!((d.pending_mark, d.last_seen_us, d.floor), (110, 6, None));
+        assert_eq!(d.max_ts_us, 6 + 86_400_000_000);
+        // A redelivery of a seq landed before the upgrade is a duplicate, not a regression.
+        assert_eq!(d.verdict(50, 0, 5), crate::dedup::Verdict::Duplicate);
     }
 }

@@ -64,7 +64,6 @@ pub fn network_options() -> rumqttc::NetworkOptions {
 /// on every connection that has no session yet, and reconnects after errors. Each message
 /// takes its payload's size in permits of `budget` (at most all of them) before it is
 /// forwarded: while the ingest thread holds the whole budget, no more is read.
-#[allow(clippy::too_many_arguments)]
 pub async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,

@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use gridmeter_core::text::excerpt;
 use gridmeter_core::{decimal, Channel, Kind, Quality};
 use rust_decimal::Decimal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,7 +169,7 @@ pub fn complete_body(raw: &[u8], eof: bool, max_body: usize) -> Result<Option<Ve
     let status = lines.next().unwrap_or("");
     let code = status.split_whitespace().nth(1).unwrap_or("");
     if code != "200" {
-        return Err(format!("HTTP status {status:?}"));
+        return Err(format!("HTTP status {}", excerpt(status)));
     }
     let mut length = None;
     let mut chunked = false;
@@ -209,7 +210,7 @@ fn dechunk(mut body: &[u8], max_body: usize) -> Result<Option<Vec<u8>>, String> 
         let size_text = String::from_utf8_lossy(&body[..eol]);
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+            .map_err(|_| format!("bad chunk size {}", excerpt(size_text)))?;
         if size > max_body || out.len() + size > max_body {
             return Err(format!(
                 "chunked body larger than {max_body} bytes (max_scrape_bytes)"
@@ -492,7 +493,10 @@ impl PromPoller {
                     value: s.value,
                     quality,
                 }),
-                None => problems.push(format!("{}: no valid channel name (too long?)", s.name)),
+                None => problems.push(format!(
+                    "{}: no valid channel name (too long?)",
+                    excerpt(&s.name)
+                )),
             }
         }
         Ok((samples, problems))

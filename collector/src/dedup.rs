@@ -447,6 +447,50 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn holes_of_two_sets_are_what_neither_holds(
+            a in prop::collection::vec((0u64..150, 0u64..6), 0..40),
+            b in prop::collection::vec((0u64..150, 0u64..6), 0..40),
+            lo in 0u64..160,
+            len in 0u64..60,
+        ) {
+            let (mut x, mut y) = (IntervalSet::new(), IntervalSet::new());
+            let mut held = HashSet::new();
+            for (s, w) in a { x.insert_range(s, s + w); held.extend(s..=s + w); }
+            for (s, w) in b { y.insert_range(s, s + w); held.extend(s..=s + w); }
+            let hi = lo + len;
+            let mut got = HashSet::new();
+            let holes = x.holes(&y, lo, hi);
+            for w in holes.windows(2) {
+                prop_assert!(w[0].1 + 1 < w[1].0, "{:?}", holes);
+            }
+            for (s, e) in holes { got.extend(s..=e); }
+            let want: HashSet<u64> = (lo..=hi).filter(|v| !held.contains(v)).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn the_cap_never_forgets_above_the_floor(seqs in prop::collection::vec(0u64..500, 0..400), cap in 2usize..10) {
+            let mut d = DeviceState::default();
+            let mut landed = HashSet::new();
+            for s in seqs {
+                if d.verdict(s, 0, 0) == Verdict::New {
+                    d.land(s, 0, 0);
+                    landed.insert(s);
+                }
+                d.enforce_cap(cap);
+                prop_assert!(d.seen.intervals() + d.lost.intervals() <= cap);
+                // Above the floor the collector knows exactly what it landed.
+                for v in 0..500u64 {
+                    if !d.below_floor(v) {
+                        prop_assert_eq!(d.seen.contains(v), landed.contains(&v));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn extremes() {
         let mut s = IntervalSet::new();

@@ -466,6 +466,7 @@ async fn load_with_context(
             match index.get(&(o.device_id.clone(), o.channel.clone())) {
                 Some(&i) => {
                     series[i].points.extend(o.points);
+                    series[i].problem = series[i].problem.take().or(o.problem);
                     series::dedup_and_sort(&mut series[i].points);
                 }
                 None => {
@@ -622,6 +623,9 @@ fn series_rows(
     to: i64,
     computed_at: i64,
 ) -> Result<Vec<(usize, UsageRow)>, String> {
+    if let Some(problem) = &s.problem {
+        return Err(problem.clone());
+    }
     let params = params_for(config, s);
     let prepared = Prepared::new(&s.points, &params);
     for spec in specs {

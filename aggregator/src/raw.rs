@@ -74,6 +74,9 @@ pub struct SeriesData {
     pub kind: Kind,
     pub unit: String,
     pub points: Vec<Point>,
+    /// Why the series cannot be aggregated (e.g. a `kind` the model does not know): its
+    /// device is held back instead of failing the whole run.
+    pub problem: Option<String>,
 }
 
 /// A DataFusion session for scanning raw files: one partition per core, strings as plain
@@ -222,13 +225,17 @@ fn group(batches: Vec<RecordBatch>) -> Result<Grouped, Error> {
             let series = match by_channel.get_mut(c) {
                 Some(s) => s,
                 None => {
-                    let k: Kind = kind.value(i).parse().map_err(Error::Schema)?;
+                    let (k, problem) = match kind.value(i).parse::<Kind>() {
+                        Ok(k) => (k, None),
+                        Err(e) => (Kind::Gauge, Some(format!("raw rows: {e}"))),
+                    };
                     by_channel.entry(c.to_string()).or_insert(SeriesData {
                         device_id: d.to_string(),
                         channel: c.to_string(),
                         kind: k,
                         unit: unit.value(i).to_string(),
                         points: Vec::new(),
+                        problem,
                     })
                 }
             };
@@ -270,7 +277,10 @@ pub async fn load_series(
         for (_, by_channel) in part {
             for (_, s) in by_channel {
                 match merged.get_mut(&(s.device_id.clone(), s.channel.clone())) {
-                    Some(m) => m.points.extend(s.points),
+                    Some(m) => {
+                        m.points.extend(s.points);
+                        m.problem = m.problem.take().or(s.problem);
+                    }
                     None => {
                         merged.insert((s.device_id.clone(), s.channel.clone()), s);
                     }

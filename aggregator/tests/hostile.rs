@@ -67,6 +67,11 @@ async fn hostile_series_hold_their_device_only() {
         r.seq += 1;
         r
     }));
+    // A series whose raw rows name a kind the model does not know (written by another tool).
+    raw.extend(good("oddkind").into_iter().map(|mut r| {
+        r.kind = "cumulative";
+        r
+    }));
     write_raw(dir.path(), "c1-0", &raw);
     let cfg = config(dir.path());
     let metrics = Metrics::unregistered();
@@ -75,9 +80,14 @@ async fn hostile_series_hold_their_device_only() {
         .unwrap();
     assert_eq!(
         s.held.keys().collect::<Vec<_>>(),
-        vec!["ancient", "huge"],
+        vec!["ancient", "huge", "oddkind"],
         "{:?}",
         s.held
+    );
+    assert!(
+        s.held["oddkind"].contains("unknown kind \"cumulative\""),
+        "{}",
+        s.held["oddkind"]
     );
     assert!(
         s.held["ancient"].starts_with("series \"energy_import\": would create "),
@@ -90,7 +100,7 @@ async fn hostile_series_hold_their_device_only() {
         "{}",
         s.held["huge"]
     );
-    assert_eq!(metrics.devices_held.get(), 2);
+    assert_eq!(metrics.devices_held.get(), 3);
     // The good device is aggregated; nothing of the held ones is written.
     let rows = gridmeter_aggregator::current(&cfg, "15m").await.unwrap();
     assert!(rows_of(&rows, "good") > 100);
@@ -110,7 +120,7 @@ async fn hostile_series_hold_their_device_only() {
     let again = gridmeter_aggregator::run_once(&cfg, &metrics)
         .await
         .unwrap();
-    assert_eq!(again.held.len(), 2);
+    assert_eq!(again.held.len(), 3);
     // With a larger cap the ancient series is aggregated on the retry.
     let wide = AggregatorConfig {
         max_windows_per_series: 10_000_000,
@@ -120,7 +130,10 @@ async fn hostile_series_hold_their_device_only() {
     let third = gridmeter_aggregator::run_once(&wide, &metrics)
         .await
         .unwrap();
-    assert_eq!(third.held.keys().collect::<Vec<_>>(), vec!["huge"]);
+    assert_eq!(
+        third.held.keys().collect::<Vec<_>>(),
+        vec!["huge", "oddkind"]
+    );
     let daily = gridmeter_aggregator::current(&wide, "1d").await.unwrap();
     assert!(rows_of(&daily, "ancient") > 20_000, "1970 to 2026 in days");
 }

@@ -122,6 +122,7 @@ async fn hostile_pill_neither_crashes_nor_blocks_the_collector() {
         "{} bytes on the wire",
         pills[0].len()
     );
+    eprintln!("pill: {} bytes on the wire", pills[0].len());
     let mut p = Publisher::connect(broker.port, "pill", &pki.device("pill"));
     for pl in &pills {
         p.publish("gridmeter/v1/pill/readings".into(), pl.clone())

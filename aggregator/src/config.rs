@@ -51,6 +51,16 @@ pub struct AggregatorConfig {
     /// Where `run --watch` serves `/metrics` (optional).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most windows one series may create in one run, per window size (default 100 000,
+    /// ≈ 2.8 years of 15-minute windows). A series that would create more (a reading dated
+    /// 1970 next to today's) holds its device back, with the reason, instead of computing
+    /// millions of windows.
+    #[serde(default = "default_max_windows_per_series")]
+    pub max_windows_per_series: u64,
+}
+
+fn default_max_windows_per_series() -> u64 {
+    100_000
 }
 
 /// A meter replaced at `at`: the old meter's register ended at `old_final`, the new one
@@ -115,6 +125,7 @@ impl AggregatorConfig {
             register_max: BTreeMap::new(),
             meter_swaps: Vec::new(),
             metrics_listen: None,
+            max_windows_per_series: default_max_windows_per_series(),
         }
     }
 
@@ -183,6 +194,9 @@ impl Validate for AggregatorConfig {
             Err(e) => p.push("allowed_lateness", e),
             Ok(us) if us < 0 => p.push("allowed_lateness", "must not be negative"),
             Ok(_) => {}
+        }
+        if self.max_windows_per_series == 0 {
+            p.push("max_windows_per_series", "must be positive");
         }
         match parse_duration_us(&self.max_gap) {
             Err(e) => p.push("max_gap", e),

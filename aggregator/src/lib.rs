@@ -73,6 +73,10 @@ pub struct RunSummary {
     pub revisions: BTreeMap<String, usize>,
     /// Committed versions per window table.
     pub commits: BTreeMap<String, u64>,
+    /// Devices held back in this run, with the reason (their series failed or would create
+    /// too many windows): nothing of theirs was written, their watermark did not advance,
+    /// and the next run retries them. Everyone else was processed.
+    pub held: BTreeMap<String, String>,
 }
 
 /// Which windows of a device to recompute.
@@ -189,6 +193,7 @@ pub async fn run_once(config: &AggregatorConfig, metrics: &Metrics) -> Result<Ru
                 readings = s.readings_processed,
                 late = s.late_readings,
                 rows = ?s.rows_written,
+                held = s.held.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "aggregation run done"
             );
@@ -213,24 +218,42 @@ async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<
         files_processed: new_files.len(),
         ..Default::default()
     };
-    if new_files.is_empty() {
+    if new_files.is_empty() && state.held.is_empty() {
         return Ok(summary);
     }
     let lateness = config.lateness_us();
     let times = raw::device_times(&ctx, &root.base_url, &new_files).await?;
-    // Per device: windows from `lo` (day-aligned) up to the new watermark are recomputed.
-    let mut ranges: HashMap<String, DeviceRange> = HashMap::new();
-    for (device, ts) in &times {
-        let (Some(&min_new), Some(&max_new)) = (ts.iter().min(), ts.iter().max()) else {
+    // Per device: the new readings' earliest time and newest trusted time; a device held
+    // back by an earlier run is retried over its span too.
+    let mut spans: HashMap<String, (i64, Option<i64>)> = HashMap::new();
+    for (device, t) in &times {
+        let Some(&min_new) = t.ts.iter().min() else {
             continue;
         };
-        summary.readings_processed += ts.len() as u64;
+        summary.readings_processed += t.ts.len() as u64;
+        if let Some(wm) = state.watermarks.get(device).map(|m| m - lateness) {
+            summary.late_readings += t.ts.iter().filter(|&&x| x < wm).count() as u64;
+        }
+        spans.insert(device.clone(), (min_new, t.max_trusted));
+    }
+    for (device, h) in &state.held {
+        let span = spans
+            .entry(device.clone())
+            .or_insert((h.earliest_new_us, h.max_trusted_us));
+        span.0 = span.0.min(h.earliest_new_us);
+        span.1 = span.1.max(h.max_trusted_us);
+    }
+    // Per device: windows from `lo` (day-aligned) up to the new watermark are recomputed.
+    let mut ranges: HashMap<String, DeviceRange> = HashMap::new();
+    let old_watermarks = state.watermarks.clone();
+    for (device, &(min_new, max_trusted)) in &spans {
         let old_max = state.watermarks.get(device).copied();
         let old_wm = old_max.map(|m| m - lateness);
-        if let Some(wm) = old_wm {
-            summary.late_readings += ts.iter().filter(|&&t| t < wm).count() as u64;
-        }
-        let new_max = old_max.map_or(max_new, |m| m.max(max_new));
+        // Only readings not flagged clock_suspect advance the watermark; a device with no
+        // trusted reading yet has no final window.
+        let Some(new_max) = old_max.max(max_trusted) else {
+            continue;
+        };
         state.watermarks.insert(device.clone(), new_max);
         // Windows that become final now start after the old watermark's day.
         let from = align_day(old_wm.map_or(min_new, |w| w.min(min_new)));
@@ -260,6 +283,30 @@ async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<
         &mut summary,
     )
     .await?;
+    for device in ranges.keys() {
+        match summary.held.get(device) {
+            None => {
+                state.held.remove(device);
+            }
+            Some(reason) => {
+                // Held back: the watermark stays, the span is retried next run.
+                match old_watermarks.get(device) {
+                    Some(&w) => state.watermarks.insert(device.clone(), w),
+                    None => state.watermarks.remove(device),
+                };
+                let (earliest_new_us, max_trusted_us) = spans[device];
+                state.held.insert(
+                    device.clone(),
+                    state::HeldDevice {
+                        reason: reason.clone(),
+                        earliest_new_us,
+                        max_trusted_us,
+                    },
+                );
+            }
+        }
+    }
+    metrics.devices_held.set(state.held.len() as i64);
     state
         .processed
         .extend(new_files.iter().map(|f| f.path.clone()));
@@ -290,8 +337,8 @@ pub async fn rebuild(
     let mut ranges = HashMap::new();
     let mut watermarks = HashMap::new();
     let (from, to) = (from.timestamp_micros(), to.timestamp_micros());
-    for (device, ts) in times {
-        if let Some(&max) = ts.iter().max() {
+    for (device, t) in times {
+        if let Some(max) = t.max_trusted {
             watermarks.insert(device.clone(), max - lateness);
             ranges.insert(
                 device,
@@ -419,6 +466,7 @@ async fn load_with_context(
             match index.get(&(o.device_id.clone(), o.channel.clone())) {
                 Some(&i) => {
                     series[i].points.extend(o.points);
+                    series[i].problem = series[i].problem.take().or(o.problem);
                     series::dedup_and_sort(&mut series[i].points);
                 }
                 None => {
@@ -452,27 +500,62 @@ async fn recompute(
     let series = load_with_context(root, ctx, files, ranges).await?;
     let specs = config.window_specs();
     let computed_at = Utc::now().timestamp_micros();
-    let computed: Vec<(usize, UsageRow)> = parallel::flat_map(&series, |(s, from)| {
+    let outcomes: Vec<Outcome> = parallel::flat_map(&series, |(s, from)| {
         let Some(range) = ranges.get(&s.device_id) else {
             return Vec::new();
         };
         let wm = watermarks.get(&s.device_id).copied().unwrap_or(i64::MIN);
         let to = range.to.min(wm);
-        let params = params_for(config, s);
-        let prepared = Prepared::new(&s.points, &params);
-        let mut out = Vec::new();
-        for (wi, spec) in specs.iter().enumerate() {
-            for w in prepared.windows(spec.size_us, *from, to) {
-                out.push((wi, to_row(s, spec, w, computed_at)));
+        // One series' failure (a panic, e.g. an arithmetic overflow on absurd values, or
+        // too many windows) holds back its device only.
+        let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            series_rows(config, &specs, s, *from, to, computed_at)
+        }));
+        let failed = |why: String| {
+            vec![Outcome::Held(
+                s.device_id.clone(),
+                format!(
+                    "series {}: {why}",
+                    gridmeter_core::text::excerpt(&s.channel)
+                ),
+            )]
+        };
+        match rows {
+            Ok(Ok(rows)) => rows
+                .into_iter()
+                .map(|(wi, r)| Outcome::Row(wi, r))
+                .collect(),
+            Ok(Err(why)) => failed(why),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|m| m.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                failed(format!(
+                    "computing its windows failed: {}",
+                    gridmeter_core::text::clip(&msg, 200)
+                ))
             }
         }
-        out
     });
+    let mut computed = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        match o {
+            Outcome::Row(wi, row) => computed.push((wi, row)),
+            Outcome::Held(device, reason) => {
+                tracing::error!(device = %device, "device held back: {reason}");
+                summary.held.entry(device).or_insert(reason);
+            }
+        }
+    }
     let min_from = series.iter().map(|(_, f)| *f).min();
     let devices: HashSet<String> = ranges.keys().cloned().collect();
     let mut by_window: Vec<Vec<UsageRow>> = specs.iter().map(|_| Vec::new()).collect();
     for (wi, row) in computed {
-        by_window[wi].push(row);
+        if !summary.held.contains_key(&row.device_id) {
+            by_window[wi].push(row);
+        }
     }
     for (spec, rows) in specs.iter().zip(by_window) {
         let table = root.table(&spec.name);
@@ -521,6 +604,54 @@ async fn recompute(
         summary.commits.insert(spec.name.clone(), version);
     }
     Ok(())
+}
+
+/// What computing one series gave: a row for a window table, or its device held back.
+/// Nearly every value is a row, so rows are not boxed (that would allocate per row).
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    Row(usize, UsageRow),
+    Held(String, String),
+}
+
+/// The rows of one series for every window size, or why it cannot be aggregated.
+fn series_rows(
+    config: &AggregatorConfig,
+    specs: &[WindowSpec],
+    s: &SeriesData,
+    from: i64,
+    to: i64,
+    computed_at: i64,
+) -> Result<Vec<(usize, UsageRow)>, String> {
+    if let Some(problem) = &s.problem {
+        return Err(problem.clone());
+    }
+    let params = params_for(config, s);
+    let prepared = Prepared::new(&s.points, &params);
+    for spec in specs {
+        let n = prepared.window_count(spec.size_us, from, to);
+        if n > u128::from(config.max_windows_per_series) {
+            let at = |p: Option<&series::Point>| {
+                p.and_then(|p| DateTime::<Utc>::from_timestamp_micros(p.ts))
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()
+            };
+            return Err(format!(
+                "would create {n} windows of {} (max_windows_per_series = {}); its readings span {} to {}",
+                spec.name,
+                config.max_windows_per_series,
+                at(s.points.first()),
+                at(s.points.last())
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (wi, spec) in specs.iter().enumerate() {
+        for w in prepared.windows(spec.size_us, from, to) {
+            out.push((wi, to_row(s, spec, w, computed_at)));
+        }
+    }
+    Ok(out)
 }
 
 fn to_row(

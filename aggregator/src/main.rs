@@ -165,6 +165,9 @@ async fn run() -> Result<()> {
                         s.rows_written,
                         s.revisions
                     );
+                    for (device, reason) in &s.held {
+                        println!("held {device}: {reason}");
+                    }
                     return Ok(());
                 }
                 // In watch mode a failed pass is logged (by run_once) and retried.

@@ -1,7 +1,9 @@
 //! The aggregator's Prometheus metrics (names from the metrics catalogue; the only label is
 //! the window table name, a handful of values).
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -14,6 +16,8 @@ pub struct Metrics {
     pub commits: IntCounterVec,
     pub commit_errors: IntCounter,
     pub last_success: Gauge,
+    /// Devices held back because one of their series could not be aggregated.
+    pub devices_held: IntGauge,
 }
 
 impl Metrics {
@@ -64,6 +68,11 @@ impl Metrics {
                 "Unix time of the last successful run",
             )
             .unwrap_or_else(|_| unreachable!()),
+            devices_held: IntGauge::new(
+                "gridmeter_aggregator_devices_held",
+                "Devices whose aggregation is held back (a series failed or would create too many windows); see usage/_state/aggregator.json",
+            )
+            .unwrap_or_else(|_| unreachable!()),
         }
     }
 
@@ -78,6 +87,7 @@ impl Metrics {
         registry.register(Box::new(m.commits.clone()))?;
         registry.register(Box::new(m.commit_errors.clone()))?;
         registry.register(Box::new(m.last_success.clone()))?;
+        registry.register(Box::new(m.devices_held.clone()))?;
         Ok(m)
     }
 }

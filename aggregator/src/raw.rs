@@ -24,7 +24,7 @@ use futures::StreamExt;
 use gridmeter_core::Kind;
 use object_store::ObjectStore;
 
-use crate::series::{quality_bits, Point};
+use crate::series::{quality_bits, Point, CLOCK_SUSPECT};
 use crate::Error;
 
 /// One data file of the raw landing.
@@ -74,6 +74,9 @@ pub struct SeriesData {
     pub kind: Kind,
     pub unit: String,
     pub points: Vec<Point>,
+    /// Why the series cannot be aggregated (e.g. a `kind` the model does not know): its
+    /// device is held back instead of failing the whole run.
+    pub problem: Option<String>,
 }
 
 /// A DataFusion session for scanning raw files: one partition per core, strings as plain
@@ -222,13 +225,17 @@ fn group(batches: Vec<RecordBatch>) -> Result<Grouped, Error> {
             let series = match by_channel.get_mut(c) {
                 Some(s) => s,
                 None => {
-                    let k: Kind = kind.value(i).parse().map_err(Error::Schema)?;
+                    let (k, problem) = match kind.value(i).parse::<Kind>() {
+                        Ok(k) => (k, None),
+                        Err(e) => (Kind::Gauge, Some(format!("raw rows: {e}"))),
+                    };
                     by_channel.entry(c.to_string()).or_insert(SeriesData {
                         device_id: d.to_string(),
                         channel: c.to_string(),
                         kind: k,
                         unit: unit.value(i).to_string(),
                         points: Vec::new(),
+                        problem,
                     })
                 }
             };
@@ -270,7 +277,10 @@ pub async fn load_series(
         for (_, by_channel) in part {
             for (_, s) in by_channel {
                 match merged.get_mut(&(s.device_id.clone(), s.channel.clone())) {
-                    Some(m) => m.points.extend(s.points),
+                    Some(m) => {
+                        m.points.extend(s.points);
+                        m.problem = m.problem.take().or(s.problem);
+                    }
                     None => {
                         merged.insert((s.device_id.clone(), s.channel.clone()), s);
                     }
@@ -291,31 +301,47 @@ pub async fn load_series(
     Ok(out)
 }
 
+/// The event times of one device's readings in a set of raw files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceTimes {
+    /// Every reading's `ts` (µs), clock_suspect ones included.
+    pub ts: Vec<i64>,
+    /// The newest `ts` of a reading not flagged `clock_suspect`: only those may advance the
+    /// device's watermark (a clock running ahead must not finalise windows early).
+    pub max_trusted: Option<i64>,
+}
+
 /// Per device: the event times of the readings in `files` (under the data root at
 /// `base_url`, see [`file_url`]).
 pub async fn device_times(
     ctx: &SessionContext,
     base_url: &str,
     files: &[RawFile],
-) -> Result<HashMap<String, Vec<i64>>, Error> {
+) -> Result<HashMap<String, DeviceTimes>, Error> {
     let parts = scan(
         ctx,
         base_url,
         files,
         &RawFilter::default(),
-        &["device_id", "ts"],
+        &["device_id", "ts", "quality"],
         |batches| {
-            let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+            let mut out: HashMap<String, DeviceTimes> = HashMap::new();
             for batch in &batches {
                 let device = string_col(batch, "device_id")?;
+                let quality = string_col(batch, "quality")?;
                 let ts: TimestampMicrosecondArray = typed_col(batch, "ts")?;
                 for i in 0..batch.num_rows() {
                     let d = device.value(i);
-                    match out.get_mut(d) {
-                        Some(v) => v.push(ts.value(i)),
-                        None => {
-                            out.insert(d.to_string(), vec![ts.value(i)]);
-                        }
+                    let t = ts.value(i);
+                    let q = quality.value(i);
+                    let trusted = q.is_empty() || quality_bits(q) & CLOCK_SUSPECT == 0;
+                    let entry = match out.get_mut(d) {
+                        Some(v) => v,
+                        None => out.entry(d.to_string()).or_default(),
+                    };
+                    entry.ts.push(t);
+                    if trusted {
+                        entry.max_trusted = Some(entry.max_trusted.map_or(t, |m| m.max(t)));
                     }
                 }
             }
@@ -323,10 +349,15 @@ pub async fn device_times(
         },
     )
     .await?;
-    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut out: HashMap<String, DeviceTimes> = HashMap::new();
     for part in parts {
         for (d, v) in part {
-            out.entry(d).or_default().extend(v);
+            let e = out.entry(d).or_default();
+            e.ts.extend(v.ts);
+            e.max_trusted = match (e.max_trusted, v.max_trusted) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
     }
     Ok(out)

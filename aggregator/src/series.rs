@@ -237,6 +237,36 @@ impl<'a> Prepared<'a> {
         (v, true)
     }
 
+    /// An upper bound of the number of windows [`Prepared::windows`] returns for these
+    /// arguments, computed without making them (i128: no overflow for any timestamps).
+    pub fn window_count(&self, size_us: i64, from: i64, to: i64) -> u128 {
+        let p = self.points;
+        let (Some(first), Some(last)) = (p.first(), p.last()) else {
+            return 0;
+        };
+        let size = size_us.max(1) as i128;
+        let align = |t: i64| (t as i128).div_euclid(size) * size;
+        let up = |t: i64| {
+            let a = align(t);
+            if a < t as i128 {
+                a + size
+            } else {
+                a
+            }
+        };
+        let start = align(first.ts).max(up(from));
+        let last_start = (to as i128 - size).min(last.ts as i128);
+        if last_start < start {
+            return 0;
+        }
+        let span = ((last_start - start) / size + 1) as u128;
+        if self.params.kind == Kind::Counter {
+            span
+        } else {
+            span.min(p.len() as u128)
+        }
+    }
+
     /// The window values for windows of `size_us` that start at or after `from` and end at
     /// or before `to` (both µs).
     pub fn windows(&self, size_us: i64, from: i64, to: i64) -> Vec<WindowValues> {

@@ -2,7 +2,8 @@
 //! event time seen per device (the watermark is that minus the allowed lateness) and the
 //! raw files already processed. Losing it is harmless: the next run reprocesses every raw
 //! file, finds the tables already current and writes nothing (only the late-reading
-//! counter is then off).
+//! counter is then off). Devices whose aggregation failed are listed in `held` with the
+//! reason (see [`HeldDevice`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +21,22 @@ pub struct State {
     pub watermarks: BTreeMap<String, i64>,
     /// Raw files (paths relative to the data root) already aggregated.
     pub processed: BTreeSet<String>,
+    /// Devices held back: one of their series could not be aggregated. Their watermark did
+    /// not advance; every run retries them from `earliest_new_us` until they succeed.
+    #[serde(default)]
+    pub held: BTreeMap<String, HeldDevice>,
+}
+
+/// A device whose aggregation failed, and the span of readings still to aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldDevice {
+    /// Why (the series and what went wrong).
+    pub reason: String,
+    /// Earliest event time (µs) of the readings not aggregated yet.
+    pub earliest_new_us: i64,
+    /// Newest trusted event time (µs) among them.
+    pub max_trusted_us: Option<i64>,
 }
 
 impl State {

@@ -2,7 +2,8 @@
 //!
 //! Written after that segment's Parquet files, atomically (temporary file, fsync, rename,
 //! fsync of the directory), as `<wal_dir>/checkpoint.bin` =
-//! `"GMCK" [version 1] [crc32 LE] [postcard(Checkpoint)]`. At start-up the collector loads
+//! `"GMCK" [version 2] [crc32 LE] [postcard(Checkpoint)]` (version 1, written before the
+//! per-device floor and content history existed, is still read). At start-up the collector loads
 //! it and replays the WAL segments after `last_segment` on top of it; because each segment
 //! is replayed from exactly the state it was first processed with, replay makes the same
 //! decisions (and the same files) as the first run.
@@ -12,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dedup::DedupState;
+use crate::dedup::{DedupState, DeviceState};
 use crate::wal::sync_dir;
 
-const MAGIC: &[u8; 5] = b"GMCK\x01";
+const MAGIC: &[u8; 5] = b"GMCK\x02";
+const MAGIC_V1: &[u8; 5] = b"GMCK\x01";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -52,9 +54,14 @@ pub fn load(wal_dir: &Path) -> Result<Checkpoint, CheckpointError> {
         path: p.clone(),
         why: why.to_string(),
     };
-    if data.len() < MAGIC.len() + 4 || &data[..MAGIC.len()] != MAGIC {
+    if data.len() < MAGIC.len() + 4 {
         return Err(corrupt("bad header"));
     }
+    let v1 = match &data[..MAGIC.len()] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_V1 => true,
+        _ => return Err(corrupt("bad header")),
+    };
     let crc_bytes: [u8; 4] = data[MAGIC.len()..MAGIC.len() + 4]
         .try_into()
         .map_err(|_| corrupt("short"))?;
@@ -62,7 +69,77 @@ pub fn load(wal_dir: &Path) -> Result<Checkpoint, CheckpointError> {
     if crc32fast::hash(body) != u32::from_le_bytes(crc_bytes) {
         return Err(corrupt("CRC mismatch"));
     }
+    if v1 {
+        return postcard::from_bytes::<v1::Checkpoint>(body)
+            .map(Checkpoint::from)
+            .map_err(|e| corrupt(&e.to_string()));
+    }
     postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// The version 1 layout, read once after an upgrade.
+mod v1 {
+    use std::collections::HashMap;
+
+    use serde::Deserialize;
+
+    use crate::dedup::IntervalSet;
+
+    #[derive(Deserialize)]
+    pub struct Checkpoint {
+        pub last_segment: Option<u64>,
+        pub state: DedupState,
+    }
+
+    #[derive(Deserialize)]
+    pub struct DedupState {
+        pub devices: HashMap<String, DeviceState>,
+        pub clock_us: i64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct DeviceState {
+        pub seen: IntervalSet,
+        pub lost: IntervalSet,
+        pub declared_through: Option<u64>,
+        pub pending_mark: u64,
+        pub pending_since_us: i64,
+        pub last_seen_us: i64,
+    }
+}
+
+impl From<v1::Checkpoint> for Checkpoint {
+    fn from(c: v1::Checkpoint) -> Checkpoint {
+        let devices = c
+            .state
+            .devices
+            .into_iter()
+            .map(|(id, d)| {
+                let state = DeviceState {
+                    seen: d.seen,
+                    lost: d.lost,
+                    declared_through: d.declared_through,
+                    pending_mark: d.pending_mark,
+                    pending_since_us: d.pending_since_us,
+                    last_seen_us: d.last_seen_us,
+                    // Not recorded by version 1. A day past the last message bounds the ts of
+                    // every reading it landed but one from a clock more than a day ahead
+                    // (whose redelivery then reads as a regression: a false alarm, since it
+                    // is already landed, never a loss).
+                    max_ts_us: d.last_seen_us.saturating_add(86_400_000_000),
+                    ..DeviceState::default()
+                };
+                (id, state)
+            })
+            .collect();
+        Checkpoint {
+            last_segment: c.last_segment,
+            state: DedupState {
+                devices,
+                clock_us: c.state.clock_us,
+            },
+        }
+    }
 }
 
 /// Writes the checkpoint atomically and durably.
@@ -114,5 +191,46 @@ mod tests {
             load(dir.path()),
             Err(CheckpointError::Corrupt { .. })
         ));
+    }
+
+    /// A version 1 checkpoint (before floors and content history) still loads.
+    #[test]
+    fn version_1_is_read() {
+        #[derive(serde::Serialize)]
+        struct V1Device {
+            seen: Vec<(u64, u64)>,
+            lost: Vec<(u64, u64)>,
+            declared_through: Option<u64>,
+            pending_mark: u64,
+            pending_since_us: i64,
+            last_seen_us: i64,
+        }
+        let devices = std::collections::HashMap::from([(
+            "d1".to_string(),
+            V1Device {
+                seen: vec![(1, 100), (102, 110)],
+                lost: vec![(101, 101)],
+                declared_through: Some(100),
+                pending_mark: 110,
+                pending_since_us: 5,
+                last_seen_us: 6,
+            },
+        )]);
+        let body = postcard::to_allocvec(&(Some(7u64), (devices, 42i64))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = MAGIC_V1.to_vec();
+        file.extend(crc32fast::hash(&body).to_le_bytes());
+        file.extend(&body);
+        std::fs::write(path(dir.path()), file).unwrap();
+        let cp = load(dir.path()).unwrap();
+        assert_eq!(cp.last_segment, Some(7));
+        assert_eq!(cp.state.clock_us, 42);
+        let d = &cp.state.devices["d1"];
+        assert_eq!(d.seen.ranges(), vec![(1, 100), (102, 110)]);
+        assert_eq!(d.lost.ranges(), vec![(101, 101)]);
+        assert_eq!((d.pending_mark, d.last_seen_us, d.floor), (110, 6, None));
+        assert_eq!(d.max_ts_us, 6 + 86_400_000_000);
+        // A redelivery of a seq landed before the upgrade is a duplicate, not a regression.
+        assert_eq!(d.verdict(50, 0, 5), crate::dedup::Verdict::Duplicate);
     }
 }

@@ -64,10 +64,25 @@ pub struct CollectorConfig {
     /// (measured on the WAL's received_at clock, so replay declares the same holes).
     #[serde(default = "default_missing_after_secs")]
     pub missing_after_secs: u64,
-    /// A reading whose `ts` is more than this after the collector's `received_at` is kept
-    /// but flagged `clock_suspect` (the device clock runs ahead). See the README.
+    /// A reading whose `ts` is more than this after the collector's `received_at` goes to
+    /// the dead letters as `ts_out_of_range` (the device clock runs ahead). See the README.
     #[serde(default = "default_clock_skew_tolerance_secs")]
     pub clock_skew_tolerance_secs: u64,
+    /// A reading whose `ts` is more than this before `received_at` goes to the dead letters
+    /// as `ts_out_of_range` (e.g. `"400d"`; humantime syntax).
+    #[serde(default = "default_max_backfill")]
+    pub max_backfill: String,
+    /// Most intervals of landed and lost seqs remembered per device; past it the oldest
+    /// holes are declared `missing` (see `gridmeter_collector::dedup`).
+    #[serde(default = "default_max_open_holes")]
+    pub max_open_holes: usize,
+    /// Dead-letter payloads are cut to this many bytes (the detail records the cut).
+    #[serde(default = "default_deadletter_max_payload_bytes")]
+    pub deadletter_max_payload_bytes: usize,
+    /// Bytes of received messages held in memory before they are processed (and their
+    /// payloads released); the MQTT client stops reading while it is reached.
+    #[serde(default = "default_ingest_buffer_bytes")]
+    pub ingest_buffer_bytes: usize,
     /// Detect holes at all. Default: on without a share group, off with one (each member
     /// of a shared subscription sees only part of every device's seqs).
     #[serde(default)]
@@ -172,6 +187,9 @@ pub struct LimitsConfig {
     pub max_readings: usize,
     #[serde(default = "d_max_decompressed")]
     pub max_decompressed_bytes: usize,
+    /// Most gap records of one message recorded; the rest go to the dead letters.
+    #[serde(default = "d_max_gap_records")]
+    pub max_gap_records: usize,
 }
 
 impl Default for LimitsConfig {
@@ -181,6 +199,7 @@ impl Default for LimitsConfig {
             max_payload_bytes: l.max_payload_bytes,
             max_readings: l.max_readings,
             max_decompressed_bytes: l.max_decompressed_bytes,
+            max_gap_records: d_max_gap_records(),
         }
     }
 }
@@ -203,6 +222,21 @@ fn d_max_readings() -> usize {
 }
 fn d_max_decompressed() -> usize {
     Limits::default().max_decompressed_bytes
+}
+fn d_max_gap_records() -> usize {
+    gridmeter_core::wire::MAX_GAP_RECORDS
+}
+fn default_max_backfill() -> String {
+    "400d".into()
+}
+fn default_max_open_holes() -> usize {
+    64
+}
+fn default_deadletter_max_payload_bytes() -> usize {
+    64 * 1024
+}
+fn default_ingest_buffer_bytes() -> usize {
+    64 * 1024 * 1024
 }
 fn default_flush_max_readings() -> usize {
     200_000
@@ -247,6 +281,10 @@ impl CollectorConfig {
             group_commit_max_messages: default_group_commit_max_messages(),
             missing_after_secs: default_missing_after_secs(),
             clock_skew_tolerance_secs: default_clock_skew_tolerance_secs(),
+            max_backfill: default_max_backfill(),
+            max_open_holes: default_max_open_holes(),
+            deadletter_max_payload_bytes: default_deadletter_max_payload_bytes(),
+            ingest_buffer_bytes: default_ingest_buffer_bytes(),
             detect_missing: None,
             metrics_listen: None,
             limits: LimitsConfig::default(),
@@ -267,6 +305,28 @@ impl CollectorConfig {
         match &self.mqtt.share_group {
             Some(g) => format!("$share/{g}/{}", gridmeter_core::wire::TOPIC_FILTER),
             None => gridmeter_core::wire::TOPIC_FILTER.to_string(),
+        }
+    }
+
+    /// `max_backfill` in µs (the default where it does not parse; validation reports it).
+    pub fn max_backfill_us(&self) -> i64 {
+        humantime::parse_duration(&self.max_backfill)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_micros()).ok())
+            .unwrap_or(400 * 86_400_000_000)
+    }
+
+    /// The rules the processing applies.
+    pub fn policy(&self) -> crate::process::Policy {
+        crate::process::Policy {
+            limits: self.limits.into(),
+            clock_skew_tolerance_us: (self.clock_skew_tolerance_secs as i64)
+                .saturating_mul(1_000_000),
+            max_backfill_us: self.max_backfill_us(),
+            max_open_holes: self.max_open_holes,
+            max_gap_records: self.limits.max_gap_records,
+            deadletter_max_payload_bytes: self.deadletter_max_payload_bytes,
+            detect_missing: self.detect_missing(),
         }
     }
 
@@ -339,6 +399,29 @@ impl Validate for CollectorConfig {
         }
         if self.limits.max_payload_bytes == 0 || self.limits.max_readings == 0 {
             p.push("limits", "limits must be positive");
+        }
+        match humantime::parse_duration(&self.max_backfill) {
+            Err(e) => p.push(
+                "max_backfill",
+                format!(
+                    "{:?} is not a duration like \"400d\": {e}",
+                    self.max_backfill
+                ),
+            ),
+            Ok(d) if d.as_secs() == 0 => p.push("max_backfill", "must be positive"),
+            Ok(_) => {}
+        }
+        if self.max_open_holes < 2 {
+            p.push("max_open_holes", "must be at least 2");
+        }
+        if self.deadletter_max_payload_bytes == 0 {
+            p.push("deadletter_max_payload_bytes", "must be positive");
+        }
+        if self.ingest_buffer_bytes < self.limits.max_payload_bytes {
+            p.push(
+                "ingest_buffer_bytes",
+                "must be at least limits.max_payload_bytes (one message must fit)",
+            );
         }
     }
 }

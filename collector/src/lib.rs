@@ -20,7 +20,8 @@
 //!
 //! With several collectors on one shared subscription, per-collector dedup cannot see a
 //! duplicate that went to the other collector; [`compact`] rewrites a date partition
-//! deduplicated, and readers dedup on read (see the crate README).
+//! deduplicated, and readers dedup on read (see the crate README). [`retention`] prunes old
+//! dead letters.
 
 pub mod broker;
 pub mod checkpoint;
@@ -32,6 +33,7 @@ pub mod landing;
 pub mod metrics;
 pub mod mqtt;
 pub mod process;
+pub mod retention;
 mod run;
 pub mod wal;
 

@@ -1,6 +1,8 @@
 //! `gridmeter-collector --config collector.toml` runs the collector;
 //! `gridmeter-collector --config collector.toml compact --date 2026-11-22` deduplicates a
-//! raw date partition (see `gridmeter_collector::compact`).
+//! raw date partition (see `gridmeter_collector::compact`);
+//! `gridmeter-collector --config collector.toml deadletter prune --older-than 90d` deletes old
+//! dead letters (see `gridmeter_collector::retention`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +35,24 @@ enum Cmd {
         /// YYYY-MM-DD
         #[arg(long)]
         date: chrono::NaiveDate,
+    },
+    /// The dead-letter store.
+    Deadletter {
+        #[command(subcommand)]
+        cmd: DeadletterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadletterCmd {
+    /// Delete the dead-letter partitions received more than this long ago.
+    Prune {
+        /// A duration: 90d, 12w, 2160h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -90,6 +110,29 @@ fn run() -> anyhow::Result<()> {
                     tracing::info!("shutting down");
                 };
                 gridmeter_collector::run(config, prometheus::Registry::new(), shutdown).await?;
+            }
+            Cmd::Deadletter {
+                cmd: DeadletterCmd::Prune { older_than, dry_run },
+            } => {
+                let (store, root) = open_store(&config)?;
+                let landing = Landing::new(store, root, config.collector_id.clone());
+                let stats = gridmeter_collector::retention::prune_deadletters(
+                    &landing,
+                    older_than,
+                    chrono::Utc::now(),
+                    dry_run,
+                )
+                .await?;
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                for d in &stats.pruned {
+                    println!("{verb} deadletter/date={d}/");
+                }
+                println!(
+                    "{verb} {} partitions ({} files); kept {}",
+                    stats.pruned.len(),
+                    stats.files,
+                    stats.kept
+                );
             }
             Cmd::Compact { date } => {
                 let (store, root) = open_store(&config)?;

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub readings_duplicate: IntCounter,
     pub gap_seqs: IntCounterVec,
     pub clock_suspect_readings: IntCounter,
+    /// Readings whose `(device_id, seq)` was landed before with other content
+    /// (`seq_conflict`) or whose seqs went backwards (`seq_regression`).
+    pub seq_conflicts: IntCounterVec,
     pub landing_latency_seconds: Histogram,
     pub transmission_delay_seconds: Histogram,
     pub devices_seen: IntGauge,
@@ -81,7 +84,12 @@ impl Metrics {
             )?,
             clock_suspect_readings: counter(
                 "gridmeter_collector_clock_suspect_readings_total",
-                "Accepted readings whose ts is more than clock_skew_tolerance_secs after received_at (flagged clock_suspect)",
+                "Accepted readings flagged clock_suspect (by the agent: its clock went backwards)",
+            )?,
+            seq_conflicts: counter_vec(
+                "gridmeter_collector_seq_conflicts_total",
+                "Readings whose (device_id, seq) was landed before with other content (seq_conflict) or whose seqs went backwards (seq_regression); sent to dead letters",
+                "reason",
             )?,
             landing_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -147,6 +155,11 @@ impl Metrics {
         registry.register(Box::new(m.readings_duplicate.clone()))?;
         registry.register(Box::new(m.gap_seqs.clone()))?;
         registry.register(Box::new(m.clock_suspect_readings.clone()))?;
+        registry.register(Box::new(m.seq_conflicts.clone()))?;
+        // Visible at 0 so alerts can use increase() from the start.
+        for reason in ["seq_conflict", "seq_regression"] {
+            m.seq_conflicts.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.landing_latency_seconds.clone()))?;
         registry.register(Box::new(m.transmission_delay_seconds.clone()))?;
         registry.register(Box::new(m.devices_seen.clone()))?;

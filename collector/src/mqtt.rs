@@ -17,7 +17,7 @@ use gridmeter_core::tls::ClientTls;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
@@ -26,6 +26,8 @@ pub struct Incoming {
     pub publish: Publish,
     pub received_at_us: i64,
     pub at: Instant,
+    /// Its payload's share of the ingest buffer, released when the message is dropped.
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// MQTT options for the collector: mTLS, persistent session, manual acks.
@@ -67,17 +69,21 @@ pub fn network_options() -> rumqttc::NetworkOptions {
 
 /// Polls the event loop until `stop` turns true: forwards publishes to `tx`, (re)subscribes
 /// on every connection that has no session yet, and reconnects after errors, with the TLS
-/// configuration reloaded from `tls`'s files.
+/// configuration reloaded from `tls`'s files. Each message
+/// takes its payload's size in permits of `budget` (at most all of them) before it is
+/// forwarded: while the ingest thread holds the whole budget, no more is read.
 pub async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
     tx: mpsc::Sender<Incoming>,
+    budget: Arc<Semaphore>,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
     mut tls: ClientTls,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let budget_total = budget.available_permits().max(1);
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -85,10 +91,21 @@ pub async fn drive(
         };
         match ev {
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let want = p
+                    .payload
+                    .len()
+                    .clamp(1, budget_total)
+                    .min(u32::MAX as usize) as u32;
+                let permit = tokio::select! {
+                    permit = budget.clone().acquire_many_owned(want) => permit,
+                    _ = stop.changed() => break,
+                };
+                let Ok(permit) = permit else { break };
                 let m = Incoming {
                     publish: p,
                     received_at_us: chrono::Utc::now().timestamp_micros(),
                     at: Instant::now(),
+                    permit,
                 };
                 if tx.send(m).await.is_err() {
                     break;

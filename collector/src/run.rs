@@ -7,7 +7,6 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use gridmeter_core::config::{Problems, Validate};
-use gridmeter_core::wire::Limits;
 use prometheus::Registry;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,7 +19,7 @@ use crate::dedup::DedupState;
 use crate::landing::{open_store, Landing, LandingError};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Incoming};
-use crate::process::{self, SegmentOutput};
+use crate::process::{self, Policy, SegmentOutput};
 use crate::wal::{self, WalRecord, WalWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +94,15 @@ pub async fn run(
     std::fs::create_dir_all(&config.wal_dir).map_err(wal_err(&config.wal_dir))?;
     let (store, local_root) = open_store(&config)?;
     let landing = Landing::new(store, local_root, config.collector_id.clone());
-    let limits: Limits = config.limits.into();
+    let policy = config.policy();
     let missing_after_us = (config.missing_after_secs as i64).saturating_mul(1_000_000);
-    let skew_us = (config.clock_skew_tolerance_secs as i64).saturating_mul(1_000_000);
     let detect_missing = config.detect_missing();
 
     // 1. Recovery: land every WAL segment the checkpoint does not cover.
     let (state, next_segment, recovered) = recover(
         &config.wal_dir,
         &landing,
-        &limits,
-        skew_us,
+        &policy,
         detect_missing,
         missing_after_us,
     )
@@ -136,6 +133,8 @@ pub async fn run(
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100_000);
     eventloop.set_network_options(mqtt::network_options());
     let (in_tx, in_rx) = mpsc::channel::<Incoming>(10_000);
+    // Received payloads held until processed: bounded in bytes too (see the README).
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(config.ingest_buffer_bytes));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mqtt_task = tokio::spawn(mqtt::drive(
@@ -143,6 +142,7 @@ pub async fn run(
         client.clone(),
         config.topic_filter(),
         in_tx,
+        budget,
         metrics.clone(),
         stop_rx,
         tls,
@@ -187,8 +187,7 @@ pub async fn run(
     {
         let ingest = Ingest {
             wal_dir: config.wal_dir.clone(),
-            limits,
-            skew_us,
+            policy,
             group_max: config.group_commit_max_messages,
             flush_max_readings: config.flush_max_readings,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
@@ -297,8 +296,7 @@ async fn land_segment(
 async fn recover(
     wal_dir: &Path,
     landing: &Landing,
-    limits: &Limits,
-    skew_us: i64,
+    policy: &Policy,
     detect_missing: bool,
     missing_after_us: i64,
 ) -> Result<(DedupState, u64, Durable), CollectorError> {
@@ -317,7 +315,7 @@ async fn recover(
         let contents = wal::recover_segment(&path).map_err(wal_err(&path))?;
         let mut out = SegmentOutput::default();
         for rec in &contents.records {
-            process::process(&mut state, rec, limits, skew_us, &mut out, None);
+            process::process_isolated(&mut state, rec, policy, &mut out, None);
         }
         if detect_missing {
             process::declare_missing(&mut state, missing_after_us, &mut out, None);
@@ -347,9 +345,7 @@ async fn recover(
 
 struct Ingest {
     wal_dir: PathBuf,
-    limits: Limits,
-    /// `clock_skew_tolerance_secs` in µs.
-    skew_us: i64,
+    policy: Policy,
     group_max: usize,
     flush_max_readings: usize,
     flush_interval: Duration,
@@ -419,15 +415,21 @@ impl Ingest {
                 self.metrics.wal_bytes.add(n as i64);
                 // Durable: ack now, so the broker can send more while this group is being
                 // processed (processing is a pure function of the WAL and can be replayed).
-                let publishes: Vec<rumqttc::Publish> =
-                    group.iter().map(|m| m.publish.clone()).collect();
+                // An ack needs the packet id only: the payloads are not kept alive for it.
+                let publishes: Vec<rumqttc::Publish> = group
+                    .iter()
+                    .map(|m| {
+                        let mut p = m.publish.clone();
+                        p.payload = bytes::Bytes::new();
+                        p
+                    })
+                    .collect();
                 let _ = ack_tx.send(publishes);
                 for rec in &records {
-                    process::process(
+                    process::process_isolated(
                         &mut state,
                         rec,
-                        &self.limits,
-                        self.skew_us,
+                        &self.policy,
                         &mut out,
                         Some(&self.metrics),
                     );
@@ -447,7 +449,8 @@ impl Ingest {
                 group.clear();
             }
             let due = !wal.is_empty()
-                && (out.raw.len() >= self.flush_max_readings
+                && (out.rows() >= self.flush_max_readings
+                    || out.dead_bytes() >= process::MAX_SEGMENT_DEAD_BYTES
                     || seg_started.elapsed() >= self.flush_interval);
             if due || (closed && !wal.is_empty()) {
                 if self.detect_missing {
@@ -495,6 +498,8 @@ mod tests {
     use super::*;
     use gridmeter_core::wire::compact;
     use gridmeter_core::{Batch, Channel, DeviceId, Kind, Quality, Reading};
+
+    const T0_US: i64 = 1_795_000_000_000_000;
 
     fn payload(dev: &str, seqs: std::ops::RangeInclusive<u64>) -> bytes::Bytes {
         let t0 = chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap();
@@ -545,9 +550,9 @@ mod tests {
         cfg.mqtt.host = Some("unused".into());
         let (store, root) = open_store(&cfg).unwrap();
         let landing = Landing::new(store, root, "t");
-        let limits = Limits::default();
+        let policy = Policy::default();
         let rec = |dev: &str, seqs, at| WalRecord {
-            received_at_us: at,
+            received_at_us: T0_US + at,
             topic: format!("gridmeter/v1/{dev}/readings"),
             payload: payload(dev, seqs),
         };
@@ -565,9 +570,7 @@ mod tests {
         drop(w);
         let seg2 = std::fs::read(wal::segment_path(&wal_dir, 2)).unwrap();
         // Simulate: segment 1 landed + checkpointed, then segment 2's files written, crash.
-        let (state, next, _) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
-            .await
-            .unwrap();
+        let (state, next, _) = recover(&wal_dir, &landing, &policy, true, 1).await.unwrap();
         assert_eq!(next, 3);
         let after_first = files(&data);
         let cp_full = checkpoint::load(&wal_dir).unwrap();
@@ -575,22 +578,8 @@ mod tests {
         // Roll the checkpoint back to "segment 1 only" and put segment 2 back.
         let mut st1 = DedupState::default();
         let mut out = SegmentOutput::default();
-        process::process(
-            &mut st1,
-            &rec("a", 1..=10, 1),
-            &limits,
-            300_000_000,
-            &mut out,
-            None,
-        );
-        process::process(
-            &mut st1,
-            &rec("b", 1..=5, 2),
-            &limits,
-            300_000_000,
-            &mut out,
-            None,
-        );
+        process::process(&mut st1, &rec("a", 1..=10, 1), &policy, &mut out, None);
+        process::process(&mut st1, &rec("b", 1..=5, 2), &policy, &mut out, None);
         process::declare_missing(&mut st1, 1, &mut out, None);
         checkpoint::store(
             &wal_dir,
@@ -601,7 +590,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(wal::segment_path(&wal_dir, 2), &seg2).unwrap();
-        let (state2, next2, durable) = recover(&wal_dir, &landing, &limits, 300_000_000, true, 1)
+        let (state2, next2, durable) = recover(&wal_dir, &landing, &policy, true, 1)
             .await
             .unwrap();
         assert_eq!((state2, next2), (state, 3));
@@ -631,6 +620,170 @@ mod tests {
         assert_eq!(
             raw_rows, 26,
             "10 + 5 + 10 new + 1 new, the redelivery deduplicated"
+        );
+    }
+
+    /// `(reason, topic)` of every dead letter and `(device, seq)` of every raw row.
+    type Landed = (Vec<(String, String)>, Vec<(String, u64)>);
+
+    /// What landed under `root`, read back from Parquet.
+    fn landed(root: &Path) -> Landed {
+        use arrow::array::{Array, StringArray, UInt64Array};
+        let (mut dead, mut raw) = (Vec::new(), Vec::new());
+        for (p, bytes) in files(root) {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes::Bytes::from(bytes),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let col = |n: &str| b.column_by_name(n).unwrap().clone();
+                if p.to_string_lossy().contains("/deadletter/") {
+                    let reason = col("reason");
+                    let topic = col("topic");
+                    let reason = reason.as_any().downcast_ref::<StringArray>().unwrap();
+                    let topic = topic.as_any().downcast_ref::<StringArray>().unwrap();
+                    for i in 0..b.num_rows() {
+                        dead.push((reason.value(i).to_string(), topic.value(i).to_string()));
+                    }
+                } else if p.to_string_lossy().contains("/raw/") {
+                    let dev = col("device_id");
+                    let seq = col("seq");
+                    let dev = dev.as_any().downcast_ref::<StringArray>().unwrap();
+                    let seq = seq.as_any().downcast_ref::<UInt64Array>().unwrap();
+                    for i in 0..b.num_rows() {
+                        raw.push((dev.value(i).to_string(), seq.value(i)));
+                    }
+                }
+            }
+        }
+        raw.sort();
+        (dead, raw)
+    }
+
+    /// A message whose processing panics, in the WAL: replay dead-letters it as
+    /// `processing_failed` and lands its neighbours, instead of crash-looping.
+    #[tokio::test]
+    async fn hostile_poison_in_the_wal_is_isolated_during_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal_dir, data) = (dir.path().join("wal"), dir.path().join("data"));
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let mut cfg = CollectorConfig::new("t", data.clone(), wal_dir.clone());
+        cfg.mqtt.host = Some("unused".into());
+        let (store, root) = open_store(&cfg).unwrap();
+        let landing = Landing::new(store, root, "t");
+        let rec = |dev: &str, seqs, at| WalRecord {
+            received_at_us: T0_US + at,
+            topic: format!("gridmeter/v1/{dev}/readings"),
+            payload: payload(dev, seqs),
+        };
+        let mut w = WalWriter::open(&wal_dir, 1).unwrap();
+        w.append_group(&[
+            rec("good", 1..=5, 1),
+            rec("test-poison", 10..=20, 2),
+            rec("good", 6..=10, 3),
+        ])
+        .unwrap();
+        drop(w);
+        let (state, next, _) = recover(&wal_dir, &landing, &Policy::default(), true, 1)
+            .await
+            .unwrap();
+        assert_eq!(next, 2);
+        assert!(!state.devices["good"].seen.is_empty());
+        let (dead, raw) = landed(&data);
+        assert_eq!(
+            dead,
+            vec![(
+                "processing_failed".to_string(),
+                "gridmeter/v1/test-poison/readings".to_string()
+            )]
+        );
+        let expect: Vec<(String, u64)> = (1..=10).map(|s| ("good".to_string(), s)).collect();
+        assert_eq!(raw, expect);
+        assert!(wal::list_segments(&wal_dir).unwrap().is_empty());
+    }
+
+    /// The same poison during live ingest: the loop carries on with the next messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_poison_is_isolated_during_live_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let ingest = Ingest {
+            wal_dir: wal_dir.clone(),
+            policy: Policy::default(),
+            group_max: 1,
+            flush_max_readings: 1_000_000,
+            flush_interval: Duration::from_secs(3600),
+            detect_missing: true,
+            missing_after_us: 1_000_000,
+            metrics: metrics.clone(),
+            confirm_wal: None,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let (seal_tx, seal_rx) = std_mpsc::sync_channel(4);
+        let handle = Handle::current();
+        let thread = std::thread::spawn(move || {
+            ingest.run(&handle, DedupState::default(), 1, rx, ack_tx, seal_tx)
+        });
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        for (dev, seqs) in [("good", 1..=5), ("test-poison", 10..=20), ("good", 6..=10)] {
+            let p = payload(dev, seqs);
+            let permit = budget
+                .clone()
+                .acquire_many_owned(p.len() as u32)
+                .await
+                .unwrap();
+            let publish = rumqttc::Publish::new(
+                format!("gridmeter/v1/{dev}/readings"),
+                rumqttc::QoS::AtLeastOnce,
+                p.to_vec(),
+            );
+            tx.send(Incoming {
+                publish,
+                received_at_us: T0_US + 30_000_000,
+                at: Instant::now(),
+                permit,
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        let result = tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        let mut acked = 0;
+        while let Ok(g) = ack_rx.try_recv() {
+            acked += g.len();
+        }
+        assert_eq!(acked, 3, "every message was made durable and acked");
+        let sealed: Vec<Sealed> = seal_rx.try_iter().collect();
+        let dead: Vec<&str> = sealed
+            .iter()
+            .flat_map(|s| s.out.dead.iter().map(|d| d.reason.as_str()))
+            .collect();
+        assert_eq!(dead, vec!["processing_failed"]);
+        let raw: Vec<u64> = sealed
+            .iter()
+            .flat_map(|s| s.out.raw.iter().map(|r| r.reading.seq))
+            .collect();
+        assert_eq!(raw, (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            budget.available_permits(),
+            1 << 20,
+            "payloads were released"
+        );
+        assert_eq!(
+            metrics
+                .messages_rejected
+                .with_label_values(&["processing_failed"])
+                .get(),
+            1
         );
     }
 }

@@ -11,11 +11,12 @@ use crate::model::VALUE_SCALE;
 /// Why a text is not an acceptable decimal value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecimalError {
-    #[error("{0:?} is not a decimal number")]
+    /// The text (a bounded excerpt, see [`crate::text::excerpt`]) is not a number.
+    #[error("{0} is not a decimal number")]
     Syntax(String),
-    #[error("{0:?} is out of range (at most 28 significant digits)")]
+    #[error("{0} is out of range (at most 28 significant digits)")]
     Range(String),
-    #[error("{0:?} has more than {VALUE_SCALE} decimal places")]
+    #[error("{0} has more than {VALUE_SCALE} decimal places")]
     Scale(String),
 }
 
@@ -23,7 +24,7 @@ pub enum DecimalError {
 /// `Decimal128(38, 9)` without rounding. Trailing zeros beyond the scale are accepted.
 pub fn parse_exact(text: &str) -> Result<Decimal, DecimalError> {
     let t = text.trim();
-    let syntax = || DecimalError::Syntax(text.to_string());
+    let syntax = || DecimalError::Syntax(crate::text::excerpt(text));
     if t.is_empty() || t.len() > 80 {
         return Err(syntax());
     }
@@ -68,22 +69,22 @@ pub fn parse_exact(text: &str) -> Result<Decimal, DecimalError> {
         return Ok(Decimal::ZERO);
     }
     if scale > VALUE_SCALE as i32 {
-        return Err(DecimalError::Scale(text.to_string()));
+        return Err(DecimalError::Scale(crate::text::excerpt(text)));
     }
     if scale < 0 {
         if digits_str.len() as i32 - scale > 29 {
-            return Err(DecimalError::Range(text.to_string()));
+            return Err(DecimalError::Range(crate::text::excerpt(text)));
         }
         digits_str.push_str(&"0".repeat((-scale) as usize));
         scale = 0;
     }
     if digits_str.len() > 28 {
-        return Err(DecimalError::Range(text.to_string()));
+        return Err(DecimalError::Range(crate::text::excerpt(text)));
     }
     let mantissa: i128 = digits_str.parse().map_err(|_| syntax())?;
     let mantissa = if negative { -mantissa } else { mantissa };
     Decimal::try_from_i128_with_scale(mantissa, scale as u32)
-        .map_err(|_| DecimalError::Range(text.to_string()))
+        .map_err(|_| DecimalError::Range(crate::text::excerpt(text)))
 }
 
 /// The value times 10^[`VALUE_SCALE`], for `Decimal128(38, 9)` columns. `None` if the value

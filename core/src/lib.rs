@@ -8,6 +8,7 @@
 //! - [`tls`]: rustls client configuration from PEM files, reloaded at every connection,
 //!   with certificate errors an operator can act on.
 //! - [`identity`]: certificate roles (device, collector, broker, client) and their names.
+//! - [`text`]: bounded excerpts of untrusted text for error messages.
 //! - [`metrics`]: a tiny `/metrics` HTTP endpoint for a Prometheus registry.
 //! - `pki` (feature `pki`): a CA issuing, renewing and revoking (CRL) the broker, collector
 //!   and device certificates.
@@ -27,6 +28,7 @@ pub mod schema;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod text;
 pub mod tls;
 pub mod wire;
 

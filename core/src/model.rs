@@ -161,7 +161,12 @@ impl FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown kind {s:?}; expected counter, delta or gauge"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown kind {}; expected counter, delta or gauge",
+                    crate::text::excerpt(s)
+                )
+            })
     }
 }
 
@@ -283,8 +288,9 @@ pub struct Gap {
 }
 
 impl Gap {
+    /// Number of seqs in the range; saturates at `u64::MAX` (`0..=u64::MAX` holds 2^64).
     pub fn len(&self) -> u64 {
-        self.to_seq - self.from_seq + 1
+        self.to_seq.saturating_sub(self.from_seq).saturating_add(1)
     }
     pub fn is_empty(&self) -> bool {
         false

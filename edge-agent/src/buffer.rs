@@ -592,13 +592,15 @@ impl Buffer {
         }
         let gaps: Vec<(i64, Gap)> = {
             let mut st = self.conn.prepare_cached(
-                "SELECT id, from_seq, to_seq, reason FROM gaps ORDER BY from_seq LIMIT 200",
+                "SELECT id, from_seq, to_seq, reason FROM gaps ORDER BY from_seq LIMIT 1000",
             )?;
             let all: Vec<(i64, i64, i64, String)> = st
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<Result<_, _>>()?;
             all.into_iter()
                 .filter(|(id, ..)| !self.delivery.is_gap_taken(*id))
+                // No more per message than a collector records (the rest go next time).
+                .take(gridmeter_core::wire::MAX_GAP_RECORDS)
                 .filter_map(|(id, f, t, reason)| {
                     Some((
                         id,

@@ -208,6 +208,9 @@ struct RawSource {
     url: Option<String>,
     include: Option<Vec<String>>,
     rename: Option<BTreeMap<String, String>>,
+    units: Option<BTreeMap<String, String>>,
+    max_samples: Option<usize>,
+    max_scrape_bytes: Option<usize>,
     profile: Option<Profile>,
     seed: Option<u64>,
     register_max: Option<u64>,
@@ -221,7 +224,7 @@ struct RawSource {
 
 impl From<RawSource> for SourceConfig {
     fn from(r: RawSource) -> SourceConfig {
-        let set: [(&str, bool); 18] = [
+        let set: [(&str, bool); 21] = [
             ("address", r.address.is_some()),
             ("unit_id", r.unit_id.is_some()),
             ("timeout_ms", r.timeout_ms.is_some()),
@@ -231,6 +234,9 @@ impl From<RawSource> for SourceConfig {
             ("url", r.url.is_some()),
             ("include", r.include.is_some()),
             ("rename", r.rename.is_some()),
+            ("units", r.units.is_some()),
+            ("max_samples", r.max_samples.is_some()),
+            ("max_scrape_bytes", r.max_scrape_bytes.is_some()),
             ("profile", r.profile.is_some()),
             ("seed", r.seed.is_some()),
             ("register_max", r.register_max.is_some()),
@@ -255,7 +261,15 @@ impl From<RawSource> for SourceConfig {
             SourceType::Host => ("host", &["proc_root"], &[]),
             SourceType::Prometheus => (
                 "prometheus",
-                &["url", "include", "rename", "timeout_ms"],
+                &[
+                    "url",
+                    "include",
+                    "rename",
+                    "units",
+                    "max_samples",
+                    "max_scrape_bytes",
+                    "timeout_ms",
+                ],
                 &["url"],
             ),
             SourceType::Simulator => (
@@ -323,6 +337,13 @@ impl From<RawSource> for SourceConfig {
                 url: r.url.unwrap_or_default(),
                 include: r.include.unwrap_or_default(),
                 rename: r.rename.unwrap_or_default(),
+                units: r.units.unwrap_or_default(),
+                max_samples: r
+                    .max_samples
+                    .unwrap_or(crate::sources::prometheus::MAX_SAMPLES),
+                max_scrape_bytes: r
+                    .max_scrape_bytes
+                    .unwrap_or(crate::sources::prometheus::MAX_BODY),
                 timeout_ms,
             }),
             SourceType::Simulator => SourceConfig::Simulator(SimulatorSource {
@@ -446,6 +467,8 @@ pub struct RegisterMap {
     pub scale: String,
     #[serde(default = "default_kind")]
     pub kind: Kind,
+    /// Required: 1 to 32 characters without white space (`Wh`, `W`, `V`, `1` for a count);
+    /// checked at config time with the collector's own rule.
     #[serde(default)]
     pub unit: String,
 }
@@ -522,8 +545,25 @@ pub struct PrometheusSource {
     /// Metric name -> channel base name.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
+    /// Metric name (sample or family) -> unit, e.g. `http_requests_total = "requests"`.
+    /// Without an entry: `s` for `_seconds`, `B` for `_bytes`, otherwise `1`.
+    #[serde(default)]
+    pub units: BTreeMap<String, String>,
+    /// A scrape with more samples than this (after `include`) fails as a whole.
+    #[serde(default = "default_max_samples")]
+    pub max_samples: usize,
+    /// A response body larger than this fails the scrape.
+    #[serde(default = "default_max_scrape_bytes")]
+    pub max_scrape_bytes: usize,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+}
+
+fn default_max_samples() -> usize {
+    crate::sources::prometheus::MAX_SAMPLES
+}
+fn default_max_scrape_bytes() -> usize {
+    crate::sources::prometheus::MAX_BODY
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -653,6 +693,17 @@ impl Validate for AgentConfig {
                             );
                         }
                     }
+                    for (k, u) in &m.units {
+                        if let Err(e) = gridmeter_core::wire::check_unit(u) {
+                            p.push(format!("{at}.units.{k}"), e);
+                        }
+                    }
+                    if m.max_samples == 0 {
+                        p.push(format!("{at}.max_samples"), "must be > 0");
+                    }
+                    if m.max_scrape_bytes < 1024 {
+                        p.push(format!("{at}.max_scrape_bytes"), "must be at least 1024");
+                    }
                 }
                 SourceConfig::Simulator(m) => {
                     if m.step_secs == Some(0) {
@@ -713,6 +764,12 @@ fn validate_modbus(m: &ModbusSource, at: &str, channels: &mut HashSet<String>, p
             p.push(
                 format!("{rat}.address"),
                 "the value extends past register 65535",
+            );
+        }
+        if let Err(e) = gridmeter_core::wire::check_unit(&r.unit) {
+            p.push(
+                format!("{rat}.unit"),
+                format!("{e} (e.g. \"Wh\", \"W\", \"V\", or \"1\" for a count)"),
             );
         }
         match decimal::parse_exact(&r.scale) {

@@ -120,6 +120,7 @@ pub async fn run(
         metrics
             .source_errors
             .with_label_values(&[ctx.label.as_str()]);
+        metrics.invalid.with_label_values(&[ctx.label.as_str()]);
         source_tasks.push(tokio::spawn(sources::run_source(s.clone(), ctx)));
     }
     drop(tx);

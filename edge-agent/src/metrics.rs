@@ -19,6 +19,8 @@ pub struct AgentMetrics {
     pub connected: IntGauge,
     pub publish_latency: Histogram,
     pub source_errors: IntCounterVec,
+    /// Readings a source produced that fail the collector's validation (never buffered).
+    pub invalid: IntCounterVec,
     pub reconnects: IntCounter,
     pub gap_records_pending: IntGauge,
     pub buffer_corruptions: IntCounter,
@@ -88,6 +90,13 @@ impl AgentMetrics {
                 ),
                 &["source"],
             )?,
+            invalid: IntCounterVec::new(
+                Opts::new(
+                    "gridmeter_agent_readings_invalid_total",
+                    "Readings a source produced that fail the collector's validation (bad unit, channel, value); refused before buffering.",
+                ),
+                &["source"],
+            )?,
             reconnects: IntCounter::new(
                 "gridmeter_agent_reconnects_total",
                 "Connection attempts after the first one.",
@@ -148,6 +157,7 @@ impl AgentMetrics {
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.publish_latency.clone()))?;
         registry.register(Box::new(m.source_errors.clone()))?;
+        registry.register(Box::new(m.invalid.clone()))?;
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.gap_records_pending.clone()))?;
         registry.register(Box::new(m.confirmed.clone()))?;

@@ -37,6 +37,12 @@ speeed = 3
 [[sources]]
 type = "host"
 registers = []
+
+[[sources]]
+type = "prometheus"
+url = "http://127.0.0.1:9100/metrics"
+units = {{ http_requests_total = "per second" }}
+max_samples = 0
 "#,
         ca = tls.ca.display(),
         key = tls.key.display(),
@@ -62,6 +68,9 @@ fn every_problem_is_listed_at_once() {
         "sources[0].registers[1].scale",
         "sources[0].registers[2].channel: \"power\" is used twice",
         "sources[0].registers[2].kind: f32 registers are approximate",
+        "sources[0].registers[0].unit: must be 1 to 32 characters, got 0",
+        "sources[3].units.http_requests_total: \"per second\" contains white space",
+        "sources[3].max_samples: must be > 0",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }

@@ -253,6 +253,9 @@ async fn prometheus_scrape_of_a_real_endpoint() {
         url: format!("http://{addr}/metrics"),
         include: vec!["http_requests_total".into(), "temperature_celsius".into()],
         rename: [("temperature_celsius".to_string(), "temp".to_string())].into(),
+        units: Default::default(),
+        max_samples: 10_000,
+        max_scrape_bytes: 1 << 20,
         timeout_ms: 5000,
     });
     let (samples, problems) = p.poll(Utc::now(), Quality::GOOD).await.unwrap();

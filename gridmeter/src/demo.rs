@@ -201,7 +201,7 @@ fn collector_toml(out: &Path, broker_port: u16, metrics: SocketAddr) -> String {
         key: pki.join("collectors/collector-0.key"),
     };
     format!(
-        "collector_id = \"demo-1\"\ndata_root = \"{}\"\nwal_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"demo-collector\"\ntls = {}\n",
+        "collector_id = \"demo-1\"\ndata_root = \"{}\"\nwal_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n# The demo replays a fixed month, however long ago that is.\nmax_backfill = \"36500d\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"demo-collector\"\ntls = {}\n",
         toml_path(&out.join("data")),
         toml_path(&out.join("collector-wal")),
         tls_inline(&tls)

@@ -10,35 +10,47 @@ use std::cell::RefCell;
 use std::io::Read;
 use std::sync::Arc;
 
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::bounded::{BoundedVec, Budget};
 use super::validate::{self, Reject};
 use super::{BatchError, Decoded, Encoding, Limits};
-use crate::model::{Batch, DeviceId, Kind, Quality, Reading};
+use crate::model::{Batch, Channel, DeviceId, Kind, Quality, Reading};
+use crate::text::excerpt;
 
 /// First byte of every compact payload (never the first byte of JSON).
 pub const MAGIC_FIRST: u8 = 0x00;
 /// The full magic: `\0GM` plus the format version.
 pub const MAGIC: [u8; 4] = [0x00, b'G', b'M', 0x01];
 
-#[derive(Serialize, Deserialize, Debug)]
-struct CompactBatch {
-    device_id: String,
-    /// (channel, kind code, unit)
-    series: Vec<(String, u8, String)>,
-    readings: Vec<CompactReading>,
-    /// (from_seq, to_seq, reason)
-    gaps: Vec<(u64, u64, String)>,
+/// The body of a compact payload, as the encoder writes it (postcard, in this field order).
+///
+/// Public so that tools and tests can build payloads the [`Batch`] model cannot express (an
+/// invalid series entry, an index out of range); [`encode_body`] frames one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompactBatch {
+    pub device_id: String,
+    /// The series table: (channel, kind code, unit), referenced by [`CompactReading::series`].
+    pub series: Vec<(String, u8, String)>,
+    pub readings: Vec<CompactReading>,
+    /// Gap records: (from_seq, to_seq, reason).
+    pub gaps: Vec<(u64, u64, String)>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
-struct CompactReading {
-    seq: u64,
-    ts_us: i64,
-    series: u32,
-    mantissa: i128,
-    scale: u8,
-    quality: u16,
+/// One reading of a [`CompactBatch`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReading {
+    pub seq: u64,
+    /// Microseconds since the Unix epoch.
+    pub ts_us: i64,
+    /// Index into [`CompactBatch::series`].
+    pub series: u32,
+    /// The value is `mantissa × 10^-scale`.
+    pub mantissa: i128,
+    pub scale: u8,
+    /// [`Quality`] bits.
+    pub quality: u16,
 }
 
 /// Encodes a batch compactly. Fails only if zstd fails to allocate.
@@ -64,7 +76,7 @@ pub fn encode(batch: &Batch) -> std::io::Result<Vec<u8>> {
             }
         })
         .collect();
-    let body = CompactBatch {
+    encode_body(&CompactBatch {
         device_id: batch.device_id.to_string(),
         series,
         readings,
@@ -73,11 +85,26 @@ pub fn encode(batch: &Batch) -> std::io::Result<Vec<u8>> {
             .iter()
             .map(|g| (g.from_seq, g.to_seq, g.reason.as_str().to_string()))
             .collect(),
-    };
-    let plain = postcard::to_allocvec(&body).map_err(std::io::Error::other)?;
+    })
+}
+
+/// Frames a body: the magic, then the postcard bytes in one zstd frame.
+pub fn encode_body(body: &CompactBatch) -> std::io::Result<Vec<u8>> {
+    let plain = postcard::to_allocvec(body).map_err(std::io::Error::other)?;
     let mut out = MAGIC.to_vec();
     out.extend(compress(&plain)?);
     Ok(out)
+}
+
+/// The decoder's view of a body: strings borrowed from the decompressed bytes, every array
+/// bounded while it is read (see [`bounded`]).
+struct BodyRef<'a> {
+    device_id: &'a str,
+    series: Vec<(&'a str, u8, &'a str)>,
+    readings: Vec<CompactReading>,
+    gaps: Vec<(u64, u64, &'a str)>,
+    /// Entries of the three arrays, counted even past the limit.
+    entries: usize,
 }
 
 thread_local! {
@@ -144,7 +171,63 @@ fn err(msg: impl Into<String>) -> BatchError {
     BatchError::Compact(msg.into())
 }
 
+/// Reads a [`BodyRef`] (a postcard tuple of four fields) with every array under one budget.
+struct BodySeed<'b>(&'b Budget);
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = BodyRef<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<BodyRef<'de>, D::Error> {
+        d.deserialize_tuple(4, self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_> {
+    type Value = BodyRef<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a compact batch")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyRef<'de>, A::Error> {
+        let missing = |i| serde::de::Error::invalid_length(i, &"four fields");
+        let device_id: &str = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let series = seq
+            .next_element_seed(BoundedVec::new(self.0))?
+            .ok_or_else(|| missing(1))?;
+        let readings = seq
+            .next_element_seed(BoundedVec::new(self.0))?
+            .ok_or_else(|| missing(2))?;
+        let gaps = seq
+            .next_element_seed(BoundedVec::new(self.0))?
+            .ok_or_else(|| missing(3))?;
+        Ok(BodyRef {
+            device_id,
+            series,
+            readings,
+            gaps,
+            entries: self.0.seen(),
+        })
+    }
+}
+
+/// A series table entry, validated once; readings refer to it by index. Channel and unit
+/// are shared by the readings that refer to them (an `Arc` clone each).
+/// A bad entry keeps its field and a bounded message.
+type Series = Result<(Channel, Kind, Arc<str>), (&'static str, String)>;
+
+fn check_series(i: usize, (c, k, u): &(&str, u8, &str)) -> Series {
+    let bad = |field: &'static str, m: String| (field, format!("series[{i}].{field}: {m}"));
+    let channel = validate::channel(c).map_err(|m| bad("channel", m))?;
+    let kind = Kind::from_code(*k).ok_or_else(|| bad("kind", format!("unknown kind code {k}")))?;
+    let unit = validate::unit(u).map_err(|m| bad("unit", m))?;
+    Ok((channel, kind, Arc::from(unit)))
+}
+
 /// Decodes a compact payload. Called by [`super::decode`] after the size check.
+///
+/// Memory is bounded by the limits: the decompressed body by `max_decompressed_bytes`, its
+/// strings are borrowed from it, its arrays stop growing at `max_readings` entries, and an
+/// invalid series entry is reported once per reading with a short message.
 pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
     if payload.len() < MAGIC.len() || payload[..3] != MAGIC[..3] {
         return Err(err("does not start with the magic bytes 00 47 4D"));
@@ -156,45 +239,42 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         )));
     }
     let plain = decompress(&payload[MAGIC.len()..], limits.max_decompressed_bytes)?;
-    let body: CompactBatch = postcard::from_bytes(&plain).map_err(|e| err(format!("body: {e}")))?;
-    let device_id = DeviceId::new(body.device_id.as_str()).map_err(|e| BatchError::Field {
-        field: "device_id".into(),
-        message: format!("{:?} {e}", body.device_id),
-    })?;
-    let count = body.readings.len() + body.gaps.len();
-    if count > limits.max_readings {
+    let budget = Budget::new(limits.max_readings);
+    let mut de = postcard::Deserializer::from_bytes(&plain);
+    let body = BodySeed(&budget)
+        .deserialize(&mut de)
+        .map_err(|e| err(format!("body: {e}")))?;
+    if budget.exceeded() {
         return Err(BatchError::TooManyReadings {
-            count,
+            count: body.entries,
             limit: limits.max_readings,
         });
     }
-    // Validate the series table once; readings referring to a bad series are rejected.
-    // Channel and unit are shared by the readings that refer to them (an `Arc` clone each).
-    type Series = Result<(crate::model::Channel, Kind, Arc<str>), (&'static str, String)>;
+    let device_id = DeviceId::new(body.device_id).map_err(|e| BatchError::Field {
+        field: "device_id".into(),
+        message: format!("{} {e}", excerpt(body.device_id)),
+    })?;
     let series: Vec<Series> = body
         .series
         .iter()
-        .map(|(c, k, u)| {
-            let channel = validate::channel(c).map_err(|m| ("channel", m))?;
-            let kind =
-                Kind::from_code(*k).ok_or_else(|| ("kind", format!("unknown kind code {k}")))?;
-            let unit = validate::unit(u).map_err(|m| ("unit", m))?;
-            Ok((channel, kind, Arc::from(unit)))
-        })
+        .enumerate()
+        .map(|(i, s)| check_series(i, s))
         .collect();
     let mut readings = Vec::with_capacity(body.readings.len());
     let mut rejects = Vec::new();
     for (i, r) in body.readings.iter().enumerate() {
         let parsed = (|| {
-            let (channel, kind, unit) = series
-                .get(r.series as usize)
-                .ok_or_else(|| {
-                    (
+            let (channel, kind, unit) = match series.get(r.series as usize) {
+                None => {
+                    return Err((
                         "series",
                         format!("series index {} is out of range", r.series),
-                    )
-                })?
-                .clone()?;
+                    ))
+                }
+                // The field of a bad series entry is the one it got wrong.
+                Some(Err((f, m))) => return Err((*f, m.clone())),
+                Some(Ok(s)) => s.clone(),
+            };
             let ts = validate::ts_from_micros(r.ts_us).map_err(|m| ("ts", m))?;
             let value = rust_decimal::Decimal::try_from_i128_with_scale(r.mantissa, r.scale as u32)
                 .map_err(|e| {
@@ -230,7 +310,7 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
                 i,
                 Some(f),
                 m,
-                &format!("({from}, {to}, {reason:?})"),
+                &format!("({from}, {to}, {})", excerpt(reason)),
             )),
         }
     }

@@ -8,22 +8,104 @@
 //! `value` may be a JSON number or a decimal string; either way it is parsed from its text,
 //! never through a float. Unknown fields are ignored.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::bounded::{BoundedVec, Budget, Nullable};
 use super::validate::{self, Reject};
 use super::{BatchError, Decoded, Encoding, Limits};
 use crate::decimal;
 use crate::model::{Batch, DeviceId, Kind, Reading};
+use crate::text::{clip, excerpt, MESSAGE_CHARS};
 
-#[derive(Deserialize)]
+/// The top level of a batch: raw elements, read under a [`Budget`] (see [`BatchSeed`]).
 struct RawBatch<'a> {
-    #[serde(borrow, default)]
     device_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     readings: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, default)]
     gaps: Option<Vec<&'a RawValue>>,
+}
+
+/// The keys of a batch object that matter; others are ignored without being stored.
+enum Key {
+    DeviceId,
+    Readings,
+    Gaps,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "device_id" => Key::DeviceId,
+                    "readings" => Key::Readings,
+                    "gaps" => Key::Gaps,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Reads the batch object with `readings` and `gaps` under one budget.
+struct BatchSeed<'b>(&'b Budget);
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = RawBatch<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawBatch<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = RawBatch<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBatch<'de>, A::Error> {
+        let mut b = RawBatch {
+            device_id: None,
+            readings: None,
+            gaps: None,
+        };
+        let (mut has_device, mut has_readings, mut has_gaps) = (false, false, false);
+        let dup = |k: &str| serde::de::Error::custom(format!("duplicate field `{k}`"));
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::DeviceId if has_device => return Err(dup("device_id")),
+                Key::DeviceId => {
+                    has_device = true;
+                    b.device_id = map.next_value()?;
+                }
+                Key::Readings if has_readings => return Err(dup("readings")),
+                Key::Readings => {
+                    has_readings = true;
+                    b.readings = map.next_value_seed(Nullable(BoundedVec::new(self.0)))?;
+                }
+                Key::Gaps if has_gaps => return Err(dup("gaps")),
+                Key::Gaps => {
+                    has_gaps = true;
+                    b.gaps = map.next_value_seed(Nullable(BoundedVec::new(self.0)))?;
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(b)
+    }
 }
 
 #[derive(Deserialize)]
@@ -82,17 +164,16 @@ fn u64_field(v: &RawValue, field: &'static str) -> Result<u64, FieldErr> {
 }
 
 fn short(s: &str) -> String {
-    if s.chars().count() <= 40 {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(40).collect::<String>())
-    }
+    crate::text::clip(s, 40)
 }
 
 fn parse_reading(raw: &RawValue) -> Result<Reading, FieldErr> {
     let r: RawReading = serde_json::from_str(raw.get()).map_err(|e| {
         if raw.get().trim_start().starts_with('{') {
-            ("", format!("cannot be read: {e}"))
+            (
+                "",
+                format!("cannot be read: {}", clip(&e.to_string(), MESSAGE_CHARS)),
+            )
         } else {
             ("", format!("expected an object, got {}", short(raw.get())))
         }
@@ -160,22 +241,32 @@ fn field_opt(f: &'static str) -> Option<&'static str> {
     (!f.is_empty()).then_some(f)
 }
 
+/// A parser error without the input it may quote, and bounded.
+fn json_error(e: &serde_json::Error) -> BatchError {
+    let text = e.to_string();
+    let message = text.split(" at line ").next().unwrap_or("");
+    BatchError::Json {
+        message: clip(message, MESSAGE_CHARS),
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
 /// Decodes a JSON payload. Called by [`super::decode`] after the size check.
+///
+/// Elements are kept as borrowed raw text; `readings` and `gaps` stop being stored at
+/// `max_readings` entries (the rest is counted, not kept).
 pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
     let text = std::str::from_utf8(payload).map_err(|e| BatchError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let raw: RawBatch = serde_json::from_str(text).map_err(|e| BatchError::Json {
-        message: e
-            .to_string()
-            .split(" at line ")
-            .next()
-            .unwrap_or("")
-            .to_string(),
-        line: e.line(),
-        column: e.column(),
-    })?;
+    let budget = Budget::new(limits.max_readings);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw = BatchSeed(&budget)
+        .deserialize(&mut de)
+        .and_then(|b| de.end().map(|()| b))
+        .map_err(|e| json_error(&e))?;
     let device_raw = required(raw.device_id, "device_id").map_err(|(f, m)| BatchError::Field {
         field: f.into(),
         message: m,
@@ -187,17 +278,16 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<Decoded, BatchError> {
         })?;
     let device_id = DeviceId::new(device_text.as_str()).map_err(|e| BatchError::Field {
         field: "device_id".into(),
-        message: format!("{device_text:?} {e}"),
+        message: format!("{} {e}", excerpt(&device_text)),
     })?;
-    let readings_raw = raw.readings.unwrap_or_default();
-    let gaps_raw = raw.gaps.unwrap_or_default();
-    let count = readings_raw.len() + gaps_raw.len();
-    if count > limits.max_readings {
+    if budget.exceeded() {
         return Err(BatchError::TooManyReadings {
-            count,
+            count: budget.seen(),
             limit: limits.max_readings,
         });
     }
+    let readings_raw = raw.readings.unwrap_or_default();
+    let gaps_raw = raw.gaps.unwrap_or_default();
     let mut readings = Vec::with_capacity(readings_raw.len());
     let mut rejects = Vec::new();
     for (i, r) in readings_raw.iter().enumerate() {

@@ -11,6 +11,7 @@
 //! reading of a batch: a bad reading becomes a [`Reject`] naming its index and field, a
 //! batch that cannot be read at all is a [`BatchError`].
 
+mod bounded;
 pub mod compact;
 pub mod confirm;
 pub mod json;
@@ -18,10 +19,15 @@ mod validate;
 
 use crate::model::{Batch, DeviceId, Gap, Reading};
 
-pub use validate::Reject;
+pub use validate::{check_reading, check_unit, Invalid, Reject, REJECT_RAW_BYTES};
 
 /// Topic prefix of wire format v1.
 pub const TOPIC_PREFIX: &str = "gridmeter/v1/";
+/// Most gap records one message should carry: a collector with its default limits records
+/// this many per message and dead-letters the rest (`too_many_gaps`). Our agent never sends
+/// more.
+pub const MAX_GAP_RECORDS: usize = 64;
+
 /// Subscription filter covering every device.
 pub const TOPIC_FILTER: &str = "gridmeter/v1/+/readings";
 
@@ -66,7 +72,8 @@ impl Encoding {
 pub struct Limits {
     /// Largest payload accepted, in bytes, before any parsing.
     pub max_payload_bytes: usize,
-    /// Largest number of readings (plus gap records) in one batch.
+    /// Largest number of entries in one batch: readings plus gap records plus (compact
+    /// encoding) series table entries.
     pub max_readings: usize,
     /// Largest decompressed size of a compact payload.
     pub max_decompressed_bytes: usize,
@@ -122,7 +129,7 @@ pub enum BatchError {
     },
     #[error("field {field}: {message}")]
     Field { field: String, message: String },
-    #[error("batch holds {count} readings and gap records; the limit is {limit}")]
+    #[error("batch holds {count} entries (readings, gap records, series); the limit is {limit}")]
     TooManyReadings { count: usize, limit: usize },
     #[error("compact payload: {0}")]
     Compact(String),

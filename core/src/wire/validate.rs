@@ -1,4 +1,8 @@
-//! Field checks shared by both encodings, so JSON and compact accept exactly the same batches.
+//! Field checks shared by both encodings, so JSON and compact accept exactly the same batches,
+//! and by the agent ([`check_reading`]), so it never buffers a reading the collector refuses.
+//!
+//! Every message quotes offending input only through [`excerpt`]: at most 64 characters and
+//! the length, however long the input.
 
 use std::fmt;
 
@@ -6,6 +10,10 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::model::{Channel, Gap, GapReason, Quality, VALUE_SCALE};
+use crate::text::{clip, excerpt, prefix, MESSAGE_CHARS};
+
+/// Most bytes of an element kept in [`Reject::raw`].
+pub const REJECT_RAW_BYTES: usize = 1024;
 
 /// One element of a batch (a reading or a gap record) that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +24,10 @@ pub struct Reject {
     pub index: usize,
     /// The offending field, if the problem is one field.
     pub field: Option<&'static str>,
+    /// What is wrong, at most a few hundred characters.
     pub message: String,
-    /// The element as it arrived (JSON text, or a description for compact), at most 1 KiB.
+    /// The element as it arrived (JSON text, or a description for compact), at most
+    /// [`REJECT_RAW_BYTES`].
     pub raw: String,
 }
 
@@ -29,20 +39,13 @@ impl Reject {
         message: impl Into<String>,
         raw: &str,
     ) -> Self {
-        let mut raw = raw.to_string();
-        if raw.len() > 1024 {
-            let mut cut = 1024;
-            while !raw.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            raw.truncate(cut);
-        }
+        let message = message.into();
         Reject {
             section,
             index,
             field,
-            message: message.into(),
-            raw,
+            message: clip(&message, MESSAGE_CHARS),
+            raw: prefix(raw, REJECT_RAW_BYTES).to_string(),
         }
     }
 
@@ -65,17 +68,72 @@ impl fmt::Display for Reject {
     }
 }
 
+/// A reading the collector would refuse: the field and why (see [`check_reading`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// `channel`, `unit`, `value` or `ts`.
+    pub field: &'static str,
+    /// What is wrong (bounded, see [`excerpt`]).
+    pub message: String,
+}
+
+impl Invalid {
+    /// The collector's dead-letter reason for it: `bad_<field>`.
+    pub fn reason(&self) -> String {
+        format!("bad_{}", self.field)
+    }
+}
+
+/// Checks a reading's fields exactly as the collector's decoders do (both encodings), so an
+/// agent can refuse at the edge what would otherwise end in the dead letters. `ts` is sent
+/// with microsecond precision (finer parts are dropped by the encoders).
+pub fn check_reading(
+    channel: &str,
+    unit: &str,
+    value: Decimal,
+    ts: DateTime<Utc>,
+) -> Result<(), Invalid> {
+    let bad = |field, message| Invalid { field, message };
+    self::channel(channel).map_err(|m| bad("channel", m))?;
+    self::unit(unit).map_err(|m| bad("unit", m))?;
+    self::value(value).map_err(|m| bad("value", m))?;
+    ts_from_micros(ts.timestamp_micros()).map_err(|m| bad("ts", m))?;
+    Ok(())
+}
+
+/// Checks a unit as the decoders do: 1 to 32 characters, no white space or control
+/// characters (e.g. `Wh`, `W`, `s`, `B`, or `1` for a dimensionless count).
+pub fn check_unit(s: &str) -> Result<(), String> {
+    unit(s).map(|_| ())
+}
+
 pub(crate) fn channel(s: &str) -> Result<Channel, String> {
-    Channel::new(s).map_err(|e| format!("{s:?} {e}"))
+    // Checked before it is copied into a `Channel`: a 1 MB name is refused without a copy.
+    if s.len() > 256 {
+        return Err(format!(
+            "{} is {} bytes long; at most 64 characters are allowed",
+            excerpt(s),
+            s.len()
+        ));
+    }
+    Channel::new(s).map_err(|e| format!("{} {e}", excerpt(s)))
 }
 
 pub(crate) fn unit(s: &str) -> Result<String, String> {
-    let n = s.chars().count();
+    let n = if s.len() > 256 {
+        s.len()
+    } else {
+        s.chars().count()
+    };
     if n == 0 || n > 32 {
         return Err(format!("must be 1 to 32 characters, got {n}"));
     }
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("{s:?} contains white space or a control character"));
+        return Err(format!(
+            "{} contains white space or a control character",
+            excerpt(s)
+        ));
     }
     Ok(s.to_string())
 }
@@ -89,11 +147,19 @@ pub(crate) fn value(d: Decimal) -> Result<Decimal, String> {
 }
 
 pub(crate) fn ts_from_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
-    let t = DateTime::parse_from_rfc3339(s)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp with an offset: {e}"))?;
+    let bad = |why: String| {
+        format!(
+            "{} is not an RFC 3339 timestamp with an offset: {why}",
+            excerpt(s)
+        )
+    };
+    if s.len() > 64 {
+        return Err(bad("too long".into()));
+    }
+    let t = DateTime::parse_from_rfc3339(s).map_err(|e| bad(e.to_string()))?;
     let t = t.with_timezone(&Utc);
     if t.timestamp_subsec_nanos() % 1000 != 0 {
-        return Err(format!("{s:?} is finer than a microsecond"));
+        return Err(format!("{} is finer than a microsecond", excerpt(s)));
     }
     Ok(t)
 }
@@ -109,7 +175,11 @@ pub(crate) fn quality_from_names<'a>(
     for n in names {
         let flag = Quality::from_name(n).ok_or_else(|| {
             let known: Vec<_> = Quality::NAMES.iter().map(|(_, n)| *n).collect();
-            format!("unknown quality flag {n:?}; known are {}", known.join(", "))
+            format!(
+                "unknown quality flag {}; known are {}",
+                excerpt(n),
+                known.join(", ")
+            )
         })?;
         q = q.with(flag);
     }
@@ -126,7 +196,10 @@ pub(crate) fn gap(from_seq: u64, to_seq: u64, reason: &str) -> Result<Gap, (&'st
     let reason = GapReason::from_name(reason).ok_or_else(|| {
         (
             "reason",
-            format!("unknown gap reason {reason:?}; known are buffer_full, buffer_corrupt"),
+            format!(
+                "unknown gap reason {}; known are buffer_full, buffer_corrupt",
+                excerpt(reason)
+            ),
         )
     })?;
     Ok(Gap {

@@ -71,8 +71,10 @@ pub(crate) struct SourceCtx {
 }
 
 impl SourceCtx {
-    /// Hands samples to the writer; false once the agent is shutting down.
-    async fn emit(&self, samples: Vec<Sample>) -> bool {
+    /// Hands samples to the writer; false once the agent is shutting down. Samples the
+    /// collector would refuse are dropped here (see [`refuse_invalid`]).
+    async fn emit(&self, mut samples: Vec<Sample>) -> bool {
+        refuse_invalid(&self.label, &mut samples, &self.metrics);
         if samples.is_empty() {
             return true;
         }
@@ -93,6 +95,37 @@ impl SourceCtx {
             .with_label_values(&[self.label.as_str()])
             .inc();
         tracing::warn!(source = %self.label, "{what}");
+    }
+}
+
+/// Removes the samples that fail the collector's own validation
+/// ([`gridmeter_core::wire::check_reading`]): they would only end in its dead letters. Each
+/// one is counted in `gridmeter_agent_readings_invalid_total{source}`, and the poll's first
+/// one is logged with the source and the channel.
+pub fn refuse_invalid(source: &str, samples: &mut Vec<Sample>, metrics: &AgentMetrics) {
+    let before = samples.len();
+    let mut first = None;
+    samples.retain(|s| {
+        match gridmeter_core::wire::check_reading(s.channel.as_str(), &s.unit, s.value, s.ts) {
+            Ok(()) => true,
+            Err(e) => {
+                first.get_or_insert_with(|| format!("{}: {e}", s.channel));
+                false
+            }
+        }
+    });
+    let refused = before - samples.len();
+    if refused > 0 {
+        metrics
+            .invalid
+            .with_label_values(&[source])
+            .inc_by(refused as u64);
+        tracing::warn!(
+            source = %source,
+            refused,
+            "readings refused before buffering (the collector would dead-letter them); first: {}",
+            first.unwrap_or_default()
+        );
     }
 }
 
@@ -157,6 +190,36 @@ pub(crate) type PollResult = Result<(Vec<Sample>, Vec<String>), String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hostile: a source producing readings the collector would dead-letter (an empty unit,
+    /// as the Prometheus source once sent, or more than 9 decimal places). They are refused
+    /// before buffering, counted per source; the good ones pass.
+    #[test]
+    fn hostile_invalid_readings_are_refused_before_buffering() {
+        let registry = ::prometheus::Registry::new();
+        let metrics = AgentMetrics::register(&registry).unwrap();
+        let sample = |channel: &str, unit: &str, value: Decimal| Sample {
+            ts: DateTime::from_timestamp(1_795_000_000, 0).unwrap(),
+            channel: Channel::new(channel).unwrap(),
+            kind: Kind::Counter,
+            unit: unit.into(),
+            value,
+            quality: Quality::GOOD,
+        };
+        let mut samples: Vec<Sample> = (0..20)
+            .map(|i| sample(&format!("http_requests_total.{i}"), "", Decimal::from(i)))
+            .collect();
+        samples.push(sample(
+            "process_cpu_seconds_total",
+            "s",
+            Decimal::new(125, 2),
+        ));
+        samples.push(sample("x", "1", Decimal::new(1, 12)));
+        refuse_invalid("edge-web", &mut samples, &metrics);
+        let kept: Vec<&str> = samples.iter().map(|s| s.channel.as_str()).collect();
+        assert_eq!(kept, vec!["process_cpu_seconds_total"]);
+        assert_eq!(metrics.invalid.with_label_values(&["edge-web"]).get(), 21);
+    }
 
     #[test]
     fn clock_going_backwards_is_flagged_not_reordered() {

@@ -1,8 +1,9 @@
 //! Scraping a Prometheus text endpoint (e.g. an edge web server's `http_requests_total`).
 //!
 //! HTTP: a hand-written `GET` over a tokio `TcpStream` (plain HTTP, Content-Length, chunked
-//! or read-to-close bodies; 8 MiB and `timeout_ms` at most), to keep an HTTP stack out of
-//! the agent.
+//! or read-to-close bodies; at most `max_scrape_bytes` (default 8 MiB) and `timeout_ms`), to
+//! keep an HTTP stack out of the agent. A scrape with more than `max_samples` (default
+//! 10 000) samples kept fails as a whole (as Prometheus' `sample_limit` does).
 //!
 //! Kinds: `counter` samples become counters, `gauge` and `untyped` gauges; of histograms and
 //! summaries only `_sum` and `_count` are kept (as counters; buckets and quantiles would
@@ -14,13 +15,15 @@
 //! label-name order. `http_requests_total{method="GET",code="200"}` becomes
 //! `http_requests_total.200.get`. `include` keeps only the listed metric names (for
 //! histograms/summaries the family name). Names longer than 64 characters are skipped and
-//! counted as source errors. Units: `_seconds` → `s`, `_bytes` → `B`, otherwise empty.
+//! counted as source errors. Units: the `units` table (metric name → unit) first, then
+//! `_seconds` → `s`, `_bytes` → `B`, otherwise `1` (a dimensionless count, e.g. requests).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use gridmeter_core::text::excerpt;
 use gridmeter_core::{decimal, Channel, Kind, Quality};
 use rust_decimal::Decimal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +31,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{PollResult, Sample};
 use crate::config::PrometheusSource;
 
-const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Default `max_scrape_bytes`.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Default `max_samples`.
+pub const MAX_SAMPLES: usize = 10_000;
+/// A response head longer than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
 
 /// `(host:port, path)` of an `http://` URL.
 pub fn parse_url(url: &str) -> Result<(String, String), String> {
@@ -50,8 +58,17 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
     Ok((hostport, path.to_string()))
 }
 
-/// Fetches `url` and returns the body.
+/// Fetches `url` and returns the body (at most [`MAX_BODY`] bytes).
 pub async fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    http_get_limited(url, timeout, MAX_BODY).await
+}
+
+/// Fetches `url` and returns the body (at most `max_body` bytes).
+pub async fn http_get_limited(
+    url: &str,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Vec<u8>, String> {
     let (hostport, path) = parse_url(url)?;
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(&hostport)
@@ -66,20 +83,37 @@ pub async fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
             .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16384];
+        // Checking for a complete response costs O(1) per read: the head is located once,
+        // then only a plausible end (Content-Length reached, or a chunked body ending in
+        // CRLF CRLF) is parsed.
+        let mut framing: Option<Framing> = None;
         loop {
             let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }
             buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > MAX_BODY + 65536 {
-                return Err(format!("response larger than {MAX_BODY} bytes"));
+            if buf.len() > max_body + MAX_HEAD {
+                return Err(format!(
+                    "response larger than {max_body} bytes (max_scrape_bytes)"
+                ));
             }
-            if let Some(body) = complete_body(&buf, false)? {
-                return Ok(body);
+            if framing.is_none() {
+                framing = head_framing(&buf)?;
+            }
+            let maybe_done = match framing {
+                None => false,
+                Some(Framing::Length(head, n)) => buf.len() >= head + n,
+                Some(Framing::Chunked) => buf.ends_with(b"\r\n\r\n"),
+                Some(Framing::Close) => false,
+            };
+            if maybe_done {
+                if let Some(body) = complete_body(&buf, false, max_body)? {
+                    return Ok(body);
+                }
             }
         }
-        complete_body(&buf, true)?
+        complete_body(&buf, true, max_body)?
             .ok_or_else(|| "connection closed before the response was complete".to_string())
     };
     tokio::time::timeout(timeout, fut)
@@ -87,10 +121,45 @@ pub async fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("GET {url} timed out"))?
 }
 
+/// How a response's body ends.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// (head length including CRLF CRLF, Content-Length)
+    Length(usize, usize),
+    Chunked,
+    Close,
+}
+
+/// The framing, once the head is complete; an error for a head over [`MAX_HEAD`].
+fn head_framing(raw: &[u8]) -> Result<Option<Framing>, String> {
+    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if raw.len() > MAX_HEAD {
+            return Err(format!("response head longer than {MAX_HEAD} bytes"));
+        }
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let mut framing = Framing::Close;
+    for l in head.split("\r\n").skip(1) {
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim() {
+                "content-length" => {
+                    if let Ok(n) = v.trim().parse() {
+                        framing = Framing::Length(head_end + 4, n);
+                    }
+                }
+                "transfer-encoding" if v.contains("chunked") => return Ok(Some(Framing::Chunked)),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(framing))
+}
+
 /// The body if `raw` holds a complete response (by Content-Length or chunked encoding);
 /// `Ok(None)` if more bytes are needed. A response without either is complete at close
-/// (`eof`).
-pub fn complete_body(raw: &[u8], eof: bool) -> Result<Option<Vec<u8>>, String> {
+/// (`eof`). A body over `max_body` bytes is an error.
+pub fn complete_body(raw: &[u8], eof: bool, max_body: usize) -> Result<Option<Vec<u8>>, String> {
     let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };
@@ -100,7 +169,7 @@ pub fn complete_body(raw: &[u8], eof: bool) -> Result<Option<Vec<u8>>, String> {
     let status = lines.next().unwrap_or("");
     let code = status.split_whitespace().nth(1).unwrap_or("");
     if code != "200" {
-        return Err(format!("HTTP status {status:?}"));
+        return Err(format!("HTTP status {}", excerpt(status)));
     }
     let mut length = None;
     let mut chunked = false;
@@ -115,19 +184,24 @@ pub fn complete_body(raw: &[u8], eof: bool) -> Result<Option<Vec<u8>>, String> {
         }
     }
     if chunked {
-        return dechunk(body);
+        return dechunk(body, max_body);
     }
     match length {
-        Some(n) if n > MAX_BODY => Err(format!("body of {n} bytes is too large")),
+        Some(n) if n > max_body => Err(format!(
+            "body of {n} bytes is larger than {max_body} (max_scrape_bytes)"
+        )),
         Some(n) if body.len() >= n => Ok(Some(body[..n].to_vec())),
         Some(_) => Ok(None),
         // No length: the body ends when the server closes the connection.
+        None if eof && body.len() > max_body => Err(format!(
+            "body larger than {max_body} bytes (max_scrape_bytes)"
+        )),
         None if eof => Ok(Some(body.to_vec())),
         None => Ok(None),
     }
 }
 
-fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+fn dechunk(mut body: &[u8], max_body: usize) -> Result<Option<Vec<u8>>, String> {
     let mut out = Vec::new();
     loop {
         let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
@@ -136,9 +210,11 @@ fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let size_text = String::from_utf8_lossy(&body[..eol]);
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        if size > MAX_BODY || out.len() + size > MAX_BODY {
-            return Err("chunked body too large".into());
+            .map_err(|_| format!("bad chunk size {}", excerpt(size_text)))?;
+        if size > max_body || out.len() + size > max_body {
+            return Err(format!(
+                "chunked body larger than {max_body} bytes (max_scrape_bytes)"
+            ));
         }
         body = &body[eol + 2..];
         if size == 0 {
@@ -165,63 +241,86 @@ pub struct PromSample {
 
 /// Parses the text exposition format. Never panics; lines it cannot use are skipped.
 pub fn parse_text(text: &str) -> Vec<PromSample> {
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+    TextSamples::new(text).collect()
+}
+
+/// The samples of a text exposition, one at a time (a scrape stops at its sample cap
+/// without building the rest).
+pub struct TextSamples<'a> {
+    lines: std::str::Lines<'a>,
+    types: BTreeMap<String, String>,
+}
+
+impl<'a> TextSamples<'a> {
+    pub fn new(text: &'a str) -> Self {
+        TextSamples {
+            lines: text.lines(),
+            types: BTreeMap::new(),
         }
-        if let Some(rest) = line.strip_prefix('#') {
-            let mut parts = rest.split_whitespace();
-            if parts.next() == Some("TYPE") {
-                if let (Some(n), Some(t)) = (parts.next(), parts.next()) {
-                    types.insert(n.to_string(), t.to_string());
-                }
-            }
-            continue;
-        }
-        let Some((name, labels, rest)) = split_sample(line) else {
-            continue;
-        };
-        let Some(value_text) = rest.split_whitespace().next() else {
-            continue;
-        };
-        let Some(value) = parse_value(value_text) else {
-            continue;
-        };
-        let (family, kind) = match types.get(name).map(String::as_str) {
-            Some("counter") => (name.to_string(), Kind::Counter),
-            Some("gauge") | Some("untyped") => (name.to_string(), Kind::Gauge),
-            // Quantiles of a summary (the sample name equals the family name), or unknown types.
-            Some(_) => continue,
-            None => {
-                let typed = |suffix: &str| {
-                    let base = name.strip_suffix(suffix)?;
-                    Some((base, types.get(base).map(String::as_str)?))
-                };
-                if let Some((base, "counter")) = typed("_total") {
-                    (base.to_string(), Kind::Counter)
-                } else if let Some((_, "histogram")) = typed("_bucket") {
-                    continue;
-                } else if let Some((base, "histogram" | "summary")) =
-                    typed("_sum").or_else(|| typed("_count"))
-                {
-                    (base.to_string(), Kind::Counter)
-                } else {
-                    (name.to_string(), Kind::Gauge)
-                }
-            }
-        };
-        out.push(PromSample {
-            family,
-            name: name.to_string(),
-            labels,
-            kind,
-            value,
-        });
     }
-    out
+}
+
+impl Iterator for TextSamples<'_> {
+    type Item = PromSample;
+
+    fn next(&mut self) -> Option<PromSample> {
+        let types = &mut self.types;
+        for line in self.lines.by_ref() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('#') {
+                let mut parts = rest.split_whitespace();
+                if parts.next() == Some("TYPE") {
+                    if let (Some(n), Some(t)) = (parts.next(), parts.next()) {
+                        types.insert(n.to_string(), t.to_string());
+                    }
+                }
+                continue;
+            }
+            let Some((name, labels, rest)) = split_sample(line) else {
+                continue;
+            };
+            let Some(value_text) = rest.split_whitespace().next() else {
+                continue;
+            };
+            let Some(value) = parse_value(value_text) else {
+                continue;
+            };
+            let (family, kind) = match types.get(name).map(String::as_str) {
+                Some("counter") => (name.to_string(), Kind::Counter),
+                Some("gauge") | Some("untyped") => (name.to_string(), Kind::Gauge),
+                // Quantiles of a summary (the sample name equals the family name), or unknown types.
+                Some(_) => continue,
+                None => {
+                    let typed = |suffix: &str| {
+                        let base = name.strip_suffix(suffix)?;
+                        Some((base, types.get(base).map(String::as_str)?))
+                    };
+                    if let Some((base, "counter")) = typed("_total") {
+                        (base.to_string(), Kind::Counter)
+                    } else if let Some((_, "histogram")) = typed("_bucket") {
+                        continue;
+                    } else if let Some((base, "histogram" | "summary")) =
+                        typed("_sum").or_else(|| typed("_count"))
+                    {
+                        (base.to_string(), Kind::Counter)
+                    } else {
+                        (name.to_string(), Kind::Gauge)
+                    }
+                }
+            };
+            return Some(PromSample {
+                family,
+                name: name.to_string(),
+                labels,
+                kind,
+                value,
+            });
+        }
+        None
+    }
 }
 
 fn parse_value(text: &str) -> Option<Decimal> {
@@ -335,13 +434,18 @@ pub fn channel_for(s: &PromSample, rename: &BTreeMap<String, String>) -> Option<
     Channel::new(name).ok()
 }
 
-fn unit_for(name: &str) -> &'static str {
-    if name.contains("_seconds") {
-        "s"
-    } else if name.contains("_bytes") {
-        "B"
+/// The unit of a sample: the `units` table by sample or family name, else `s` for
+/// `_seconds`, `B` for `_bytes`, else `1`.
+pub fn unit_for(s: &PromSample, units: &BTreeMap<String, String>) -> String {
+    if let Some(u) = units.get(&s.name).or_else(|| units.get(&s.family)) {
+        return u.clone();
+    }
+    if s.name.contains("_seconds") {
+        "s".into()
+    } else if s.name.contains("_bytes") {
+        "B".into()
     } else {
-        ""
+        "1".into()
     }
 }
 
@@ -355,11 +459,16 @@ impl PromPoller {
     }
 
     pub async fn poll(&mut self, ts: DateTime<Utc>, quality: Quality) -> PollResult {
-        let body = http_get(&self.cfg.url, Duration::from_millis(self.cfg.timeout_ms)).await?;
+        let body = http_get_limited(
+            &self.cfg.url,
+            Duration::from_millis(self.cfg.timeout_ms),
+            self.cfg.max_scrape_bytes,
+        )
+        .await?;
         let text = String::from_utf8_lossy(&body);
         let mut samples = Vec::new();
         let mut problems = Vec::new();
-        for s in parse_text(&text) {
+        for s in TextSamples::new(&text) {
             if !self.cfg.include.is_empty()
                 && !self
                     .cfg
@@ -369,16 +478,25 @@ impl PromPoller {
             {
                 continue;
             }
+            if samples.len() + problems.len() >= self.cfg.max_samples {
+                return Err(format!(
+                    "scrape of {} has more than {} samples (max_samples); none kept",
+                    self.cfg.url, self.cfg.max_samples
+                ));
+            }
             match channel_for(&s, &self.cfg.rename) {
                 Some(channel) => samples.push(Sample {
                     ts,
                     channel,
                     kind: s.kind,
-                    unit: unit_for(&s.name).to_string(),
+                    unit: unit_for(&s, &self.cfg.units),
                     value: s.value,
                     quality,
                 }),
-                None => problems.push(format!("{}: no valid channel name (too long?)", s.name)),
+                None => problems.push(format!(
+                    "{}: no valid channel name (too long?)",
+                    excerpt(&s.name)
+                )),
             }
         }
         Ok((samples, problems))
@@ -444,14 +562,20 @@ big 1.5e3
     #[test]
     fn http_bodies() {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef";
-        assert_eq!(complete_body(r, false).unwrap(), Some(b"abc".to_vec()));
+        assert_eq!(
+            complete_body(r, false, MAX_BODY).unwrap(),
+            Some(b"abc".to_vec())
+        );
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc";
-        assert_eq!(complete_body(r, false).unwrap(), None);
+        assert_eq!(complete_body(r, false, MAX_BODY).unwrap(), None);
         let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(complete_body(r, false).unwrap(), Some(b"abcde".to_vec()));
+        assert_eq!(
+            complete_body(r, false, MAX_BODY).unwrap(),
+            Some(b"abcde".to_vec())
+        );
         let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab";
-        assert_eq!(complete_body(r, false).unwrap(), None);
-        assert!(complete_body(b"HTTP/1.1 404 Not Found\r\n\r\n", false).is_err());
+        assert_eq!(complete_body(r, false, MAX_BODY).unwrap(), None);
+        assert!(complete_body(b"HTTP/1.1 404 Not Found\r\n\r\n", false, MAX_BODY).is_err());
         assert_eq!(
             parse_url("http://127.0.0.1:9100/metrics").unwrap(),
             ("127.0.0.1:9100".to_string(), "/metrics".to_string())
@@ -478,10 +602,10 @@ big 1.5e3
 
         #[test]
         fn http_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = complete_body(&raw, false);
+            let _ = complete_body(&raw, false, MAX_BODY);
             let mut with_head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
             with_head.extend(raw);
-            let _ = complete_body(&with_head, false);
+            let _ = complete_body(&with_head, false, MAX_BODY);
         }
     }
 }

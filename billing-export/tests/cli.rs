@@ -9,7 +9,13 @@ fn config_problems_are_printed_once_without_a_backtrace() {
     let conf = dir.path().join("billing.toml");
     std::fs::write(&conf, "bogus_key = 1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gridmeter-billing"))
-        .args(["run", "--config", &conf.display().to_string(), "--period", "2026-10"])
+        .args([
+            "run",
+            "--config",
+            &conf.display().to_string(),
+            "--period",
+            "2026-10",
+        ])
         .env("RUST_BACKTRACE", "1")
         .env("RUST_LIB_BACKTRACE", "1")
         .output()

@@ -51,10 +51,7 @@ impl Durable {
         if !self.by_device.contains_key(device) {
             self.by_device.insert(device.clone(), Default::default());
         }
-        let entry = self
-            .by_device
-            .get_mut(device)
-            .expect("inserted just above");
+        let entry = self.by_device.get_mut(device).expect("inserted just above");
         (&mut entry.0, &mut entry.1)
     }
 

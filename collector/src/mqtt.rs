@@ -67,21 +67,34 @@ pub fn network_options() -> rumqttc::NetworkOptions {
     n
 }
 
+/// The collector's side of the broker connection.
+pub struct Session {
+    pub eventloop: EventLoop,
+    pub client: AsyncClient,
+    /// What it subscribes to (plain or shared).
+    pub filter: String,
+    /// The certificate files, reloaded before every reconnect.
+    pub tls: ClientTls,
+}
+
 /// Polls the event loop until `stop` turns true: forwards publishes to `tx`, (re)subscribes
 /// on every connection that has no session yet, and reconnects after errors, with the TLS
-/// configuration reloaded from `tls`'s files. Each message
-/// takes its payload's size in permits of `budget` (at most all of them) before it is
-/// forwarded: while the ingest thread holds the whole budget, no more is read.
+/// configuration reloaded from the session's files. Each message takes its payload's size in
+/// permits of `budget` (at most all of them) before it is forwarded: while the ingest thread
+/// holds the whole budget, no more is read.
 pub async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    filter: String,
+    session: Session,
     tx: mpsc::Sender<Incoming>,
     budget: Arc<Semaphore>,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
-    mut tls: ClientTls,
 ) {
+    let Session {
+        mut eventloop,
+        client,
+        filter,
+        mut tls,
+    } = session;
     let mut backoff = Duration::from_millis(200);
     let budget_total = budget.available_permits().max(1);
     loop {

@@ -137,15 +137,18 @@ pub async fn run(
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(config.ingest_buffer_bytes));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mqtt_task = tokio::spawn(mqtt::drive(
+    let session = mqtt::Session {
         eventloop,
-        client.clone(),
-        config.topic_filter(),
+        client: client.clone(),
+        filter: config.topic_filter(),
+        tls,
+    };
+    let mqtt_task = tokio::spawn(mqtt::drive(
+        session,
         in_tx,
         budget,
         metrics.clone(),
         stop_rx,
-        tls,
     ));
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel::<Durable>();
     let confirm_task = tokio::spawn(confirm::publish_loop(
@@ -590,13 +593,14 @@ mod tests {
         )
         .unwrap();
         std::fs::write(wal::segment_path(&wal_dir, 2), &seg2).unwrap();
-        let (state2, next2, durable) = recover(&wal_dir, &landing, &policy, true, 1)
-            .await
-            .unwrap();
+        let (state2, next2, durable) = recover(&wal_dir, &landing, &policy, true, 1).await.unwrap();
         assert_eq!((state2, next2), (state, 3));
         // The replayed segment's seqs, redelivered or new, are confirmed once connected.
         let confirmed = durable.into_confirmations();
-        let a = confirmed.iter().find(|c| c.device_id.as_str() == "a").unwrap();
+        let a = confirmed
+            .iter()
+            .find(|c| c.device_id.as_str() == "a")
+            .unwrap();
         assert_eq!(a.seqs.ranges(), &[(1, 20)]);
         assert_eq!(
             files(&data),

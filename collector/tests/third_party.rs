@@ -103,7 +103,12 @@ c.disconnect()
         .expect("mosquitto_pub (apt-get install mosquitto-clients)");
     assert!(status.success());
 
-    wait_gauge(&registry, "gridmeter_collector_readings_accepted_total", 35.0).await;
+    wait_gauge(
+        &registry,
+        "gridmeter_collector_readings_accepted_total",
+        35.0,
+    )
+    .await;
     // One confirmation per device at least, to topics nobody subscribes to.
     wait_for(Duration::from_secs(30), "confirmations published", || {
         metric(&registry, "gridmeter_collector_confirmations_sent_total").unwrap_or(0.0) >= 2.0

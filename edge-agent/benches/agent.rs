@@ -337,10 +337,7 @@ fn backfill_end_to_end(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: u
                 "mosquitto_pub_equivalent_readings_per_s {:.0} (x500 readings/msg)",
                 mps * 500.0
             );
-            println!(
-                "agent_vs_mosquitto_pub_ratio {:.3}",
-                rate / (mps * 500.0)
-            );
+            println!("agent_vs_mosquitto_pub_ratio {:.3}", rate / (mps * 500.0));
         }
         other => println!("mosquitto_pub failed: {other:?}"),
     }

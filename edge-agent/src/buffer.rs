@@ -807,7 +807,11 @@ impl Buffer {
             )?;
             for &(a, b) in c.seqs.ranges() {
                 let hi = b.min(i64::MAX as u64) as i64;
-                let mut rows = st.query(params![a.min(i64::MAX as u64) as i64, hi, ROW_OVERHEAD as i64])?;
+                let mut rows = st.query(params![
+                    a.min(i64::MAX as u64) as i64,
+                    hi,
+                    ROW_OVERHEAD as i64
+                ])?;
                 while let Some(r) = rows.next()? {
                     done.readings += 1;
                     freed += r.get::<_, i64>(0)? as u64;
@@ -1014,7 +1018,11 @@ mod tests {
         b.published(&x.runs(), &x.gap_ids(), now);
         b.published(&y.runs(), &y.gap_ids(), now);
         assert_eq!(b.stats().unwrap().unconfirmed, 8);
-        assert_eq!(b.stats().unwrap().rows, 10, "PUBACKed readings stay buffered");
+        assert_eq!(
+            b.stats().unwrap().rows,
+            10,
+            "PUBACKed readings stay buffered"
+        );
         // A reconnect releases what is in flight only: awaiting batches are not re-read.
         b.release_inflight();
         assert_eq!(seqs_of(&b.next_batch(10, 0).unwrap().unwrap()), vec![9, 10]);
@@ -1024,14 +1032,24 @@ mod tests {
         let st = b.stats().unwrap();
         assert_eq!((st.rows, st.unconfirmed), (4, 2));
         let recounted = Buffer::open(&dir.path().join("b.sqlite"), 1 << 30).unwrap();
-        assert_eq!(st.bytes, recounted.stats().unwrap().bytes, "byte count kept exact");
+        assert_eq!(
+            st.bytes,
+            recounted.stats().unwrap().bytes,
+            "byte count kept exact"
+        );
         drop(recounted);
         // The rest of the first batch is overdue: it comes back before anything newer.
         assert_eq!(b.resend(&x.runs(), &x.gap_ids()), 2);
         b.release_inflight();
-        assert_eq!(seqs_of(&b.next_batch(10, 0).unwrap().unwrap()), vec![3, 4, 9, 10]);
+        assert_eq!(
+            seqs_of(&b.next_batch(10, 0).unwrap().unwrap()),
+            vec![3, 4, 9, 10]
+        );
         // A confirmation may overtake a resend: it deletes rows in flight too.
-        assert_eq!(b.confirm(&confirmation(&[(1, 100)], &[])).unwrap().readings, 4);
+        assert_eq!(
+            b.confirm(&confirmation(&[(1, 100)], &[])).unwrap().readings,
+            4
+        );
         assert!(b.next_batch(10, 0).unwrap().is_none());
         assert_eq!(b.stats().unwrap().rows, 0);
     }
@@ -1073,7 +1091,11 @@ mod tests {
         b.release_inflight();
         let next = b.next_batch(100, 0).unwrap().unwrap();
         assert_eq!(seqs_of(&next), vec![3, 4, 6, 7, 8, 9]);
-        let lost: Vec<(u64, u64)> = next.gaps.iter().map(|(_, g)| (g.from_seq, g.to_seq)).collect();
+        let lost: Vec<(u64, u64)> = next
+            .gaps
+            .iter()
+            .map(|(_, g)| (g.from_seq, g.to_seq))
+            .collect();
         assert_eq!(lost, vec![(1, 2), (5, 5)]);
     }
 

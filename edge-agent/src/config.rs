@@ -621,9 +621,7 @@ impl Validate for AgentConfig {
         self.mqtt.tls.check_role(
             "mqtt.tls",
             gridmeter_core::identity::Role::Device,
-            self.mqtt
-                .check_identity
-                .then_some(self.device_id.as_str()),
+            self.mqtt.check_identity.then_some(self.device_id.as_str()),
             p,
         );
         if self.mqtt.confirm_timeout.is_zero() {

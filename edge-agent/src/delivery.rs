@@ -373,7 +373,11 @@ mod tests {
         let t1 = t0 + std::time::Duration::from_secs(5);
         d.take(&[(1, 4)], &[]);
         assert_eq!(d.published(&[(1, 4)], &[], t1), 1);
-        assert_eq!(d.oldest_awaiting(), Some(t0), "the age counts from the first send");
+        assert_eq!(
+            d.oldest_awaiting(),
+            Some(t0),
+            "the age counts from the first send"
+        );
         d.forget(1, 4);
         assert_eq!(d.awaiting_count(), 0);
         assert_eq!(d.oldest_awaiting(), None);

@@ -337,7 +337,10 @@ impl Forwarder {
 
     async fn next_batch(&self) -> Result<Option<OutBatch>, String> {
         let buffer = self.buffer.clone();
-        let (max, live) = (self.config.mqtt.batch_max_readings, self.config.mqtt.live_every);
+        let (max, live) = (
+            self.config.mqtt.batch_max_readings,
+            self.config.mqtt.live_every,
+        );
         tokio::task::spawn_blocking(move || lock(&buffer).next_batch(max, live))
             .await
             .map_err(|e| e.to_string())?
@@ -369,7 +372,10 @@ impl Forwarder {
         let refused = reason != PubAckReason::Success;
         if refused {
             let label = refused_reason(reason);
-            self.metrics.publish_refused.with_label_values(&[label]).inc();
+            self.metrics
+                .publish_refused
+                .with_label_values(&[label])
+                .inc();
             tracing::error!(
                 readings = n,
                 "broker refused the publish ({label}): {}; the readings stay buffered and are retried",

@@ -55,9 +55,11 @@ async fn broker_outage_is_backfilled_oldest_first() {
         sub.seen.lock().unwrap().dedup().len() as u64 == total
     })
     .await;
-    wait_for(Duration::from_secs(30), "buffer drained (confirmed)", || {
-        metric(&registry, "gridmeter_agent_buffer_rows", None) == 0.0
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "buffer drained (confirmed)",
+        || metric(&registry, "gridmeter_agent_buffer_rows", None) == 0.0,
+    )
     .await;
     stop_tx.send(()).unwrap();
     agent.await.unwrap().unwrap();

@@ -238,10 +238,21 @@ async fn shared_subscription_collectors_each_confirm_their_part() {
     })
     .await;
     let (sent1, sent2) = (
-        metric(&c1.registry, "gridmeter_collector_confirmations_sent_total", None),
-        metric(&c2.registry, "gridmeter_collector_confirmations_sent_total", None),
+        metric(
+            &c1.registry,
+            "gridmeter_collector_confirmations_sent_total",
+            None,
+        ),
+        metric(
+            &c2.registry,
+            "gridmeter_collector_confirmations_sent_total",
+            None,
+        ),
     );
-    assert!(sent1 > 0.0 && sent2 > 0.0, "both confirmed: {sent1}, {sent2}");
+    assert!(
+        sent1 > 0.0 && sent2 > 0.0,
+        "both confirmed: {sent1}, {sent2}"
+    );
     agent.stop().await;
     c1.stop().await;
     c2.stop().await;

@@ -125,22 +125,23 @@ async fn kill_9_twenty_times_loses_nothing_and_reuses_no_seq() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 
-    let seen = sub.seen.lock().unwrap();
-    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
-    // dedup() asserts that a redelivered seq carries identical content.
-    let by_seq = seen.dedup();
-    assert_eq!(
-        by_seq.keys().copied().collect::<Vec<_>>(),
-        (1..=n).collect::<Vec<_>>()
-    );
-    assert_eq!(Buffer::open(&buf, u64::MAX).unwrap().next_seq(), n + 1);
+    {
+        let seen = sub.seen.lock().unwrap();
+        assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+        // dedup() asserts that a redelivered seq carries identical content.
+        let by_seq = seen.dedup();
+        assert_eq!(
+            by_seq.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        assert_eq!(Buffer::open(&buf, u64::MAX).unwrap().next_seq(), n + 1);
 
-    eprintln!(
-        "{n} readings in {} messages ({} received incl. redeliveries)",
-        seen.messages.len(),
-        seen.readings().count()
-    );
-    drop(seen);
+        eprintln!(
+            "{n} readings in {} messages ({} received incl. redeliveries)",
+            seen.messages.len(),
+            seen.readings().count()
+        );
+    }
     collector.stop().await;
     assert_raw_exactly_once(&dir.path().join("data"), "meter-k", n);
 }

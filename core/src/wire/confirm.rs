@@ -66,7 +66,9 @@ impl SeqRanges {
             return;
         }
         // Out of order: merge every range that overlaps or touches [a, b].
-        let lo = self.ranges.partition_point(|&(_, e)| e < a.saturating_sub(1));
+        let lo = self
+            .ranges
+            .partition_point(|&(_, e)| e < a.saturating_sub(1));
         let mut hi = lo;
         let (mut s, mut e) = (a, b);
         while hi < self.ranges.len() && self.ranges[hi].0 <= b.saturating_add(1) {
@@ -96,9 +98,9 @@ impl SeqRanges {
 
     /// Number of seqs in the set (saturating at `u64::MAX`).
     pub fn count(&self) -> u64 {
-        self.ranges
-            .iter()
-            .fold(0u64, |n, &(a, b)| n.saturating_add((b - a).saturating_add(1)))
+        self.ranges.iter().fold(0u64, |n, &(a, b)| {
+            n.saturating_add((b - a).saturating_add(1))
+        })
     }
 
     /// Whether `seq` is in the set.
@@ -292,7 +294,10 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_refused_with_short_messages() {
-        let long = format!(r#"{{"v":1,"device_id":"{}","seqs":[]}}"#, "x".repeat(100_000));
+        let long = format!(
+            r#"{{"v":1,"device_id":"{}","seqs":[]}}"#,
+            "x".repeat(100_000)
+        );
         let e = Confirmation::decode(long.as_bytes(), 10).unwrap_err();
         assert!(e.to_string().len() < 300, "{e}");
         assert!(matches!(

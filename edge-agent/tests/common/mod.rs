@@ -355,8 +355,16 @@ pub fn assert_raw_exactly_once(data: &Path, device: &str, n: u64) {
         .map(|(_, s, c)| (s, c))
         .collect();
     let twice: Vec<u64> = rows.iter().filter(|(_, c)| *c != 1).map(|r| r.0).collect();
-    assert!(twice.is_empty(), "{device}: seqs landed more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "{device}: seqs landed more than once: {twice:?}"
+    );
     let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
-    assert_eq!(seqs.len() as u64, n, "{device}: {} of {n} seqs in raw", seqs.len());
+    assert_eq!(
+        seqs.len() as u64,
+        n,
+        "{device}: {} of {n} seqs in raw",
+        seqs.len()
+    );
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{device}");
 }

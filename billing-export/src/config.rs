@@ -31,6 +31,9 @@ pub struct ExportConfig {
     pub reconcile_raw: bool,
     /// Write Green Button ESPI feeds.
     pub green_button: bool,
+    /// Absolute base URL of the feeds' hrefs (`https://utility.example/espi/1_1/resource`);
+    /// default [`crate::espi::DEFAULT_BASE_URL`].
+    pub green_button_base_url: String,
     /// Prometheus textfile; default `<out_dir>/exports/metrics.prom`. It holds wall-clock
     /// figures, so it is outside the run directories (which are byte-reproducible).
     pub metrics_file: Option<PathBuf>,
@@ -53,6 +56,7 @@ impl ExportConfig {
             as_of: None,
             reconcile_raw: true,
             green_button: true,
+            green_button_base_url: crate::espi::DEFAULT_BASE_URL.to_string(),
             metrics_file: None,
         }
     }
@@ -87,6 +91,9 @@ impl ExportConfig {
             as_of: file.as_of,
             reconcile_raw: file.reconcile_raw,
             green_button: file.green_button,
+            green_button_base_url: file
+                .green_button_base_url
+                .unwrap_or_else(|| crate::espi::DEFAULT_BASE_URL.to_string()),
             metrics_file: file.metrics_file.as_deref().map(rel),
         })
     }
@@ -137,7 +144,26 @@ struct ConfigFile {
     #[serde(default = "yes")]
     green_button: bool,
     #[serde(default)]
+    green_button_base_url: Option<String>,
+    #[serde(default)]
     metrics_file: Option<PathBuf>,
+}
+
+/// `None` if `u` is an absolute http(s) URL without query or fragment, else the problem.
+pub fn absolute_http_url(u: &str) -> Option<String> {
+    match url::Url::parse(u) {
+        Ok(p)
+            if matches!(p.scheme(), "http" | "https")
+                && p.query().is_none()
+                && p.fragment().is_none() =>
+        {
+            None
+        }
+        _ => Some(format!(
+            "{} is not an absolute http(s) URL without query or fragment",
+            crate::error::excerpt(u)
+        )),
+    }
 }
 
 fn yes() -> bool {
@@ -147,6 +173,11 @@ fn yes() -> bool {
 impl Validate for ConfigFile {
     fn validate(&self, p: &mut Problems) {
         gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
+        if let Some(u) = &self.green_button_base_url {
+            if let Some(problem) = crate::config::absolute_http_url(u) {
+                p.push("green_button_base_url", problem);
+            }
+        }
         if self.object_store.is_some() && self.out_dir.is_none() {
             p.push(
                 "out_dir",

@@ -37,6 +37,13 @@ pub struct ExportConfig {
     /// Prometheus textfile; default `<out_dir>/exports/metrics.prom`. It holds wall-clock
     /// figures, so it is outside the run directories (which are byte-reproducible).
     pub metrics_file: Option<PathBuf>,
+    /// `[stripe]`: where `push --to stripe` sends (default: api.stripe.com, key from
+    /// `STRIPE_API_KEY`).
+    pub stripe: Option<crate::push::stripe::StripeConfig>,
+    /// `[zuora]`: the usage file of `push --to zuora-file` and its optional upload.
+    pub zuora: Option<crate::push::zuora::ZuoraConfig>,
+    /// `[[webhooks]]`: signed event endpoints.
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 impl ExportConfig {
@@ -58,6 +65,9 @@ impl ExportConfig {
             green_button: true,
             green_button_base_url: crate::espi::DEFAULT_BASE_URL.to_string(),
             metrics_file: None,
+            stripe: None,
+            zuora: None,
+            webhooks: Vec::new(),
         }
     }
 
@@ -95,6 +105,22 @@ impl ExportConfig {
                 .green_button_base_url
                 .unwrap_or_else(|| crate::espi::DEFAULT_BASE_URL.to_string()),
             metrics_file: file.metrics_file.as_deref().map(rel),
+            stripe: file.stripe.map(|mut s| {
+                s.api_key_file = s.api_key_file.as_deref().map(rel);
+                s
+            }),
+            zuora: file.zuora.map(|mut z| {
+                z.token_file = z.token_file.as_deref().map(rel);
+                z
+            }),
+            webhooks: file
+                .webhooks
+                .into_iter()
+                .map(|mut w| {
+                    w.secret_file = w.secret_file.as_deref().map(rel);
+                    w
+                })
+                .collect(),
         })
     }
 
@@ -147,6 +173,12 @@ struct ConfigFile {
     green_button_base_url: Option<String>,
     #[serde(default)]
     metrics_file: Option<PathBuf>,
+    #[serde(default)]
+    stripe: Option<crate::push::stripe::StripeConfig>,
+    #[serde(default)]
+    zuora: Option<crate::push::zuora::ZuoraConfig>,
+    #[serde(default)]
+    webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 /// `None` if `u` is an absolute http(s) URL without query or fragment, else the problem.
@@ -174,8 +206,29 @@ impl Validate for ConfigFile {
     fn validate(&self, p: &mut Problems) {
         gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
         if let Some(u) = &self.green_button_base_url {
-            if let Some(problem) = crate::config::absolute_http_url(u) {
+            if let Some(problem) = absolute_http_url(u) {
                 p.push("green_button_base_url", problem);
+            }
+        }
+        if let Some(st) = &self.stripe {
+            if let Some(problem) = absolute_http_url(&st.api_base) {
+                p.push("stripe.api_base", problem);
+            }
+            if st.retry.max_attempts == 0 {
+                p.push("stripe.retry.max_attempts", "must be at least 1");
+            }
+        }
+        if let Some(z) = &self.zuora {
+            if !matches!(z.date_format.as_str(), "MM/DD/YYYY" | "DD/MM/YYYY") {
+                p.push("zuora.date_format", "must be MM/DD/YYYY or DD/MM/YYYY");
+            }
+            if let Some(problem) = z.endpoint.as_deref().and_then(absolute_http_url) {
+                p.push("zuora.endpoint", problem);
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            for (k, v) in w.problems(&format!("webhooks[{i}]")) {
+                p.push(k, v);
             }
         }
         if self.object_store.is_some() && self.out_dir.is_none() {

@@ -73,6 +73,11 @@ struct Ledger {
 pub fn run(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, BillingError> {
     let started = std::time::Instant::now();
     let result = run_inner(cfg, period);
+    if let Ok(s) = &result {
+        if let Some(dir) = &s.run_dir {
+            crate::webhooks::publish(&cfg.webhooks, dir, &crate::webhooks::export_events(s));
+        }
+    }
     let figures = match &result {
         Ok(s) => crate::metrics::Figures {
             lines: s.statement_lines,

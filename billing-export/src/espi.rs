@@ -174,7 +174,7 @@ pub fn local_time(tz: Tz, year: i32) -> LocalTime {
     match (start, end) {
         (Some(s), Some(e)) => {
             let dst = std_offset(s).1;
-            let others: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = (year - 3..=year + 3)
+            let others: Vec<Transitions> = (year - 3..=year + 3)
                 .filter(|y| *y != year)
                 .map(|y| transitions(tz, y))
                 .collect();
@@ -209,8 +209,11 @@ pub fn local_time(tz: Tz, year: i32) -> LocalTime {
     }
 }
 
+/// When DST starts and ends in a year (UTC), if it does.
+type Transitions = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// The first instants of `year` (UTC) at which DST starts and ends, if it does.
-fn transitions(tz: Tz, year: i32) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+fn transitions(tz: Tz, year: i32) -> Transitions {
     let dst_at = |t: DateTime<Utc>| {
         tz.offset_from_utc_datetime(&t.naive_utc())
             .dst_offset()
@@ -730,6 +733,11 @@ mod tests {
         assert_eq!(lt.dst_offset, 3600);
         assert_eq!(format!("{:08X}", lt.dst_start_rule), "3E0E2000");
         assert_eq!(format!("{:08X}", lt.dst_end_rule), "AE0E3000");
+        // Southern hemisphere: DST from the first Sunday of October to the first of April.
+        let syd = local_time(chrono_tz::Australia::Sydney, 2026);
+        assert_eq!((syd.tz_offset, syd.dst_offset), (36000, 3600));
+        assert_eq!(format!("{:08X}", syd.dst_start_rule), "A40E2000");
+        assert_eq!(format!("{:08X}", syd.dst_end_rule), "440E3000");
         let none = local_time(chrono_tz::Asia::Tokyo, 2026);
         assert_eq!((none.tz_offset, none.dst_offset), (32400, 0));
         assert_eq!(none.dst_start_rule, u32::MAX);

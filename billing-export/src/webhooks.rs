@@ -205,7 +205,7 @@ pub fn resend(hooks: &[WebhookConfig], run_dir: &Path) -> Vec<Delivery> {
             }
         };
         for (e, body) in &events {
-            let wanted = hook.events.is_empty() || hook.events.iter().any(|k| *k == e.kind);
+            let wanted = hook.events.is_empty() || hook.events.contains(&e.kind);
             if !wanted || done.contains(&(e.id.clone(), hook.url.clone())) {
                 continue;
             }

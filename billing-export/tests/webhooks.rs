@@ -87,9 +87,16 @@ fn events_are_signed_retried_and_delivered_once() {
         hook(&format!("{}/hooks", other.base), &dir.path().join("secret")),
     ];
     let p = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-    let s = run(&cfg, Period::range(p("2026-03-01"), p("2026-03-02")).unwrap()).unwrap();
+    let s = run(
+        &cfg,
+        Period::range(p("2026-03-01"), p("2026-03-02")).unwrap(),
+    )
+    .unwrap();
     let run_dir = s.run_dir.clone().unwrap();
-    assert_eq!(s.held_customers().into_iter().collect::<Vec<_>>(), ["C-BAD"]);
+    assert_eq!(
+        s.held_customers().into_iter().collect::<Vec<_>>(),
+        ["C-BAD"]
+    );
 
     let reqs = good.requests();
     let mut by_type: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
@@ -114,18 +121,29 @@ fn events_are_signed_retried_and_delivered_once() {
     }
     let held = &by_type["bill.held"][2]["event"]["data"];
     assert_eq!(held["customer_id"], "C-BAD");
-    assert!(held["reasons"][0]["reason"].as_str().unwrap().contains("reconciliation"));
-    assert_eq!(by_type["run.published"][2]["event"]["data"]["run"], "run-0001");
+    assert!(held["reasons"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("reconciliation"));
+    assert_eq!(
+        by_type["run.published"][2]["event"]["data"]["run"],
+        "run-0001"
+    );
 
     // The endpoint with the other secret refused every event (400, no retry).
     let refused = other.requests();
     assert_eq!(refused.len(), 3, "{refused:?}");
-    assert!(refused.iter().all(|r| r["verified"] == false && r["status"] == 400));
+    assert!(refused
+        .iter()
+        .all(|r| r["verified"] == false && r["status"] == 400));
 
     // Sending again delivers nothing new to the good endpoint; the refused ones are tried
     // again (and refused again), and the receiver saw each event id processed once.
     let again = webhooks::resend(&cfg.webhooks, &run_dir);
-    assert!(again.iter().all(|d| !d.url.starts_with(&good.base)), "{again:?}");
+    assert!(
+        again.iter().all(|d| !d.url.starts_with(&good.base)),
+        "{again:?}"
+    );
     assert_eq!(again.len(), 3);
     assert_eq!(good.requests().len(), reqs.len());
     // A resend after the receiver lost its answer (a duplicate): harmless by the event id.
@@ -137,11 +155,9 @@ fn events_are_signed_retried_and_delivered_once() {
         .collect();
     std::fs::write(&log, kept.join("\n") + "\n").unwrap();
     webhooks::resend(&cfg.webhooks[..1], &run_dir);
-    let dups: Vec<serde_json::Value> = good
-        .requests()
-        .into_iter()
-        .skip(reqs.len())
-        .collect();
+    let dups: Vec<serde_json::Value> = good.requests().into_iter().skip(reqs.len()).collect();
     assert_eq!(dups.len(), 3);
-    assert!(dups.iter().all(|r| r["status"] == 200 && r["duplicate"] == true && r["verified"] == true));
+    assert!(dups
+        .iter()
+        .all(|r| r["status"] == 200 && r["duplicate"] == true && r["verified"] == true));
 }

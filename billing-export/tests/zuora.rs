@@ -72,13 +72,31 @@ fn data(root: &Path) {
     let mut raw = Vec::new();
     let mut usage = Vec::new();
     for (i, dev) in ["meter-1", "meter-2"].into_iter().enumerate() {
-        let per: Vec<Decimal> = (0..96).map(|k| Decimal::from(50 + k % 5 + 10 * i as i64)).collect();
+        let per: Vec<Decimal> = (0..96)
+            .map(|k| Decimal::from(50 + k % 5 + 10 * i as i64))
+            .collect();
         let (r, u) = counter(dev, "energy_import", "Wh", start, &per, 1);
         raw.extend(r);
         usage.extend(u);
     }
-    write_raw(root, "2026-03-02", "c1-0", &raw.iter().filter(|r| r.ts < t("2026-03-03T00:00:00Z")).cloned().collect::<Vec<_>>());
-    write_raw(root, "2026-03-03", "c1-0", &raw.iter().filter(|r| r.ts >= t("2026-03-03T00:00:00Z")).cloned().collect::<Vec<_>>());
+    write_raw(
+        root,
+        "2026-03-02",
+        "c1-0",
+        &raw.iter()
+            .filter(|r| r.ts < t("2026-03-03T00:00:00Z"))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    write_raw(
+        root,
+        "2026-03-03",
+        "c1-0",
+        &raw.iter()
+            .filter(|r| r.ts >= t("2026-03-03T00:00:00Z"))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     write_usage(root, "commit-0001", &usage);
 }
 
@@ -87,7 +105,16 @@ fn the_usage_file_follows_the_template_and_is_uploaded_once() {
     // Zuora's documented usage file template columns.
     assert_eq!(
         COLUMNS,
-        ["ACCOUNT_ID", "UOM", "QTY", "STARTDATE", "ENDDATE", "SUBSCRIPTION_ID", "CHARGE_ID", "DESCRIPTION"]
+        [
+            "ACCOUNT_ID",
+            "UOM",
+            "QTY",
+            "STARTDATE",
+            "ENDDATE",
+            "SUBSCRIPTION_ID",
+            "CHARGE_ID",
+            "DESCRIPTION"
+        ]
     );
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
@@ -111,7 +138,11 @@ fn the_usage_file_follows_the_template_and_is_uploaded_once() {
     ))
     .unwrap()];
     let p = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-    let s = run(&cfg, Period::range(p("2026-03-02"), p("2026-03-03")).unwrap()).unwrap();
+    let s = run(
+        &cfg,
+        Period::range(p("2026-03-02"), p("2026-03-03")).unwrap(),
+    )
+    .unwrap();
     let run_dir = s.run_dir.unwrap();
     let spec = "2026-03-02_2026-03-03/run-0001";
 
@@ -135,9 +166,17 @@ fn the_usage_file_follows_the_template_and_is_uploaded_once() {
 
     let zdir = run_dir.join("push/zuora");
     let csv = read(&zdir.join(&out.files[0]));
-    assert!(csv.starts_with("ACCOUNT_ID,UOM,QTY,STARTDATE,ENDDATE,SUBSCRIPTION_ID,CHARGE_ID,DESCRIPTION\r\n"), "{csv}");
+    assert!(
+        csv.starts_with(
+            "ACCOUNT_ID,UOM,QTY,STARTDATE,ENDDATE,SUBSCRIPTION_ID,CHARGE_ID,DESCRIPTION\r\n"
+        ),
+        "{csv}"
+    );
     assert!(csv.contains("A00000001,KWH,"), "{csv}");
-    assert!(csv.contains(",03/02/2026,03/02/2026,A-S00000001,C-00000011,"), "{csv}");
+    assert!(
+        csv.contains(",03/02/2026,03/02/2026,A-S00000001,C-00000011,"),
+        "{csv}"
+    );
     assert!(csv.contains(",03/02/2026,03/02/2026,,C-00000020,"), "{csv}");
     assert!(!csv.contains("standing_charge"));
     // QTY per account = the statement's kWh of the energy lines, exactly.
@@ -153,14 +192,22 @@ fn the_usage_file_follows_the_template_and_is_uploaded_once() {
         .map(|l| l.split(',').nth(2).unwrap().parse::<Decimal>().unwrap())
         .sum();
     assert_eq!(got, want);
-    assert_eq!(ok["sha256"].as_str().unwrap(), read(&zdir.join("SHA256SUMS")).split(' ').next().unwrap());
+    assert_eq!(
+        ok["sha256"].as_str().unwrap(),
+        read(&zdir.join("SHA256SUMS")).split(' ').next().unwrap()
+    );
     let sums = Command::new("sha256sum")
         .args(["-c", "SHA256SUMS"])
         .current_dir(&zdir)
         .output()
         .unwrap();
-    assert!(sums.status.success(), "{}", String::from_utf8_lossy(&sums.stdout));
-    let manifest: serde_json::Value = serde_json::from_str(&read(&zdir.join("manifest.json"))).unwrap();
+    assert!(
+        sums.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sums.stdout)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&zdir.join("manifest.json"))).unwrap();
     assert_eq!(manifest["rows"], 4);
 
     // The push event, signed and verified by the receiver.
@@ -189,7 +236,13 @@ fn the_usage_file_follows_the_template_and_is_uploaded_once() {
     cfg.registry.customers[1].zuora_account = None;
     let e = push(&cfg, spec, Target::ZuoraFile).unwrap_err().to_string();
     assert!(e.contains("3 problem(s)"), "{e}");
-    assert!(e.contains("customer C-1: no zuora_charges entry for energy.offpeak"), "{e}");
-    assert!(e.contains("customer C-1: no zuora_charges entry for energy.peak"), "{e}");
+    assert!(
+        e.contains("customer C-1: no zuora_charges entry for energy.offpeak"),
+        "{e}"
+    );
+    assert!(
+        e.contains("customer C-1: no zuora_charges entry for energy.peak"),
+        "{e}"
+    );
     assert!(e.contains("customer C-2 has no zuora_account"), "{e}");
 }

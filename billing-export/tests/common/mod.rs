@@ -314,7 +314,11 @@ impl Receiver {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let port = line.strip_prefix("PORT ").expect("receiver port").trim().to_string();
+        let port = line
+            .strip_prefix("PORT ")
+            .expect("receiver port")
+            .trim()
+            .to_string();
         Receiver {
             child,
             base: format!("http://127.0.0.1:{port}"),

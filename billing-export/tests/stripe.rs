@@ -322,6 +322,19 @@ fn push_a_month_for_50_customers_exactly_once() {
     assert_eq!(second.run.as_deref(), Some("run-0002"));
     let adj = expected(&cfg, "2026-10/run-0002");
     assert_eq!(adj.len(), 10);
+    // Someone else's pending item on a restated customer would be swept into our invoice:
+    // that customer is held back (exit 2), the others are pushed; once it is gone, it goes too.
+    let foreign = py(&["item", &ls.base, &stripe[5].0, &stripe[5].1, "999"]);
+    let o = push_cmd(&config, "2026-10/run-0002", &ls).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("C-005: Stripe: ")
+            && err.contains("pending invoice items that are not this run's"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("9 of 10 documents delivered"));
+    py(&["delete", &ls.base, foreign["id"].as_str().unwrap()]);
     let o = push_cmd(&config, "2026-10/run-0002", &ls).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -329,6 +342,7 @@ fn push_a_month_for_50_customers_exactly_once() {
         "{out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    assert!(out.contains("10 of 10 documents delivered"), "{out}");
     // The corrected bill: every line of the latest ledger, per customer, in cents.
     let ledger2: Value =
         serde_json::from_str(&read(&second.run_dir.as_ref().unwrap().join("ledger.json"))).unwrap();

@@ -7,6 +7,8 @@ independent reader of what it holds.
   python3 tests/stripe_fixture.py setup BASE N
       creates a zero-amount monthly plan and N customers, each with a subscription on it;
       prints [[cus, sub], ...] as JSON (localstripe invoices only through a subscription);
+  python3 tests/stripe_fixture.py item BASE cus sub amount / delete BASE ii_...
+      creates (prints as JSON) or deletes a pending invoice item that is not ours;
   python3 tests/stripe_fixture.py state BASE cus ...
       prints, per customer, its invoices with their lines and its pending invoice items.
 """
@@ -105,5 +107,11 @@ if __name__ == "__main__":
         serve(sys.argv[2])
     elif cmd == "setup":
         setup(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "item":
+        print(json.dumps(call(sys.argv[2], "POST", "/v1/invoiceitems", {
+            "customer": sys.argv[3], "subscription": sys.argv[4], "amount": int(sys.argv[5]),
+            "currency": "eur", "description": "someone else's charge"})))
+    elif cmd == "delete":
+        print(json.dumps(call(sys.argv[2], "DELETE", "/v1/invoiceitems/" + sys.argv[3])))
     elif cmd == "state":
         state(sys.argv[2], sys.argv[3:])

@@ -411,10 +411,24 @@ fn push_customer(
                 .filter(|i| !ours.contains(i))
                 .collect();
             if !foreign.is_empty() {
+                // A copy of one of our lines (a POST retried by a server that ignores
+                // idempotency keys) is told apart from someone else's item.
+                let ours_keys: BTreeSet<&str> =
+                    charges.iter().map(|(_, k, _)| k.as_str()).collect();
+                let copies = pending
+                    .iter()
+                    .filter(|i| i["id"].as_str().is_some_and(|x| !ours.contains(x)))
+                    .filter(|i| {
+                        i["metadata"]["gridmeter_key"]
+                            .as_str()
+                            .is_some_and(|k| ours_keys.contains(k))
+                    })
+                    .count();
                 return Err(BillingError::remote(
                     "Stripe",
                     format!(
-                        "{cus} has {} pending invoice items that are not this run's ({}); the invoice would include them",
+                        "{cus} has {} pending invoice items that are not this run's ({}; {copies} of them copies of our lines): \
+                         the invoice would include them; delete them in Stripe and push again",
                         foreign.len(),
                         excerpt(&foreign.join(" "))
                     ),

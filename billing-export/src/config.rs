@@ -261,6 +261,38 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_never_in_the_config_file() {
+        let base = "data_root = \"/d\"\nregistry = \"r\"\ntariffs = \"t\"\n";
+        let e = parse(&format!("{base}[stripe]\napi_key = \"sk_live_x\"\n")).unwrap_err();
+        assert!(e.problems.join("\n").contains("api_key"), "{e:?}");
+        let e = parse(&format!(
+            "{base}[[webhooks]]\nurl = \"https://h/x\"\nsecret = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.problems.join("\n").contains("secret"), "{e:?}");
+        let c = parse(&format!(
+            "{base}[stripe]\napi_key_file = \"stripe.key\"\n[stripe.retry]\ninitial_backoff = \"20ms\"\n\
+             [[webhooks]]\nurl = \"https://h/x\"\nevents = [\"bill.held\"]\n"
+        ))
+        .unwrap();
+        let st = c.stripe.unwrap();
+        assert_eq!(
+            st.retry.initial_backoff,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(st.api_key_env, "STRIPE_API_KEY");
+        let bad = parse(&format!(
+            "{base}[[webhooks]]\nurl = \"ftp://h\"\nevents = [\"nope\"]\n[zuora]\ndate_format = \"YYYY\"\n"
+        ))
+        .unwrap_err()
+        .problems
+        .join("\n");
+        for want in ["webhooks[0].url", "webhooks[0].events", "zuora.date_format"] {
+            assert!(bad.contains(want), "{want} missing in {bad}");
+        }
+    }
+
+    #[test]
     fn every_problem_at_once() {
         let all = |text: &str| parse(text).unwrap_err().problems.join("\n");
         let a = all("registry = \"r\"\ntariffs = \"t\"\n");

@@ -67,7 +67,15 @@ check(len(recon) > 0 and (recon["status"] == "ok").all(), f"reconciliation: {len
 customers = lines["customer_id"].nunique()
 invoices = glob.glob(os.path.join(run, "invoices", "*.json"))
 check(len(invoices) == customers, f"one JSON invoice per customer ({len(invoices)} for {customers})")
-check(len(glob.glob(os.path.join(run, "espi", "*.xml"))) > 0, "Green Button ESPI feeds written")
+feeds = sorted(glob.glob(os.path.join(run, "espi", "*.xml")))
+check(len(feeds) > 0, "Green Button ESPI feeds written")
+# Every feed against the official ESPI 3.3 schemas (wrapper and content) and conventions.
+import subprocess
+espi = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "billing-export", "tests", "espi_schema.py"), *feeds],
+                      capture_output=True, text=True)
+check(espi.returncode == 0 and bool(feeds),
+      f"{len(feeds)} Green Button feeds valid against the ESPI 3.3 schemas, with LocalTimeParameters and the usage summary"
+      + ("" if espi.returncode == 0 else f"\n{espi.stdout[-2000:]}{espi.stderr[-2000:]}"))
 
 if problems:
     print(f"{len(problems)} demo check(s) failed")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine with the Rust toolchain: Mosquitto
 # and its clients, Prometheus (promtool), Chromium, pdftotext and a font (the billing test
-# that prints invoices), and the Python packages of .ci/requirements.txt.
+# that prints invoices), xmllint (libxml2-utils: the Green Button schema check), and the
+# Python packages of .ci/requirements.txt (localstripe: the Stripe push test).
 # Already-installed packages are skipped, so it is cheap to run every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core)
+apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core libxml2-utils)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -31,9 +31,19 @@ pub struct ExportConfig {
     pub reconcile_raw: bool,
     /// Write Green Button ESPI feeds.
     pub green_button: bool,
+    /// Absolute base URL of the feeds' hrefs (`https://utility.example/espi/1_1/resource`);
+    /// default [`crate::espi::DEFAULT_BASE_URL`].
+    pub green_button_base_url: String,
     /// Prometheus textfile; default `<out_dir>/exports/metrics.prom`. It holds wall-clock
     /// figures, so it is outside the run directories (which are byte-reproducible).
     pub metrics_file: Option<PathBuf>,
+    /// `[stripe]`: where `push --to stripe` sends (default: api.stripe.com, key from
+    /// `STRIPE_API_KEY`).
+    pub stripe: Option<crate::push::stripe::StripeConfig>,
+    /// `[zuora]`: the usage file of `push --to zuora-file` and its optional upload.
+    pub zuora: Option<crate::push::zuora::ZuoraConfig>,
+    /// `[[webhooks]]`: signed event endpoints.
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 impl ExportConfig {
@@ -53,7 +63,11 @@ impl ExportConfig {
             as_of: None,
             reconcile_raw: true,
             green_button: true,
+            green_button_base_url: crate::espi::DEFAULT_BASE_URL.to_string(),
             metrics_file: None,
+            stripe: None,
+            zuora: None,
+            webhooks: Vec::new(),
         }
     }
 
@@ -87,7 +101,26 @@ impl ExportConfig {
             as_of: file.as_of,
             reconcile_raw: file.reconcile_raw,
             green_button: file.green_button,
+            green_button_base_url: file
+                .green_button_base_url
+                .unwrap_or_else(|| crate::espi::DEFAULT_BASE_URL.to_string()),
             metrics_file: file.metrics_file.as_deref().map(rel),
+            stripe: file.stripe.map(|mut s| {
+                s.api_key_file = s.api_key_file.as_deref().map(rel);
+                s
+            }),
+            zuora: file.zuora.map(|mut z| {
+                z.token_file = z.token_file.as_deref().map(rel);
+                z
+            }),
+            webhooks: file
+                .webhooks
+                .into_iter()
+                .map(|mut w| {
+                    w.secret_file = w.secret_file.as_deref().map(rel);
+                    w
+                })
+                .collect(),
         })
     }
 
@@ -137,7 +170,32 @@ struct ConfigFile {
     #[serde(default = "yes")]
     green_button: bool,
     #[serde(default)]
+    green_button_base_url: Option<String>,
+    #[serde(default)]
     metrics_file: Option<PathBuf>,
+    #[serde(default)]
+    stripe: Option<crate::push::stripe::StripeConfig>,
+    #[serde(default)]
+    zuora: Option<crate::push::zuora::ZuoraConfig>,
+    #[serde(default)]
+    webhooks: Vec<crate::webhooks::WebhookConfig>,
+}
+
+/// `None` if `u` is an absolute http(s) URL without query or fragment, else the problem.
+pub fn absolute_http_url(u: &str) -> Option<String> {
+    match url::Url::parse(u) {
+        Ok(p)
+            if matches!(p.scheme(), "http" | "https")
+                && p.query().is_none()
+                && p.fragment().is_none() =>
+        {
+            None
+        }
+        _ => Some(format!(
+            "{} is not an absolute http(s) URL without query or fragment",
+            crate::error::excerpt(u)
+        )),
+    }
 }
 
 fn yes() -> bool {
@@ -147,6 +205,32 @@ fn yes() -> bool {
 impl Validate for ConfigFile {
     fn validate(&self, p: &mut Problems) {
         gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
+        if let Some(u) = &self.green_button_base_url {
+            if let Some(problem) = absolute_http_url(u) {
+                p.push("green_button_base_url", problem);
+            }
+        }
+        if let Some(st) = &self.stripe {
+            if let Some(problem) = absolute_http_url(&st.api_base) {
+                p.push("stripe.api_base", problem);
+            }
+            if st.retry.max_attempts == 0 {
+                p.push("stripe.retry.max_attempts", "must be at least 1");
+            }
+        }
+        if let Some(z) = &self.zuora {
+            if !matches!(z.date_format.as_str(), "MM/DD/YYYY" | "DD/MM/YYYY") {
+                p.push("zuora.date_format", "must be MM/DD/YYYY or DD/MM/YYYY");
+            }
+            if let Some(problem) = z.endpoint.as_deref().and_then(absolute_http_url) {
+                p.push("zuora.endpoint", problem);
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            for (k, v) in w.problems(&format!("webhooks[{i}]")) {
+                p.push(k, v);
+            }
+        }
         if self.object_store.is_some() && self.out_dir.is_none() {
             p.push(
                 "out_dir",
@@ -174,6 +258,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.object_store.map(|o| o.url), Some("s3://b/p".to_string()));
+    }
+
+    #[test]
+    fn secrets_are_never_in_the_config_file() {
+        let base = "data_root = \"/d\"\nregistry = \"r\"\ntariffs = \"t\"\n";
+        let e = parse(&format!("{base}[stripe]\napi_key = \"sk_live_x\"\n")).unwrap_err();
+        assert!(e.problems.join("\n").contains("api_key"), "{e:?}");
+        let e = parse(&format!(
+            "{base}[[webhooks]]\nurl = \"https://h/x\"\nsecret = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.problems.join("\n").contains("secret"), "{e:?}");
+        let c = parse(&format!(
+            "{base}[stripe]\napi_key_file = \"stripe.key\"\n[stripe.retry]\ninitial_backoff = \"20ms\"\n\
+             [[webhooks]]\nurl = \"https://h/x\"\nevents = [\"bill.held\"]\n"
+        ))
+        .unwrap();
+        let st = c.stripe.unwrap();
+        assert_eq!(
+            st.retry.initial_backoff,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(st.api_key_env, "STRIPE_API_KEY");
+        let bad = parse(&format!(
+            "{base}[[webhooks]]\nurl = \"ftp://h\"\nevents = [\"nope\"]\n[zuora]\ndate_format = \"YYYY\"\n"
+        ))
+        .unwrap_err()
+        .problems
+        .join("\n");
+        for want in ["webhooks[0].url", "webhooks[0].events", "zuora.date_format"] {
+            assert!(bad.contains(want), "{want} missing in {bad}");
+        }
     }
 
     #[test]

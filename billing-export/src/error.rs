@@ -19,6 +19,9 @@ pub enum BillingError {
     Input(String),
     #[error("writing {what}: {message}")]
     Output { what: String, message: String },
+    /// A remote system (Stripe, Zuora, a webhook receiver) refused or could not be reached.
+    #[error("{what}: {message}")]
+    Remote { what: String, message: String },
 }
 
 impl BillingError {
@@ -31,6 +34,12 @@ impl BillingError {
     pub(crate) fn data(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
         BillingError::Data {
             path: path.to_path_buf(),
+            message: message.to_string(),
+        }
+    }
+    pub(crate) fn remote(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        BillingError::Remote {
+            what: what.into(),
             message: message.to_string(),
         }
     }

@@ -73,6 +73,11 @@ struct Ledger {
 pub fn run(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, BillingError> {
     let started = std::time::Instant::now();
     let result = run_inner(cfg, period);
+    if let Ok(s) = &result {
+        if let Some(dir) = &s.run_dir {
+            crate::webhooks::publish(&cfg.webhooks, dir, &crate::webhooks::export_events(s));
+        }
+    }
     let figures = match &result {
         Ok(s) => crate::metrics::Figures {
             lines: s.statement_lines,
@@ -270,10 +275,18 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
             continue;
         }
         if !outcome.espi.is_empty() {
-            out.put(
-                &format!("espi/{}.xml", cu.c.id),
-                espi::feed(&cu.c.id, &label, cu.tz, issued(cfg, cu), &outcome.espi).as_bytes(),
-            )?;
+            let bill = espi::BillSummary::of(&outcome.lines, cu.from, cu.to, &cu.c.currency);
+            let xml = espi::feed(&espi::Feed {
+                base_url: &cfg.green_button_base_url,
+                customer: &cu.c.id,
+                period: &label,
+                tz: cu.tz,
+                updated: issued(cfg, cu),
+                points: &outcome.espi,
+                bill: Some(&bill),
+            })
+            .map_err(|e| BillingError::output("green button feed", e))?;
+            out.put(&format!("espi/{}.xml", cu.c.id), &xml)?;
         }
         billed.push(Billed {
             ci,

@@ -1,15 +1,17 @@
-//! `gridmeter-billing run --config billing.toml --period 2026-10 | --from D --to D`.
+//! `gridmeter-billing run --config billing.toml --period 2026-10 | --from D --to D`,
+//! `gridmeter-billing push --config billing.toml --run 2026-10/run-0001 --to stripe|zuora-file`,
+//! `gridmeter-billing webhooks --config billing.toml --run 2026-10/run-0001`.
 //!
-//! Exit status: 0 when every customer was billed; 2 when the run was published but some
-//! customers are held (their reasons are printed and in `exceptions.csv`); 1 on an error
-//! (nothing published).
+//! Exit status: 0 when every customer was billed (pushed); 2 when the run was published but
+//! some customers are held (a push: some customers were not pushed), each reason printed; 1
+//! on an error (nothing published).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
-use gridmeter_billing::{run, ExportConfig, Period};
+use gridmeter_billing::{push, run, ExportConfig, Period, Target};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +42,25 @@ enum Cmd {
         #[arg(long)]
         as_of: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Deliver a published run: Stripe invoices, or Zuora's usage import file. Resumes where
+    /// an interrupted push stopped; a second push of the same run creates nothing.
+    Push {
+        #[arg(long)]
+        config: PathBuf,
+        /// `<period>/run-NNNN`, e.g. 2026-10/run-0001 (under <out_dir>/exports/).
+        #[arg(long)]
+        run: String,
+        /// stripe or zuora-file
+        #[arg(long)]
+        to: Target,
+    },
+    /// Send again the webhook events of a run that an endpoint has not received.
+    Webhooks {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        run: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +87,45 @@ fn run_cli() -> anyhow::Result<std::process::ExitCode> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Push { config, run, to } => {
+            let cfg = ExportConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            let s = push(&cfg, &run, to)?;
+            println!(
+                "{} -> {}: {} of {} documents delivered ({} objects created, {} found again after an interruption, {} delivered before)",
+                s.run,
+                to.as_str(),
+                if to == Target::Stripe { s.done } else { s.documents },
+                s.documents,
+                s.created,
+                s.recovered,
+                s.already
+            );
+            for f in &s.files {
+                println!("  file {f}");
+            }
+            for (cur, t) in &s.totals {
+                println!("  total {cur} {t}");
+            }
+            if !s.failed.is_empty() {
+                eprintln!("{} customer(s) not pushed:", s.failed.len());
+                for (c, why) in &s.failed {
+                    eprintln!("  {c}: {why}");
+                }
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
+        Cmd::Webhooks { config, run } => {
+            let cfg = ExportConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            let dir = gridmeter_billing::push::document::RunRef::resolve(&cfg.out_dir, &run)?;
+            let d = gridmeter_billing::webhooks::resend(&cfg.webhooks, &dir.dir);
+            let failed = d.iter().filter(|d| !d.delivered).count();
+            println!("{} deliveries, {} failed", d.len(), failed);
+            if failed > 0 {
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
         Cmd::Run {
             config,
             period,

@@ -177,6 +177,22 @@ pub struct Customer {
     /// Overrides the issuer's payment terms.
     #[serde(default)]
     pub payment_terms_days: Option<u32>,
+    /// The Stripe customer (`cus_…`) that `push --to stripe` bills.
+    #[serde(default)]
+    pub stripe_customer: Option<String>,
+    /// Optional Stripe subscription (`sub_…`) the invoice items and invoices belong to.
+    #[serde(default)]
+    pub stripe_subscription: Option<String>,
+    /// The Zuora account number (`A00000001`) of `push --to zuora-file`.
+    #[serde(default)]
+    pub zuora_account: Option<String>,
+    /// The Zuora subscription number of the usage (optional).
+    #[serde(default)]
+    pub zuora_subscription: Option<String>,
+    /// Zuora charge numbers per tariff component (`"energy"`) or component and band
+    /// (`"energy.peak"`, which wins).
+    #[serde(default)]
+    pub zuora_charges: BTreeMap<String, String>,
 }
 
 fn two() -> u32 {
@@ -343,6 +359,14 @@ pub fn path_safe_id(id: &str) -> Option<String> {
     ))
 }
 
+/// An id of another system: 1-255 printable ASCII characters without spaces, with `prefix`.
+fn external_id_ok(v: &str, prefix: &str) -> bool {
+    v.len() > prefix.len()
+        && v.len() <= 255
+        && v.starts_with(prefix)
+        && v.chars().all(|c| c.is_ascii_graphic())
+}
+
 /// Rates and tax rates are shown with 9 decimal places (the statement files' scale); a rate
 /// with more would be shown rounded and the amounts could not be reproduced from it.
 pub fn check_rate_scale(p: &mut Problems, key: String, rate: Decimal) {
@@ -459,6 +483,41 @@ impl Validate for Registry {
             }
             if c.tax_rate.is_sign_negative() || c.tax_rate >= Decimal::ONE {
                 p.push(format!("{at}.tax_rate"), "must be in [0, 1)");
+            }
+            for (k, v, prefix) in [
+                ("stripe_customer", &c.stripe_customer, "cus_"),
+                ("stripe_subscription", &c.stripe_subscription, "sub_"),
+                ("zuora_account", &c.zuora_account, ""),
+                ("zuora_subscription", &c.zuora_subscription, ""),
+            ] {
+                if let Some(v) = v {
+                    if !external_id_ok(v, prefix) {
+                        p.push(
+                            format!("{at}.{k}"),
+                            format!(
+                                "{} must be 1-255 printable ASCII characters without spaces{}",
+                                crate::error::excerpt(v),
+                                if prefix.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", starting with {prefix}")
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+            for (k, v) in &c.zuora_charges {
+                if !external_id_ok(v, "") || k.is_empty() {
+                    p.push(
+                        format!("{at}.zuora_charges"),
+                        format!(
+                            "{} = {} is not a charge number",
+                            crate::error::excerpt(k),
+                            crate::error::excerpt(v)
+                        ),
+                    );
+                }
             }
         }
         let mut sites = BTreeMap::new();

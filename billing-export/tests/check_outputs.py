@@ -60,7 +60,8 @@ for feed_path in sorted(glob.glob(os.path.join(run, "espi", "*.xml"))):
         content = entry.find(A + "content")
         (resource,) = list(content)
         kinds.setdefault(resource.tag, []).append(resource)
-    assert set(kinds) == {E + "UsagePoint", E + "MeterReading", E + "ReadingType", E + "IntervalBlock"}, kinds.keys()
+    assert set(kinds) == {E + "UsagePoint", E + "MeterReading", E + "ReadingType", E + "IntervalBlock",
+                          E + "LocalTimeParameters", E + "ElectricPowerUsageSummary"}, kinds.keys()
     for up in kinds[E + "UsagePoint"]:
         assert up.find(f"{E}ServiceCategory/{E}kind") is not None
     rt_order = ["accumulationBehaviour", "commodity", "dataQualifier", "flowDirection", "intervalLength",

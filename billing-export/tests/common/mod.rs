@@ -281,3 +281,57 @@ pub fn items(inv: &serde_json::Value) -> Vec<(String, String, String, String)> {
         })
         .collect()
 }
+
+/// The local HTTP receiver of `tests/receiver.py` (webhooks and Zuora uploads), killed on drop.
+pub struct Receiver {
+    pub child: std::process::Child,
+    pub base: String,
+    pub state: std::path::PathBuf,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    /// Starts it on 127.0.0.1; it fails the first `fail_first` attempts of each event or file.
+    pub fn start(state: &Path, secret: &str, fail_first: usize) -> Receiver {
+        use std::io::BufRead;
+        std::fs::create_dir_all(state).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/receiver.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(state)
+            .arg(secret)
+            .arg(fail_first.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("PORT ")
+            .expect("receiver port")
+            .trim()
+            .to_string();
+        Receiver {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            state: state.to_path_buf(),
+        }
+    }
+
+    /// Every request it received, in order.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}

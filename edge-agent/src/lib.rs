@@ -40,7 +40,8 @@ pub use config::AgentConfig;
 
 use buffer::{Buffer, BufferError};
 use metrics::AgentMetrics;
-use sources::{Sample, SourceCtx, WallClock};
+use sources::meta::MetaBoard;
+use sources::{BuildEnv, Sample, SourceCtx, WallClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -106,8 +107,13 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Vec<Sample>>(256);
     let clock = Arc::new(WallClock::default());
 
+    let meta = MetaBoard::default();
+    let env = BuildEnv::default();
     let mut source_tasks = Vec::new();
     for s in &config.sources {
+        let Some(spec) = s.spec() else {
+            continue;
+        };
         let ctx = SourceCtx {
             label: s.label(),
             device: config.device_id.clone(),
@@ -115,13 +121,16 @@ pub async fn run(
             metrics: metrics.clone(),
             clock: clock.clone(),
             shutdown: stop_sources.clone(),
+            meta: meta.clone(),
         };
         metrics.collected.with_label_values(&[ctx.label.as_str()]);
-        metrics
-            .source_errors
-            .with_label_values(&[ctx.label.as_str()]);
+        for reason in sources::Reason::ALL {
+            metrics
+                .source_errors
+                .with_label_values(&[ctx.label.as_str(), reason.as_str()]);
+        }
         metrics.invalid.with_label_values(&[ctx.label.as_str()]);
-        source_tasks.push(tokio::spawn(sources::run_source(s.clone(), ctx)));
+        source_tasks.push(tokio::spawn(spec.run(&env, ctx)));
     }
     drop(tx);
 
@@ -142,6 +151,7 @@ pub async fn run(
             notify.clone(),
             stop_fwd,
         )
+        .with_meta(meta.clone())
         .run(),
     );
     let stats = tokio::spawn(stats_loop(buffer.clone(), metrics.clone()));

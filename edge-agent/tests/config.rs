@@ -60,7 +60,7 @@ fn every_problem_is_listed_at_once() {
         "colour: unknown field",
         "sources[1].speeed: unknown field",
         "sources[1].profile: is required for type \"simulator\"",
-        "sources[2].registers: is not used by type \"host\"",
+        "sources[2].registers: unknown field `registers` for type \"host\"",
         "mqtt.tls.cert: client certificate /nonexistent/meter-c.crt: cannot read",
         "sources[0].interval_ms: must be > 0",
         "sources[0].registers[0].channel: \"Energy-Import\"",

@@ -7,11 +7,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::Utc;
-use gridmeter_agent::config::{
-    HostSource, ModbusSource, PrometheusSource, RegisterFunction, RegisterMap, RegisterType,
-    SunspecSource, WordOrder,
+use gridmeter_agent::sources::host::{self, HostSource};
+use gridmeter_agent::sources::modbus::{
+    self, ModbusSource, RegisterFunction, RegisterMap, RegisterType, WordOrder,
 };
-use gridmeter_agent::sources::{host, modbus, prometheus as prom, sunspec};
+use gridmeter_agent::sources::prometheus::{self as prom, PrometheusSource};
+use gridmeter_agent::sources::sunspec::{self, SunspecSource};
 use gridmeter_core::{Kind, Quality};
 use rust_decimal::Decimal;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response};
@@ -169,10 +170,7 @@ async fn modbus_register_map_against_a_real_server() {
     use RegisterType::*;
     use WordOrder::*;
     let mut p = modbus::ModbusPoller::new(ModbusSource {
-        name: None,
-        interval_ms: 1000,
         address: addr,
-        unit_id: 1,
         timeout_ms: 5000,
         registers: vec![
             reg("voltage", 100, Holding, U16, Big, "0.1", Kind::Gauge),
@@ -182,6 +180,7 @@ async fn modbus_register_map_against_a_real_server() {
             reg("energy64", 7, Input, U64, Big, "0.001", Kind::Counter),
             reg("missing", 9000, Holding, U16, Big, "1", Kind::Gauge),
         ],
+        ..ModbusSource::default()
     });
     let (samples, problems) = p.poll(Utc::now(), Quality::GOOD).await.unwrap();
     assert_eq!(
@@ -196,7 +195,8 @@ async fn modbus_register_map_against_a_real_server() {
     );
     // The unmapped register is an exception for that register only.
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].starts_with("missing"), "{problems:?}");
+    assert!(problems[0].message.starts_with("missing"), "{problems:?}");
+    assert_eq!(problems[0].reason, gridmeter_agent::sources::Reason::Exception);
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ macro_rules! spec_common {
 pub mod bus;
 pub mod drivers;
 pub mod host;
+pub mod mbus;
 pub mod meta;
 pub mod modbus;
 pub mod prometheus;
@@ -63,6 +64,7 @@ pub const REGISTRY: &[(&str, ParseFn)] = &[
     ("host", parse::<host::HostSource>),
     ("prometheus", parse::<prometheus::PrometheusSource>),
     ("simulator", parse::<simulator::SimulatorSource>),
+    ("mbus", parse::<mbus::MbusSource>),
 ];
 
 /// Reads one source's table (without its `type` key) into its config, or lists every

@@ -40,6 +40,7 @@ pub mod modbus;
 pub mod prometheus;
 pub mod simulator;
 pub mod sunspec;
+pub mod wmbus;
 
 use std::any::Any;
 use std::fmt;
@@ -65,6 +66,7 @@ pub const REGISTRY: &[(&str, ParseFn)] = &[
     ("prometheus", parse::<prometheus::PrometheusSource>),
     ("simulator", parse::<simulator::SimulatorSource>),
     ("mbus", parse::<mbus::MbusSource>),
+    ("wmbus", parse::<wmbus::WmbusSource>),
 ];
 
 /// Reads one source's table (without its `type` key) into its config, or lists every

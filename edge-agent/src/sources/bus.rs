@@ -99,6 +99,17 @@ pub fn open_serial(
     parity: Parity,
     stop_bits: u8,
 ) -> io::Result<tokio_serial::SerialStream> {
+    open_serial_bits(port, baud, 8, parity, stop_bits)
+}
+
+/// Opens a serial port with 7 or 8 data bits.
+pub fn open_serial_bits(
+    port: &str,
+    baud: u32,
+    data_bits: u8,
+    parity: Parity,
+    stop_bits: u8,
+) -> io::Result<tokio_serial::SerialStream> {
     use tokio_serial::SerialPortBuilderExt;
     let parity = match parity {
         Parity::None => tokio_serial::Parity::None,
@@ -110,8 +121,13 @@ pub fn open_serial(
     } else {
         tokio_serial::StopBits::One
     };
+    let bits = if data_bits == 7 {
+        tokio_serial::DataBits::Seven
+    } else {
+        tokio_serial::DataBits::Eight
+    };
     tokio_serial::new(port, baud)
-        .data_bits(tokio_serial::DataBits::Eight)
+        .data_bits(bits)
         .parity(parity)
         .stop_bits(stop)
         .open_native_async()

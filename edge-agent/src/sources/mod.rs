@@ -34,6 +34,7 @@ macro_rules! spec_common {
 pub mod bus;
 pub mod drivers;
 pub mod host;
+pub mod iec62056;
 pub mod mbus;
 pub mod meta;
 pub mod modbus;
@@ -67,6 +68,7 @@ pub const REGISTRY: &[(&str, ParseFn)] = &[
     ("simulator", parse::<simulator::SimulatorSource>),
     ("mbus", parse::<mbus::MbusSource>),
     ("wmbus", parse::<wmbus::WmbusSource>),
+    ("iec62056", parse::<iec62056::Iec62056Source>),
 ];
 
 /// Reads one source's table (without its `type` key) into its config, or lists every

@@ -468,6 +468,85 @@ mod tests {
     use std::str::FromStr;
 
     #[test]
+    fn mppt_battery_storage_and_nameplate() {
+        let t = DateTime::from_timestamp(0, 0).unwrap();
+        // Model 160, two modules: shared SFs (DCA -2, DCV -1, DCW 0, DCWH 0), N = 2.
+        let mut m = vec![0u16; 8 + 2 * 20];
+        m[0] = (-2i16) as u16;
+        m[1] = (-1i16) as u16;
+        m[6] = 2;
+        let (a, b) = (8, 28);
+        m[a + 9] = 812; // 8.12 A
+        m[a + 10] = 3987; // 398.7 V
+        m[a + 11] = 3237; // W
+        m[a + 12] = 0x0001; // DCWH = 65537 Wh
+        m[a + 13] = 0x0001;
+        m[b + 9] = 0xFFFF; // not implemented
+        m[b + 10] = 4001;
+        m[b + 11] = 100;
+        m[b + 13] = 42;
+        let got: Vec<(String, String, Kind)> = decode_model(160, &m, "mppt", t, Quality::GOOD)
+            .iter()
+            .map(|s| (s.channel.to_string(), s.value.to_string(), s.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("mppt.1.dc_energy_wh".into(), "65537".into(), Kind::Counter),
+                ("mppt.1.dc_power_w".into(), "3237".into(), Kind::Gauge),
+                ("mppt.1.dc_voltage_v".into(), "398.7".into(), Kind::Gauge),
+                ("mppt.1.dc_current_a".into(), "8.12".into(), Kind::Gauge),
+                ("mppt.2.dc_energy_wh".into(), "42".into(), Kind::Counter),
+                ("mppt.2.dc_power_w".into(), "100".into(), Kind::Gauge),
+                ("mppt.2.dc_voltage_v".into(), "400.1".into(), Kind::Gauge),
+            ]
+        );
+        // Model 802: SoC 87.5 % (SF -1), capacity 10 kWh (WHRtg 100, SF 2), W -1500.
+        let mut bat = vec![0u16; 62];
+        bat[9] = 875;
+        bat[54] = (-1i16) as u16;
+        bat[1] = 100;
+        bat[51] = 2;
+        bat[45] = (-1500i16) as u16;
+        bat[11] = 0xFFFF; // SoH not implemented
+        bat[32] = 0xFFFF;
+        bat[42] = 0x8000;
+        let got: Vec<(String, String)> = decode_model(802, &bat, "battery", t, Quality::GOOD)
+            .iter()
+            .map(|s| (s.channel.to_string(), s.value.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("battery.soc_pct".into(), "87.5".into()),
+                ("battery.capacity_wh".into(), "10000".into()),
+                ("battery.power_w".into(), "-1500".into()),
+            ]
+        );
+        // Model 124: ChaState 55 % (SF 0).
+        let mut st = vec![0u16; 24];
+        st[6] = 55;
+        st[8] = 0xFFFF;
+        let s = decode_model(124, &st, "storage", t, Quality::GOOD);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].channel.as_str(), s[0].unit.as_str()), ("storage.soc_pct", "%"));
+        // Model 1: the nameplate.
+        let mut common = vec![0u16; 66];
+        common[0] = u16::from_be_bytes(*b"SM");
+        common[1] = u16::from_be_bytes(*b"A\0");
+        common[16] = u16::from_be_bytes(*b"SB");
+        common[40] = u16::from_be_bytes(*b"3.");
+        common[41] = u16::from_be_bytes(*b"1\0");
+        common[48] = u16::from_be_bytes(*b"42");
+        let n = nameplate(&common, 3);
+        assert_eq!(n.manufacturer.as_deref(), Some("SMA"));
+        assert_eq!(n.model.as_deref(), Some("SB"));
+        assert_eq!(n.firmware.as_deref(), Some("3.1"));
+        assert_eq!(n.serial.as_deref(), Some("42"));
+        assert_eq!(n.address.as_deref(), Some("unit 3"));
+    }
+
+    #[test]
     fn meter_model_with_scale_factors_and_sentinels() {
         let mut data = vec![0u16; 105];
         data[16] = (-1500i16) as u16; // W

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian machine with the Rust toolchain: Mosquitto
-# and its clients, Prometheus (promtool), Chromium, pdftotext and a font (the billing test
+# Installs what the tests need on a fresh Debian machine with the Rust toolchain: socat (pty
+# pairs standing in for serial lines in the agent's meter protocol tests), Mosquitto and its
+# clients, Prometheus (promtool), Chromium, pdftotext and a font (the billing test
 # that prints invoices), and the Python packages of .ci/requirements.txt.
 # Already-installed packages are skipped, so it is cheap to run every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core)
+apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core socat)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -27,7 +28,8 @@ fi
 
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.util, re, sys
-names = {"pymodbus": "pymodbus", "paho-mqtt": "paho", "PyYAML": "yaml", "moto[server]": "moto"}
+names = {"pymodbus": "pymodbus", "paho-mqtt": "paho", "PyYAML": "yaml", "moto[server]": "moto",
+         "pymeterbus": "meterbus", "pyserial": "serial", "pycryptodome": "Crypto"}
 for line in open(".ci/requirements.txt"):
     req = re.split(r"[<>=!~ ]", line.strip(), maxsplit=1)[0]
     if req and not req.startswith("#"):

@@ -60,8 +60,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::buffer::{Buffer, OutBatch};
 use crate::config::{AgentConfig, WireEncoding};
-use crate::sources::meta::MetaBoard;
 use crate::metrics::AgentMetrics;
+use crate::sources::meta::MetaBoard;
 use crate::{lock, AgentError};
 
 /// How long the broker keeps the agent's session (and its confirmation subscription, with
@@ -182,7 +182,10 @@ impl Forwarder {
         client: &AsyncClient,
         requested: &mut VecDeque<Option<InFlight>>,
     ) -> Result<(), String> {
-        let Some(doc) = self.meta.as_ref().and_then(|m| m.document(&self.config.device_id))
+        let Some(doc) = self
+            .meta
+            .as_ref()
+            .and_then(|m| m.document(&self.config.device_id))
         else {
             return Ok(());
         };

@@ -196,7 +196,10 @@ async fn modbus_register_map_against_a_real_server() {
     // The unmapped register is an exception for that register only.
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].message.starts_with("missing"), "{problems:?}");
-    assert_eq!(problems[0].reason, gridmeter_agent::sources::Reason::Exception);
+    assert_eq!(
+        problems[0].reason,
+        gridmeter_agent::sources::Reason::Exception
+    );
 }
 
 #[tokio::test]

@@ -55,7 +55,9 @@ fn u64be(v: u64) -> Vec<u16> {
 fn ascii(s: &str, regs: usize) -> Vec<u16> {
     let mut b = s.as_bytes().to_vec();
     b.resize(regs * 2, 0);
-    b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()
+    b.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect()
 }
 
 use RegisterFunction::{Holding as H, Input as I};
@@ -218,7 +220,11 @@ async fn abb_b23() {
         ("power_w", "-1500"),
         ("frequency_hz", "50.02"),
     ];
-    let meta = [("serial", "12345678"), ("firmware", "1.2.3"), ("model", "B23")];
+    let meta = [
+        ("serial", "12345678"),
+        ("firmware", "1.2.3"),
+        ("model", "B23"),
+    ];
     check("abb_b23", &mut abb_image(), &want, &meta).await;
 }
 
@@ -308,6 +314,9 @@ async fn janitza_umg604() {
 fn every_driver_is_tested() {
     let src = include_str!("drivers.rs");
     for id in drivers::ids() {
-        assert!(src.contains(&format!("async fn {id}()")), "no test for {id}");
+        assert!(
+            src.contains(&format!("async fn {id}()")),
+            "no test for {id}"
+        );
     }
 }

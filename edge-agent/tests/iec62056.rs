@@ -37,16 +37,48 @@ async fn mode_c_readout() {
     assert!(problems.is_empty(), "{problems:?}");
     let got: Vec<(String, String, String, Kind)> = samples
         .iter()
-        .map(|s| (s.channel.to_string(), s.value.to_string(), s.unit.clone(), s.kind))
+        .map(|s| {
+            (
+                s.channel.to_string(),
+                s.value.to_string(),
+                s.unit.clone(),
+                s.kind,
+            )
+        })
         .collect();
     assert_eq!(
         got,
         vec![
-            ("mains.energy_import_wh".into(), "1234567".into(), "Wh".into(), Kind::Counter),
-            ("mains.energy_export_wh".into(), "12345".into(), "Wh".into(), Kind::Counter),
-            ("mains.energy_import_t1_wh".into(), "800100".into(), "Wh".into(), Kind::Counter),
-            ("mains.power_w".into(), "540".into(), "W".into(), Kind::Gauge),
-            ("mains.voltage_l1_v".into(), "230.1".into(), "V".into(), Kind::Gauge),
+            (
+                "mains.energy_import_wh".into(),
+                "1234567".into(),
+                "Wh".into(),
+                Kind::Counter
+            ),
+            (
+                "mains.energy_export_wh".into(),
+                "12345".into(),
+                "Wh".into(),
+                Kind::Counter
+            ),
+            (
+                "mains.energy_import_t1_wh".into(),
+                "800100".into(),
+                "Wh".into(),
+                Kind::Counter
+            ),
+            (
+                "mains.power_w".into(),
+                "540".into(),
+                "W".into(),
+                Kind::Gauge
+            ),
+            (
+                "mains.voltage_l1_v".into(),
+                "230.1".into(),
+                "V".into(),
+                Kind::Gauge
+            ),
         ]
     );
     let m = &Source::meters(&r)[0];

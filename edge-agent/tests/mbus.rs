@@ -79,7 +79,10 @@ async fn primary_secondary_multi_telegram_silent_and_corrupt_meters() {
     };
     // Primary address 5: the documented volume, exact, a counter in m3.
     let v = get("flat5.volume");
-    assert_eq!((v.value.to_string(), v.unit.as_str(), v.kind), ("12.565".into(), "m3", Kind::Counter));
+    assert_eq!(
+        (v.value.to_string(), v.unit.as_str(), v.kind),
+        ("12.565".into(), "m3", Kind::Counter)
+    );
     // Primary 6: both telegrams of a multi-telegram answer.
     assert_eq!(get("room6.volume").value.to_string(), "12.565");
     assert_eq!(get("room6.flow_temperature").value.to_string(), "42");
@@ -88,7 +91,9 @@ async fn primary_secondary_multi_telegram_silent_and_corrupt_meters() {
     assert_eq!(get("room6.return_temperature").value.to_string(), "30");
     // Secondary address 12345678.
     assert_eq!(get("sec.volume").value.to_string(), "12.565");
-    assert!(samples.iter().all(|s| !s.channel.as_str().starts_with("absent")));
+    assert!(samples
+        .iter()
+        .all(|s| !s.channel.as_str().starts_with("absent")));
     let reasons: Vec<Reason> = problems.iter().map(|p| p.reason).collect();
     assert_eq!(reasons, vec![Reason::Timeout, Reason::Crc], "{problems:?}");
     assert!(problems[0].message.contains("primary 7"), "{problems:?}");

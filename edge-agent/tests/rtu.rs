@@ -147,11 +147,7 @@ async fn units_in_turn_a_silent_one_and_a_shared_bus() {
 async fn a_crc_error_is_counted_and_the_bus_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let pty = PtyPair::new(dir.path());
-    let img = image(
-        dir.path(),
-        &[(1, &[(100, 2305)]), (4, &[(100, 1)])],
-        &[4],
-    );
+    let img = image(dir.path(), &[(1, &[(100, 2305)]), (4, &[(100, 1)])], &[4]);
     let _slave = Peer::python("modbus_server.py", &["--serial", &pty.a(), &img]);
     let map = vec![reg("voltage_v", 100, RegisterType::U16, "0.1", Kind::Gauge)];
     let mut p = ModbusPoller::new(rtu(&pty.b(), vec![4, 1], map));
@@ -159,7 +155,10 @@ async fn a_crc_error_is_counted_and_the_bus_recovers() {
         let (samples, problems) = p.poll(Utc::now(), Quality::GOOD).await.unwrap();
         assert_eq!(reasons(&problems), vec![Reason::Crc], "{problems:?}");
         // Unit 1, after the garbled answer of unit 4, on a reopened port.
-        assert_eq!(values(&samples), vec![("u1.voltage_v".into(), "230.5".into())]);
+        assert_eq!(
+            values(&samples),
+            vec![("u1.voltage_v".into(), "230.5".into())]
+        );
     }
 }
 

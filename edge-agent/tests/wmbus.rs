@@ -57,7 +57,11 @@ async fn clear_encrypted_wrong_key_unknown_and_error_status() {
         meters: vec![
             meter("12345678", None, "cold"),
             meter("87654321", Some(KEY), "secret"),
-            meter("11111111", Some("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"), "wrongkey"),
+            meter(
+                "11111111",
+                Some("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"),
+                "wrongkey",
+            ),
         ],
     };
     let registry = prometheus::Registry::new();
@@ -102,8 +106,20 @@ async fn clear_encrypted_wrong_key_unknown_and_error_status() {
     assert_eq!(
         v,
         vec![
-            ("cold.volume".into(), "123.456".into(), "m3".into(), Kind::Counter, Quality::GOOD),
-            ("secret.volume".into(), "123.456".into(), "m3".into(), Kind::Counter, Quality::GOOD),
+            (
+                "cold.volume".into(),
+                "123.456".into(),
+                "m3".into(),
+                Kind::Counter,
+                Quality::GOOD
+            ),
+            (
+                "secret.volume".into(),
+                "123.456".into(),
+                "m3".into(),
+                Kind::Counter,
+                Quality::GOOD
+            ),
             (
                 "cold.volume".into(),
                 "123.456".into(),

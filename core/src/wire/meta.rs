@@ -177,7 +177,11 @@ pub fn decode(payload: &[u8], topic_device: &DeviceId) -> Result<DeviceMeta, Met
             m.serial.as_ref(),
             m.firmware.as_ref(),
         ];
-        if texts.into_iter().flatten().any(|s| s.chars().count() > MAX_TEXT) {
+        if texts
+            .into_iter()
+            .flatten()
+            .any(|s| s.chars().count() > MAX_TEXT)
+        {
             return Err(MetaError::Limit(format!(
                 "meters[{i}] has a text longer than {MAX_TEXT} characters"
             )));
@@ -252,7 +256,10 @@ mod tests {
         assert!(e.len() < 200, "{e}");
         let mut d = doc();
         d.meters[0].channels = vec!["Bad Channel".into()];
-        assert!(matches!(decode(&encode(&d), &dev), Err(MetaError::Limit(_))));
+        assert!(matches!(
+            decode(&encode(&d), &dev),
+            Err(MetaError::Limit(_))
+        ));
         let e = decode(&vec![b'['; 5000], &dev).unwrap_err().to_string();
         assert!(e.len() < 300, "{e}");
         assert!(matches!(

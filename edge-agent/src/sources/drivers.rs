@@ -24,10 +24,22 @@ const FILES: &[(&str, &str)] = &[
         "carlo_gavazzi_em24",
         include_str!("../../drivers/carlo_gavazzi_em24.toml"),
     ),
-    ("eastron_sdm120", include_str!("../../drivers/eastron_sdm120.toml")),
-    ("eastron_sdm630", include_str!("../../drivers/eastron_sdm630.toml")),
-    ("eastron_sdm72", include_str!("../../drivers/eastron_sdm72.toml")),
-    ("janitza_umg604", include_str!("../../drivers/janitza_umg604.toml")),
+    (
+        "eastron_sdm120",
+        include_str!("../../drivers/eastron_sdm120.toml"),
+    ),
+    (
+        "eastron_sdm630",
+        include_str!("../../drivers/eastron_sdm630.toml"),
+    ),
+    (
+        "eastron_sdm72",
+        include_str!("../../drivers/eastron_sdm72.toml"),
+    ),
+    (
+        "janitza_umg604",
+        include_str!("../../drivers/janitza_umg604.toml"),
+    ),
     (
         "schneider_iem3255",
         include_str!("../../drivers/schneider_iem3255.toml"),
@@ -109,7 +121,9 @@ impl NameplateField {
         let text = match self.data_type {
             TextType::U16 => words.first()?.to_string(),
             TextType::U32 => {
-                let [hi, lo] = words.get(..2)? else { return None };
+                let [hi, lo] = words.get(..2)? else {
+                    return None;
+                };
                 ((u32::from(*hi) << 16) | u32::from(*lo)).to_string()
             }
             TextType::Ascii => words
@@ -132,9 +146,8 @@ fn catalogue() -> &'static HashMap<&'static str, Result<Driver, String>> {
         FILES
             .iter()
             .map(|(id, text)| {
-                let parsed = toml::from_str::<Driver>(text).map_err(|e| {
-                    format!("driver file {id}.toml does not parse: {}", e.message())
-                });
+                let parsed = toml::from_str::<Driver>(text)
+                    .map_err(|e| format!("driver file {id}.toml does not parse: {}", e.message()));
                 (*id, parsed)
             })
             .collect()
@@ -176,11 +189,15 @@ mod tests {
         for (id, text) in FILES {
             let d = get(id).unwrap_or_else(|e| panic!("{e}"));
             assert!(
-                text.lines().take(3).any(|l| l.starts_with('#') && l.len() > 20),
+                text.lines()
+                    .take(3)
+                    .any(|l| l.starts_with('#') && l.len() > 20),
                 "{id}: the header comment names the meter"
             );
             assert!(
-                text.to_lowercase().contains("version") || text.contains("revision") || text.contains("DOCA"),
+                text.to_lowercase().contains("version")
+                    || text.contains("revision")
+                    || text.contains("DOCA"),
                 "{id}: the datasheet's version is named"
             );
             let mut names = std::collections::HashSet::new();

@@ -116,7 +116,10 @@ impl SourceSpec for Iec62056Source {
     fn bus(&self) -> Option<(String, String, String)> {
         Some((
             format!("serial:{}", self.port),
-            format!("{} baud, {} data bits, parity {:?}", self.baud_rate, self.data_bits, self.parity),
+            format!(
+                "{} baud, {} data bits, parity {:?}",
+                self.baud_rate, self.data_bits, self.parity
+            ),
             "baud_rate".into(),
         ))
     }
@@ -151,22 +154,28 @@ impl Readout {
             1,
         )
         .map_err(|e| self.err(Reason::Connect, format!("open: {e}")))?;
-        let request = format!("/?{}!\r\n", self.cfg.device_address.as_deref().unwrap_or(""));
+        let request = format!(
+            "/?{}!\r\n",
+            self.cfg.device_address.as_deref().unwrap_or("")
+        );
         port.write_all(request.as_bytes())
             .await
             .map_err(|e| self.err(Reason::Io, e))?;
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let mut buf = Vec::new();
-        let ident = tokio::time::timeout(timeout, read_until(&mut port, &mut buf, |b| b.ends_with(b"\r\n")))
-            .await
-            .map_err(|_| {
-                if buf.is_empty() {
-                    self.err(Reason::Timeout, "the meter did not answer the request")
-                } else {
-                    self.err(Reason::Crc, "a garbled identification")
-                }
-            })?
-            .map_err(|e| self.err(Reason::Io, e))?;
+        let ident = tokio::time::timeout(
+            timeout,
+            read_until(&mut port, &mut buf, |b| b.ends_with(b"\r\n")),
+        )
+        .await
+        .map_err(|_| {
+            if buf.is_empty() {
+                self.err(Reason::Timeout, "the meter did not answer the request")
+            } else {
+                self.err(Reason::Crc, "a garbled identification")
+            }
+        })?
+        .map_err(|e| self.err(Reason::Io, e))?;
         let ident = String::from_utf8_lossy(&ident).trim().to_string();
         let (manufacturer, baud_char, model) = parse_identification(&ident)
             .ok_or_else(|| self.err(Reason::Decode, "not an identification message"))?;
@@ -182,9 +191,12 @@ impl Readout {
             }
         }
         let mut buf = Vec::new();
-        let block = tokio::time::timeout(timeout, read_until(&mut port, &mut buf, |b| {
-            b.len() >= 2 && b[b.len() - 2] == 0x03
-        }))
+        let block = tokio::time::timeout(
+            timeout,
+            read_until(&mut port, &mut buf, |b| {
+                b.len() >= 2 && b[b.len() - 2] == 0x03
+            }),
+        )
         .await
         .map_err(|_| {
             if buf.is_empty() {
@@ -206,7 +218,13 @@ impl Readout {
             channels: samples.iter().map(|s| s.channel.to_string()).collect(),
             ..MeterInfo::default()
         });
-        Ok((samples, problems.into_iter().map(|p| self.err(Reason::Decode, p)).collect()))
+        Ok((
+            samples,
+            problems
+                .into_iter()
+                .map(|p| self.err(Reason::Decode, p))
+                .collect(),
+        ))
     }
 }
 
@@ -244,7 +262,10 @@ pub fn parse_identification(line: &str) -> Option<(String, char, String)> {
     let mut chars = rest.chars();
     let manufacturer: String = chars.by_ref().take(3).collect();
     let z = chars.next()?;
-    let ident: String = chars.collect::<String>().trim_start_matches('\\').to_string();
+    let ident: String = chars
+        .collect::<String>()
+        .trim_start_matches('\\')
+        .to_string();
     (manufacturer.len() == 3 && manufacturer.chars().all(|c| c.is_ascii_alphabetic()))
         .then(|| (manufacturer, z, ident.chars().take(64).collect()))
 }
@@ -343,12 +364,19 @@ pub fn readings(
                 "obis_{}",
                 short
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                    .map(|c| if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    })
                     .collect::<String>()
             )
         });
         let Ok(channel) = Channel::new(super::prefixed(prefix, &name)) else {
-            problems.push(format!("{}: no valid channel name", gridmeter_core::text::excerpt(short)));
+            problems.push(format!(
+                "{}: no valid channel name",
+                gridmeter_core::text::excerpt(short)
+            ));
             continue;
         };
         if decimal::parse_exact(&value.to_string()).is_err() {

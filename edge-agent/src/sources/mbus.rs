@@ -263,7 +263,8 @@ impl MbusPoller {
         };
         let address = match (&meter.primary, &meter.secondary) {
             (Some(a), _) => {
-                self.exchange_ack(port, &short_frame(0x40, *a), &who).await?;
+                self.exchange_ack(port, &short_frame(0x40, *a), &who)
+                    .await?;
                 *a
             }
             (_, Some(s)) => {
@@ -347,7 +348,10 @@ impl MbusPoller {
             )),
             Err(_) => Err(SourceError::new(
                 Reason::Crc,
-                format!("{w}: {who}: an incomplete or garbled frame ({} bytes)", got.len()),
+                format!(
+                    "{w}: {who}: an incomplete or garbled frame ({} bytes)",
+                    got.len()
+                ),
             )),
             Ok(Err(e)) => Err(io(e)),
             Ok(Ok(FrameState::Complete)) => Ok(got),
@@ -574,9 +578,9 @@ fn record_value(r: &RecordOutput) -> Option<Decimal> {
     };
     match decimal::parse_exact(&text) {
         Ok(d) => Some(d),
-        Err(decimal::DecimalError::Scale(_)) => {
-            Decimal::from_str(&text).ok().map(|d| d.round_dp(9).normalize())
-        }
+        Err(decimal::DecimalError::Scale(_)) => Decimal::from_str(&text)
+            .ok()
+            .map(|d| d.round_dp(9).normalize()),
         Err(_) => None,
     }
 }
@@ -622,11 +626,23 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let got: Vec<(String, String, String, Kind)> = samples
             .iter()
-            .map(|s| (s.channel.to_string(), s.value.to_string(), s.unit.clone(), s.kind))
+            .map(|s| {
+                (
+                    s.channel.to_string(),
+                    s.value.to_string(),
+                    s.unit.clone(),
+                    s.kind,
+                )
+            })
             .collect();
         assert_eq!(
             got[0],
-            ("water.volume".into(), "12.565".into(), "m3".into(), Kind::Counter),
+            (
+                "water.volume".into(),
+                "12.565".into(),
+                "m3".into(),
+                Kind::Counter
+            ),
             "{got:?}"
         );
         assert_eq!(info.serial.as_deref(), Some("12345678"));

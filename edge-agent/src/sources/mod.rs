@@ -57,7 +57,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::AgentMetrics;
-use meta::{MeterInfo, MetaBoard};
+use meta::{MetaBoard, MeterInfo};
 
 /// Every source type: its `type` tag and how its config is read. One line per source.
 pub const REGISTRY: &[(&str, ParseFn)] = &[

@@ -237,10 +237,7 @@ impl ModbusSource {
     pub fn serial(&self) -> Serial {
         let d = self.driver().and_then(Result::ok).map(|d| d.serial);
         Serial {
-            baud_rate: self
-                .baud_rate
-                .or(d.map(|d| d.baud_rate))
-                .unwrap_or(19_200),
+            baud_rate: self.baud_rate.or(d.map(|d| d.baud_rate)).unwrap_or(19_200),
             parity: self.parity.or(d.map(|d| d.parity)).unwrap_or(Parity::Even),
             stop_bits: self.stop_bits.or(d.map(|d| d.stop_bits)).unwrap_or(1),
         }
@@ -408,7 +405,10 @@ impl SourceSpec for ModbusSource {
                 let s = self.serial();
                 Some((
                     self.bus_key(),
-                    format!("{} baud, parity {:?}, {} stop bit(s)", s.baud_rate, s.parity, s.stop_bits),
+                    format!(
+                        "{} baud, parity {:?}, {} stop bit(s)",
+                        s.baud_rate, s.parity, s.stop_bits
+                    ),
                     "baud_rate".into(),
                 ))
             }
@@ -593,7 +593,10 @@ impl ModbusPoller {
             if self.nameplate[i].is_none() {
                 self.nameplate[i] = Some(self.read_nameplate(&mut link, unit).await);
             }
-            match self.poll_unit(&mut link, i, ts, quality, &mut samples, &mut problems).await {
+            match self
+                .poll_unit(&mut link, i, ts, quality, &mut samples, &mut problems)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) => {
                     link.ctx = None;
@@ -636,7 +639,13 @@ impl ModbusPoller {
         let (unit, entries) = &self.units[i];
         for e in entries {
             let words = match self
-                .request(link, *unit, e.map.function, e.map.address, e.map.data_type.words())
+                .request(
+                    link,
+                    *unit,
+                    e.map.function,
+                    e.map.address,
+                    e.map.data_type.words(),
+                )
                 .await
             {
                 Ok(w) => w,
@@ -651,7 +660,11 @@ impl ModbusPoller {
                     // A silent unit: skip its other registers this poll, keep the link.
                     problems.push(SourceError::new(
                         Reason::Timeout,
-                        format!("{}: unit {unit} did not answer within {:?}", self.where_(), self.timeout),
+                        format!(
+                            "{}: unit {unit} did not answer within {:?}",
+                            self.where_(),
+                            self.timeout
+                        ),
                     ));
                     return Ok(());
                 }
@@ -701,7 +714,10 @@ impl ModbusPoller {
             tokio::time::sleep_until(last + self.delay).await;
         }
         let before = link.received.load(Ordering::Relaxed);
-        let ctx = link.ctx.as_mut().ok_or(Failure::Io("not connected".into()))?;
+        let ctx = link
+            .ctx
+            .as_mut()
+            .ok_or(Failure::Io("not connected".into()))?;
         ctx.set_slave(Slave(unit));
         let r = read(ctx, function, address, count, self.timeout).await;
         link.last_frame = Some(Instant::now());
@@ -727,7 +743,9 @@ impl ModbusPoller {
             Transport::Rtu => {
                 let s = self.cfg.serial();
                 let port = bus::open_serial(&self.cfg.port, s.baud_rate, s.parity, s.stop_bits)
-                    .map_err(|e| SourceError::new(Reason::Connect, format!("{where_}: open: {e}")))?;
+                    .map_err(|e| {
+                        SourceError::new(Reason::Connect, format!("{where_}: open: {e}"))
+                    })?;
                 Ok(tokio_modbus::client::rtu::attach_slave(
                     Counted::new(port, received),
                     slave,
@@ -737,10 +755,18 @@ impl ModbusPoller {
                 let addr: SocketAddr = self.cfg.address.parse().map_err(|_| {
                     SourceError::new(Reason::Connect, format!("{where_}: address is not ip:port"))
                 })?;
-                let stream = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| SourceError::new(Reason::Connect, format!("{where_}: connect timed out")))?
-                    .map_err(|e| SourceError::new(Reason::Connect, format!("{where_}: connect: {e}")))?;
+                let stream =
+                    tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| {
+                            SourceError::new(
+                                Reason::Connect,
+                                format!("{where_}: connect timed out"),
+                            )
+                        })?
+                        .map_err(|e| {
+                            SourceError::new(Reason::Connect, format!("{where_}: connect: {e}"))
+                        })?;
                 let _ = stream.set_nodelay(true);
                 let io = Counted::new(stream, received);
                 Ok(if self.cfg.transport == Transport::Tcp {
@@ -778,7 +804,10 @@ impl ModbusPoller {
             (&driver.nameplate.model, &mut info.model),
         ] {
             let Some(f) = field else { continue };
-            match self.request(link, unit, f.function, f.address, f.words()).await {
+            match self
+                .request(link, unit, f.function, f.address, f.words())
+                .await
+            {
                 Ok(words) => {
                     if let Some(text) = f.render(&words) {
                         *slot = Some(text);
@@ -855,7 +884,12 @@ pub(crate) async fn connect(
         tokio_modbus::client::tcp::connect_slave(addr, Slave(unit_id)),
     )
     .await
-    .map_err(|_| SourceError::new(Reason::Connect, format!("modbus {address}: connect timed out")))?
+    .map_err(|_| {
+        SourceError::new(
+            Reason::Connect,
+            format!("modbus {address}: connect timed out"),
+        )
+    })?
     .map_err(|e| SourceError::new(Reason::Connect, format!("modbus {address}: connect: {e}")))
 }
 
@@ -871,7 +905,9 @@ pub(crate) enum ReadError {
 impl ReadError {
     pub(crate) fn into_error(self, where_: &str) -> SourceError {
         match self {
-            ReadError::Exception(m) => SourceError::new(Reason::Exception, format!("{where_}: {m}")),
+            ReadError::Exception(m) => {
+                SourceError::new(Reason::Exception, format!("{where_}: {m}"))
+            }
             ReadError::Timeout => {
                 SourceError::new(Reason::Timeout, format!("{where_}: request timed out"))
             }

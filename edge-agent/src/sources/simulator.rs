@@ -106,7 +106,10 @@ impl SourceSpec for SimulatorSource {
     fn build(&self, _env: &BuildEnv) -> Box<dyn Source> {
         // Only used for polling in wall-clock mode; `run` drives the virtual clock.
         Box::new(WallClockSim {
-            sim: Simulator::new(self, &DeviceId::new("simulator").unwrap_or_else(|_| unreachable!())),
+            sim: Simulator::new(
+                self,
+                &DeviceId::new("simulator").unwrap_or_else(|_| unreachable!()),
+            ),
             last: None,
         })
     }

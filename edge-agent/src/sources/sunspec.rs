@@ -529,7 +529,10 @@ mod tests {
         st[8] = 0xFFFF;
         let s = decode_model(124, &st, "storage", t, Quality::GOOD);
         assert_eq!(s.len(), 1);
-        assert_eq!((s[0].channel.as_str(), s[0].unit.as_str()), ("storage.soc_pct", "%"));
+        assert_eq!(
+            (s[0].channel.as_str(), s[0].unit.as_str()),
+            ("storage.soc_pct", "%")
+        );
         // Model 1: the nameplate.
         let mut common = vec![0u16; 66];
         common[0] = u16::from_be_bytes(*b"SM");

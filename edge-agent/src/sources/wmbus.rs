@@ -157,6 +157,9 @@ impl SourceSpec for WmbusSource {
     }
 }
 
+/// A configured meter's telegram: its id, readings and problems.
+pub type Heard = (String, Vec<Sample>, Vec<SourceError>);
+
 /// Decodes the telegrams of the configured meters.
 pub struct Telegrams {
     cfg: WmbusSource,
@@ -171,7 +174,12 @@ impl Telegrams {
         let keys = cfg
             .meters
             .iter()
-            .map(|m| (m.id.clone(), m.key.as_deref().and_then(|k| parse_key(k).ok())))
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.key.as_deref().and_then(|k| parse_key(k).ok()),
+                )
+            })
             .collect();
         Telegrams {
             cfg,
@@ -193,12 +201,13 @@ impl Telegrams {
         line: &str,
         ts: DateTime<Utc>,
         quality: Quality,
-    ) -> Result<Option<(String, Vec<Sample>, Vec<SourceError>)>, SourceError> {
+    ) -> Result<Option<Heard>, SourceError> {
         let Some(bytes) = telegram_bytes(line) else {
             return Ok(None);
         };
-        let plain = m_bus_parser::output::decode_bytes(&bytes, &no_key())
-            .map_err(|_| SourceError::new(Reason::Decode, "a line that is not a wM-Bus telegram"))?;
+        let plain = m_bus_parser::output::decode_bytes(&bytes, &no_key()).map_err(|_| {
+            SourceError::new(Reason::Decode, "a line that is not a wM-Bus telegram")
+        })?;
         let Some(id) = plain.meter.identity.as_ref().and_then(|i| i.id.clone()) else {
             return Ok(None);
         };
@@ -216,7 +225,10 @@ impl Telegrams {
             .map_err(|e| {
                 SourceError::new(
                     Reason::Decode,
-                    format!("meter {id}: {}", e.to_string().chars().take(200).collect::<String>()),
+                    format!(
+                        "meter {id}: {}",
+                        e.to_string().chars().take(200).collect::<String>()
+                    ),
                 )
             })?,
             None => plain,
@@ -248,7 +260,10 @@ impl Telegrams {
             super::mbus::decode_records(&decoded, prefix.as_deref(), ts, quality);
         info.protocol = "wmbus".into();
         info.address = Some(format!("id {id}"));
-        let known = self.meters.entry(id.clone()).or_insert_with(|| info.clone());
+        let known = self
+            .meters
+            .entry(id.clone())
+            .or_insert_with(|| info.clone());
         known.channels.extend(info.channels);
         known.channels.sort();
         known.channels.dedup();
@@ -268,7 +283,7 @@ fn telegram_bytes(line: &str) -> Option<Vec<u8>> {
     let t = line.trim();
     let t = t.rsplit(';').next().unwrap_or(t);
     let t = t.strip_prefix('b').unwrap_or(t);
-    if t.len() < 20 || t.len() % 2 != 0 {
+    if t.len() < 20 || !t.len().is_multiple_of(2) {
         return None;
     }
     (0..t.len())
@@ -397,8 +412,14 @@ mod tests {
         assert!(parse_key("00112233445566778899AABBCCDDEEFF").is_ok());
         assert!(parse_key("0011").unwrap_err().contains("32 hex digits"));
         assert!(parse_key("zz112233445566778899AABBCCDDEEFF").is_err());
-        assert_eq!(telegram_bytes("b0A0B0C0D0E0F10111213").map(|b| b.len()), Some(10));
-        assert_eq!(telegram_bytes("T1;1;1;0A0B0C0D0E0F10111213").map(|b| b.len()), Some(10));
+        assert_eq!(
+            telegram_bytes("b0A0B0C0D0E0F10111213").map(|b| b.len()),
+            Some(10)
+        );
+        assert_eq!(
+            telegram_bytes("T1;1;1;0A0B0C0D0E0F10111213").map(|b| b.len()),
+            Some(10)
+        );
         assert_eq!(telegram_bytes("hello"), None);
     }
 }

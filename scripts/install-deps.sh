@@ -29,7 +29,8 @@ fi
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.util, re, sys
 names = {"pymodbus": "pymodbus", "paho-mqtt": "paho", "PyYAML": "yaml", "moto[server]": "moto",
-         "pymeterbus": "meterbus", "pyserial": "serial", "pycryptodome": "Crypto"}
+         "pymeterbus": "meterbus", "pyserial": "serial", "pycryptodome": "Crypto",
+         "gurux-dlms": "gurux_dlms"}
 for line in open(".ci/requirements.txt"):
     req = re.split(r"[<>=!~ ]", line.strip(), maxsplit=1)[0]
     if req and not req.startswith("#"):

@@ -71,7 +71,8 @@ pub struct DeviceMeta {
 pub struct Meter {
     /// The agent's source (its configured name, or the source type).
     pub source: String,
-    /// `modbus_tcp`, `modbus_rtu`, `sunspec`, `mbus`, `wmbus`, `iec62056`, `dlms`, ...
+    /// `modbus_tcp`, `modbus_rtu`, `modbus_rtu_over_tcp`, `sunspec`, `mbus`, `wmbus`,
+    /// `iec62056`, `dlms`.
     pub protocol: String,
     /// Where on the bus (`unit 3`, `primary 5`, `secondary 12345678`), if the bus has addresses.
     #[serde(default)]

@@ -32,6 +32,7 @@ macro_rules! spec_common {
 }
 
 pub mod bus;
+pub mod dlms;
 pub mod drivers;
 pub mod host;
 pub mod iec62056;
@@ -69,6 +70,7 @@ pub const REGISTRY: &[(&str, ParseFn)] = &[
     ("mbus", parse::<mbus::MbusSource>),
     ("wmbus", parse::<wmbus::WmbusSource>),
     ("iec62056", parse::<iec62056::Iec62056Source>),
+    ("dlms", parse::<dlms::DlmsSource>),
 ];
 
 /// Reads one source's table (without its `type` key) into its config, or lists every

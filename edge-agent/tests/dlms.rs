@@ -91,7 +91,10 @@ async fn registers_and_load_profile_by_range() {
         .unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(again.len(), 2, "{again:?}");
-    assert_eq!(Source::meters(&p)[0].protocol, "dlms");
+    let m = &Source::meters(&p)[0];
+    assert_eq!(m.protocol, "dlms");
+    assert_eq!(m.manufacturer.as_deref(), Some("GRX"));
+    assert_eq!(m.serial.as_deref(), Some("0000012345678"));
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@
 //!   without one is taken as UTC and flagged `clock_suspect`), on the channel of the
 //!   captured register.
 //!
-//! Long answers arrive as GET.response-with-datablock and are read block by block. The
+//! The COSEM logical device name (0.0.42.0.0.255: manufacturer id and serial number) is
+//! the meter's metadata. Long answers arrive as GET.response-with-datablock and are read block by block. The
 //! A-XDR decoder is bounded (depth, element count, lengths) and never panics on a
 //! truncated or hostile answer.
 
@@ -623,6 +624,8 @@ pub struct DlmsPoller {
     /// The newest profile row read so far.
     profile_until: Option<DateTime<Utc>>,
     meter: Option<MeterInfo>,
+    /// The COSEM logical device name (0.0.42.0.0.255), once read.
+    device_name: Option<String>,
 }
 
 impl DlmsPoller {
@@ -632,6 +635,7 @@ impl DlmsPoller {
             columns: None,
             profile_until: None,
             meter: None,
+            device_name: None,
             cfg,
         }
     }
@@ -658,6 +662,22 @@ impl DlmsPoller {
             max_pdu: self.cfg.max_pdu_size,
         };
         s.associate().await.map_err(ctx)?;
+        if self.device_name.is_none() {
+            // Best effort: a meter without the object simply has no nameplate here.
+            if let Ok(raw) = s.get(1, [0, 0, 42, 0, 0, 255], 2, None).await {
+                self.device_name = match decode(&raw) {
+                    Ok(Value::Octets(b)) => Some(
+                        b.iter()
+                            .filter(|c| c.is_ascii_graphic())
+                            .map(|c| char::from(*c))
+                            .take(64)
+                            .collect(),
+                    ),
+                    Ok(Value::Text(t)) => Some(t.chars().take(64).collect()),
+                    _ => None,
+                };
+            }
+        }
         let mut samples = Vec::new();
         let mut problems = Vec::new();
         for i in 0..self.cfg.registers.len() {
@@ -680,9 +700,17 @@ impl DlmsPoller {
             }
         }
         s.release().await;
+        // The logical device name is the 3-letter manufacturer id and a serial number.
+        let name = self.device_name.clone().unwrap_or_default();
+        let (manufacturer, serial) = match (name.get(..3), name.get(3..)) {
+            (Some(m), Some(s)) if !s.is_empty() => (Some(m.to_string()), Some(s.to_string())),
+            _ => (None, None),
+        };
         self.meter = Some(MeterInfo {
             protocol: "dlms".into(),
             address: Some(format!("logical device {}", self.cfg.server_address)),
+            manufacturer,
+            serial,
             channels: {
                 let mut c: Vec<String> = samples.iter().map(|s| s.channel.to_string()).collect();
                 c.sort();

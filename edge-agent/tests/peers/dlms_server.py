@@ -5,7 +5,8 @@ security (public client 16, logical device 1).
 
 usage: dlms_server.py PORT START_EPOCH ROWS
 
-Objects: clock 0.0.1.0.0.255; registers 1.0.1.8.0.255 (active energy import, 12345678 x
+Objects: logical device name 0.0.42.0.0.255 ("GRX0000012345678"); clock 0.0.1.0.0.255;
+registers 1.0.1.8.0.255 (active energy import, 12345678 x
 10^-1 Wh, double-long-unsigned) and 1.0.2.8.0.255 (export, 4321 x 10^0 Wh); a load profile
 1.0.99.1.0.255 capturing the clock and 1.0.1.8.0.255 every 15 minutes: ROWS rows from
 START_EPOCH (UTC), the register value growing by 250 each row. A range read of the profile
@@ -35,6 +36,7 @@ from gurux_dlms.objects import (
     GXDLMSAssociationLogicalName,
     GXDLMSCaptureObject,
     GXDLMSClock,
+    GXDLMSData,
     GXDLMSProfileGeneric,
     GXDLMSRegister,
 )
@@ -114,8 +116,11 @@ class Meter(GXDLMSServer):
         self.profile = pg
         # The association's object list is filled here: initialize() would add the whole
         # collection as one item.
+        name = GXDLMSData("0.0.42.0.0.255")
+        name.value = b"GRX0000012345678"
+        name.setDataType(2, DataType.OCTET_STRING)
         association = GXDLMSAssociationLogicalName()
-        for o in (self.clock, imp, exp, pg):
+        for o in (self.clock, imp, exp, pg, name):
             self.items.append(o)
             association.objectList.append(o)
         self.items.append(association)

@@ -343,7 +343,7 @@ impl Validate for AgentConfig {
             p.push("sources", "at least one [[sources]] entry is required");
         }
         let mut channels: HashMap<String, String> = HashMap::new();
-        let mut buses: HashMap<String, (String, String)> = HashMap::new();
+        let mut buses: HashMap<String, (String, String, &'static str)> = HashMap::new();
         let mut labels: HashMap<String, usize> = HashMap::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = format!("sources[{i}]");
@@ -382,7 +382,13 @@ impl Validate for AgentConfig {
             }
             if let Some((bus, settings, key)) = spec.bus() {
                 match buses.get(&bus) {
-                    Some((other, first)) if *other != settings => p.push(
+                    Some((_, first, kind)) if *kind != spec.type_name() => p.push(
+                        format!("{at}.port"),
+                        format!(
+                            "the serial port is also used by {first} (type {kind:?}); one port speaks one protocol"
+                        ),
+                    ),
+                    Some((other, first, _)) if *other != settings => p.push(
                         format!("{at}.{key}"),
                         format!(
                             "{} shares its bus with {first}, which sets {other}; one bus has one setting",
@@ -391,7 +397,7 @@ impl Validate for AgentConfig {
                     ),
                     Some(_) => {}
                     None => {
-                        buses.insert(bus, (settings, at.clone()));
+                        buses.insert(bus, (settings, at.clone(), spec.type_name()));
                     }
                 }
             }

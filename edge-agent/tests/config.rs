@@ -151,6 +151,8 @@ fn every_problem_of_the_meter_sources_is_listed() {
     let tls = pki.device("meter-c");
     let tty = dir.path().join("ttyS9");
     std::fs::write(&tty, "").unwrap();
+    let stick = dir.path().join("ttyACM0");
+    std::fs::write(&stick, "").unwrap();
     let text = format!(
         r#"device_id = "meter-c"
 [mqtt]
@@ -167,7 +169,7 @@ driver = "eastron_sdm999"
 
 [[sources]]
 type = "wmbus"
-port = "{tty}"
+port = "{stick}"
 mode = "t1"
 meters = [{{ id = "12345678", key = "00112233", prefix = "water" }}]
 
@@ -201,6 +203,7 @@ meters = [{{ primary = 251, prefix = "heat" }}]
         cert = tls.cert.display(),
         key = tls.key.display(),
         tty = tty.display(),
+        stick = stick.display(),
     );
     let err = gridmeter_core::config::parse::<AgentConfig>(&text, "agent.toml").unwrap_err();
     let all = err.to_string();
@@ -211,7 +214,37 @@ meters = [{{ primary = 251, prefix = "heat" }}]
         "sources[2].type: unknown source type \"dlms_hdlc\", one of: modbus",
         "sources[4].baud_rate: 19200 baud, parity Even, 1 stop bit(s) shares its bus with sources[3], which sets 9600 baud",
         "sources[5].meters[0].primary: 251 is not a primary address (1..=250)",
+        "sources[5].port: the serial port is also used by sources[3] (type \"modbus\"); one port speaks one protocol",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+/// Every `[[sources]]` entry of agent.example.toml, commented out or not, reads as its
+/// type: the example names no stale key.
+#[test]
+fn every_source_of_the_example_config_reads() {
+    let text = include_str!("../agent.example.toml");
+    let key = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("[[")
+            || l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    };
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if key(rest) => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let table: toml::Table = uncommented.parse().unwrap();
+    let sources = table["sources"].as_array().unwrap();
+    assert!(sources.len() >= 10, "{}", sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        let entry = gridmeter_agent::config::SourceConfig::from_table(s.as_table().unwrap().clone());
+        assert!(entry.spec().is_some(), "sources[{i}] of the example: {entry:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! Wired M-Bus against a real slave: a pymeterbus-based slave on one end of a socat pty
-//! pair, the agent on the other, answering with published telegrams (the M-Bus
-//! documentation's RSP_UD example and a libmbus multi-telegram frame): primary and
-//! secondary addressing, REQ_UD2, a multi-telegram answer, a silent meter, a bad checksum.
+//! pair, the agent on the other, answering with the M-Bus documentation's RSP_UD example
+//! (and, for a multi-telegram answer, that telegram ending in DIF 0x1F followed by a second
+//! one with flow and return temperatures): primary and secondary addressing, REQ_UD2, a
+//! silent meter, a bad checksum.
 
 mod peer;
 

@@ -222,7 +222,8 @@ pub fn parse<T: SourceSpec + DeserializeOwned>(
             Ok(_) => return Err(problems),
             Err(e) => {
                 let path = e.path().to_string();
-                let message = e.inner().to_string();
+                // serde's messages quote the offending value: keep them short.
+                let message: String = e.inner().to_string().chars().take(300).collect();
                 let top_key = match e.path().iter().collect::<Vec<_>>().as_slice() {
                     [serde_path_to_error::Segment::Map { key }] => Some(key.clone()),
                     _ => None,

@@ -148,6 +148,17 @@ impl SourceSpec for WmbusSource {
         }
     }
 
+    fn bus(&self) -> Option<(String, String, String)> {
+        Some((
+            format!("serial:{}", self.port),
+            format!(
+                "{} baud, parity {:?}, {} stop bit(s)",
+                self.baud_rate, self.parity, self.stop_bits
+            ),
+            "baud_rate".into(),
+        ))
+    }
+
     fn build(&self, _env: &BuildEnv) -> Box<dyn Source> {
         Box::new(Telegrams::new(self.clone()))
     }

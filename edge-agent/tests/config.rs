@@ -244,7 +244,11 @@ fn every_source_of_the_example_config_reads() {
     let sources = table["sources"].as_array().unwrap();
     assert!(sources.len() >= 10, "{}", sources.len());
     for (i, s) in sources.iter().enumerate() {
-        let entry = gridmeter_agent::config::SourceConfig::from_table(s.as_table().unwrap().clone());
-        assert!(entry.spec().is_some(), "sources[{i}] of the example: {entry:?}");
+        let entry =
+            gridmeter_agent::config::SourceConfig::from_table(s.as_table().unwrap().clone());
+        assert!(
+            entry.spec().is_some(),
+            "sources[{i}] of the example: {entry:?}"
+        );
     }
 }

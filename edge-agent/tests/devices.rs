@@ -262,7 +262,11 @@ async fn sunspec_discovery_and_models_against_a_real_server() {
     // Common model 1 is the device's nameplate.
     let m = &gridmeter_agent::sources::Source::meters(&p)[0];
     assert_eq!(
-        (m.manufacturer.as_deref(), m.model.as_deref(), m.serial.as_deref()),
+        (
+            m.manufacturer.as_deref(),
+            m.model.as_deref(),
+            m.serial.as_deref()
+        ),
         (Some("gridmeter"), Some("sim"), Some("42"))
     );
     assert_eq!(m.protocol, "sunspec");

@@ -91,7 +91,10 @@ async fn nameplate_is_published_retained_on_the_meta_topic() {
     .expect("the retained metadata");
     assert!(got.retain, "the metadata is retained");
     let device = DeviceId::new("site-1").unwrap();
-    assert_eq!(meta::device_from_meta_topic(&got.topic), Some(device.clone()));
+    assert_eq!(
+        meta::device_from_meta_topic(&got.topic),
+        Some(device.clone())
+    );
     let doc = meta::decode(&got.payload, &device).unwrap();
     assert_eq!(doc.meters.len(), 1, "{doc:?}");
     let m = &doc.meters[0];

@@ -557,9 +557,8 @@ fn record_channel(r: &RecordOutput) -> Option<(String, Kind)> {
     if r.subunit > 0 {
         name.push_str(&format!("_u{}", r.subunit));
     }
-    let accumulating = ["energy", "volume", "mass"]
-        .iter()
-        .any(|q| lower == *q || lower.starts_with(&format!("{q} ")));
+    // Energy, volume, mass: the accumulated quantities ("volume flow" is a rate).
+    let accumulating = ["energy", "volume", "mass"].contains(&lower.as_str());
     let kind = if accumulating && instantaneous && r.storage_number == 0 {
         Kind::Counter
     } else {

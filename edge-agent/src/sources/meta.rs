@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use gridmeter_core::wire::meta::{DeviceMeta, Meter, VERSION};
 use gridmeter_core::DeviceId;
 use tokio::sync::watch;
@@ -16,14 +16,15 @@ pub type MeterInfo = Meter;
 /// The meters of every source, with a change counter the forwarder watches.
 #[derive(Clone)]
 pub struct MetaBoard {
-    meters: Arc<Mutex<BTreeMap<String, Vec<Meter>>>>,
+    /// The meters by source, and when they last changed.
+    meters: Arc<Mutex<(BTreeMap<String, Vec<Meter>>, DateTime<Utc>)>>,
     changed: Arc<watch::Sender<u64>>,
 }
 
 impl Default for MetaBoard {
     fn default() -> Self {
         MetaBoard {
-            meters: Arc::default(),
+            meters: Arc::new(Mutex::new((BTreeMap::new(), Utc::now()))),
             changed: Arc::new(watch::channel(0).0),
         }
     }
@@ -45,12 +46,13 @@ impl MetaBoard {
                 .bounded()
             })
             .collect();
-        let mut map = crate::lock(&self.meters);
-        if map.get(label) == Some(&meters) {
+        let mut board = crate::lock(&self.meters);
+        if board.0.get(label) == Some(&meters) {
             return;
         }
-        map.insert(label.to_string(), meters);
-        drop(map);
+        board.0.insert(label.to_string(), meters);
+        board.1 = Utc::now();
+        drop(board);
         self.changed.send_modify(|n| *n += 1);
     }
 
@@ -61,14 +63,15 @@ impl MetaBoard {
 
     /// The current document, or `None` while no source has reported a meter.
     pub fn document(&self, device: &DeviceId) -> Option<DeviceMeta> {
-        let map = crate::lock(&self.meters);
+        let board = crate::lock(&self.meters);
+        let (map, changed) = &*board;
         if map.is_empty() {
             return None;
         }
         Some(DeviceMeta {
             v: VERSION,
             device_id: device.clone(),
-            ts: Utc::now(),
+            ts: *changed,
             agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             meters: map
                 .values()
@@ -77,5 +80,37 @@ impl MetaBoard {
                 .cloned()
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_announced_once_and_stamped_when_it_happened() {
+        let board = MetaBoard::default();
+        let dev = DeviceId::new("site-1").unwrap();
+        assert_eq!(board.document(&dev), None);
+        let rx = board.subscribe();
+        let meter = Meter {
+            protocol: "mbus".into(),
+            serial: Some("12345678".into()),
+            ..Meter::default()
+        };
+        board.set("heat", vec![meter.clone()]);
+        let first = board.document(&dev).unwrap();
+        board.set("heat", vec![meter.clone()]);
+        assert_eq!(*rx.borrow(), 1, "the same meters again change nothing");
+        assert_eq!(board.document(&dev).unwrap().ts, first.ts);
+        assert_eq!(first.meters[0].source, "heat");
+        board.set(
+            "heat",
+            vec![Meter {
+                firmware: Some("2".into()),
+                ..meter
+            }],
+        );
+        assert_eq!(*rx.borrow(), 2);
     }
 }

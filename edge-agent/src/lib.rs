@@ -2,8 +2,10 @@
 //! with nothing lost.
 //!
 //! One agent = one device identity = one client certificate (CN = `device_id`) = one MQTT
-//! connection = one seq counter. All its sources (Modbus registers, SunSpec, host metrics,
-//! a Prometheus scrape, the simulator) produce channels of that one device.
+//! connection = one seq counter. All its sources (Modbus TCP/RTU registers and meter
+//! drivers, SunSpec, M-Bus, wireless M-Bus, DLMS/COSEM, IEC 62056-21, host metrics, a
+//! Prometheus scrape, the simulator; see [`sources`]) produce channels of that one device,
+//! and the nameplate data they read is published on the device's retained meta topic.
 //!
 //! ```text
 //! sources (one task each) ──mpsc──▶ writer: batched SQLite transactions, seq assigned

@@ -133,9 +133,7 @@ fn sunspec_image() -> Image {
     put(&mut h, mppt_at + 2, &mppt);
     let bat_at = mppt_at + 2 + 28;
     let mut bat = vec![0xFFFFu16; 62];
-    for sf in 50..62 {
-        bat[sf] = 0;
-    }
+    bat[50..62].fill(0); // scale factors
     bat[9] = 64; // SoC 64 %
     bat[42] = 0x8000;
     bat[45] = (-800i16) as u16; // charging 800 W

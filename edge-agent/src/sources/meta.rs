@@ -13,11 +13,13 @@ use tokio::sync::watch;
 /// One physical meter as a source reports it.
 pub type MeterInfo = Meter;
 
+/// The meters by source, and when they last changed.
+type Board = (BTreeMap<String, Vec<Meter>>, DateTime<Utc>);
+
 /// The meters of every source, with a change counter the forwarder watches.
 #[derive(Clone)]
 pub struct MetaBoard {
-    /// The meters by source, and when they last changed.
-    meters: Arc<Mutex<(BTreeMap<String, Vec<Meter>>, DateTime<Utc>)>>,
+    meters: Arc<Mutex<Board>>,
     changed: Arc<watch::Sender<u64>>,
 }
 

@@ -309,8 +309,8 @@ def fleet():
         (f"sum by (source) (rate(gridmeter_agent_readings_collected_total{sel}[{R}]))", "{{source}}"),
     ], w=12, unit="rps")
     b.panel("timeseries", "Source errors", [
-        (f"sum by (instance, source) (rate(gridmeter_agent_source_errors_total{sel}[{R}]))", "{{instance}} {{source}}"),
-    ], w=12, unit="rps", description="Failed reads (alert GridmeterAgentSourceErrors when a source only fails).")
+        (f"sum by (instance, source, reason) (rate(gridmeter_agent_source_errors_total{sel}[{R}]))", "{{instance}} {{source}} {{reason}}"),
+    ], w=12, unit="rps", description="Failed reads by reason: connect, timeout (a silent meter), crc (garbled answers), exception, decode, io, device_status (alert GridmeterAgentSourceErrors when a source only fails).")
     return b
 
 

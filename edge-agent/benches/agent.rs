@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use gridmeter_agent::buffer::Buffer;
-use gridmeter_agent::config::{
-    AgentConfig, BufferConfig, MqttConfig, Profile, SimulatorSource, SourceConfig, WireEncoding,
-};
+use gridmeter_agent::config::{AgentConfig, BufferConfig, MqttConfig, SourceConfig, WireEncoding};
 use gridmeter_agent::forwarder::encode;
 use gridmeter_agent::sources::simulator::Simulator;
+use gridmeter_agent::sources::simulator::{Profile, SimulatorSource};
 use gridmeter_agent::sources::Sample;
 use gridmeter_core::testkit::{free_port, Mosquitto, MosquittoOptions, Pki};
 use gridmeter_core::{Batch, DeviceId, Quality, Reading};
@@ -251,7 +250,7 @@ fn backfill_end_to_end(dir: &Path, pki: &Pki, broker: &Mosquitto, compact_len: u
     let mut cfg = agent_config(pki, "bench-1", broker.port(), dir);
     cfg.buffer.path = buf;
     // A source that produces one step (two readings): the backlog is nearly all there is.
-    cfg.sources = vec![SourceConfig::Simulator(sim_cfg(
+    cfg.sources = vec![SourceConfig::new(sim_cfg(
         Profile::HouseholdMeter,
         Some(start),
         1,

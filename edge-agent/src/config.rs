@@ -2,20 +2,21 @@
 //!
 //! One agent is one device identity: one `device_id`, one client certificate (CN =
 //! `device_id`), one MQTT connection and one seq counter. Every `[[sources]]` entry
-//! (Modbus registers, SunSpec, host metrics, a Prometheus scrape, the simulator) produces
-//! channels of that one device, so channel names must be unique across sources.
+//! produces channels of that one device, so channel names must be unique across sources.
+//! Each source type owns its config struct and its checks (`crate::sources::*`); this
+//! module reads the `type` of each entry and hands the rest to that type.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use gridmeter_core::config::{Problems, Validate};
-use gridmeter_core::decimal;
 use gridmeter_core::tls::TlsFiles;
-use gridmeter_core::{Channel, DeviceId, Kind};
+use gridmeter_core::DeviceId;
 use serde::Deserialize;
+
+use crate::sources::{SourceSpec, REGISTRY};
 
 /// The whole agent configuration. Also constructible in code (the demo runs ~200 agents in
 /// one process, each with its own `AgentConfig`).
@@ -161,451 +162,132 @@ impl Default for BufferConfig {
     }
 }
 
-/// One source of readings.
+/// One `[[sources]]` entry: the config of one source type (see [`crate::sources`]).
 ///
-/// In TOML a `[[sources]]` entry is one flat table with a `type` key. It is read through a
-/// flat intermediate (every field of every type, `deny_unknown_fields`) rather than a
-/// serde-tagged enum, so that a misspelt key inside a source is reported with its path
-/// (`sources[1].speeed: unknown field`) and parsing goes on to report the other problems;
-/// fields that do not belong to the entry's type, or required ones that are missing, end up
-/// in [`SourceConfig::Invalid`] and are reported by validation.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(from = "RawSource")]
-pub enum SourceConfig {
-    Modbus(ModbusSource),
-    Sunspec(SunspecSource),
-    Host(HostSource),
-    Prometheus(PrometheusSource),
-    Simulator(SimulatorSource),
-    /// A TOML entry whose fields do not fit its type: (field, problem) pairs.
-    #[doc(hidden)]
+/// Read in two steps: the entry's `type` picks the source type in
+/// [`crate::sources::REGISTRY`], then the rest of the table is read into that type's struct
+/// with exact key paths (`sources[1].speeed: unknown field`). An entry that does not fit its
+/// type keeps its problems and validation reports them with the others, so one run of a bad
+/// config lists every problem of every source.
+#[derive(Debug)]
+pub struct SourceConfig(Entry);
+
+#[derive(Debug)]
+enum Entry {
+    Spec(Box<dyn SourceSpec>),
+    /// An entry whose fields do not fit its type: (key path, problem) pairs.
     Invalid(Vec<(String, String)>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum SourceType {
-    Modbus,
-    Sunspec,
-    Host,
-    Prometheus,
-    Simulator,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    #[serde(rename = "type")]
-    kind: SourceType,
-    name: Option<String>,
-    interval_ms: Option<u64>,
-    address: Option<String>,
-    unit_id: Option<u8>,
-    timeout_ms: Option<u64>,
-    registers: Option<Vec<RegisterMap>>,
-    base: Option<u16>,
-    proc_root: Option<PathBuf>,
-    url: Option<String>,
-    include: Option<Vec<String>>,
-    rename: Option<BTreeMap<String, String>>,
-    units: Option<BTreeMap<String, String>>,
-    max_samples: Option<usize>,
-    max_scrape_bytes: Option<usize>,
-    profile: Option<Profile>,
-    seed: Option<u64>,
-    register_max: Option<u64>,
-    start: Option<DateTime<Utc>>,
-    step_secs: Option<u64>,
-    speedup: Option<f64>,
-    as_fast_as_possible: Option<bool>,
-    until: Option<DateTime<Utc>>,
-    peak_watts: Option<u32>,
-}
-
-impl From<RawSource> for SourceConfig {
-    fn from(r: RawSource) -> SourceConfig {
-        let set: [(&str, bool); 21] = [
-            ("address", r.address.is_some()),
-            ("unit_id", r.unit_id.is_some()),
-            ("timeout_ms", r.timeout_ms.is_some()),
-            ("registers", r.registers.is_some()),
-            ("base", r.base.is_some()),
-            ("proc_root", r.proc_root.is_some()),
-            ("url", r.url.is_some()),
-            ("include", r.include.is_some()),
-            ("rename", r.rename.is_some()),
-            ("units", r.units.is_some()),
-            ("max_samples", r.max_samples.is_some()),
-            ("max_scrape_bytes", r.max_scrape_bytes.is_some()),
-            ("profile", r.profile.is_some()),
-            ("seed", r.seed.is_some()),
-            ("register_max", r.register_max.is_some()),
-            ("start", r.start.is_some()),
-            ("step_secs", r.step_secs.is_some()),
-            ("speedup", r.speedup.is_some()),
-            ("as_fast_as_possible", r.as_fast_as_possible.is_some()),
-            ("until", r.until.is_some()),
-            ("peak_watts", r.peak_watts.is_some()),
-        ];
-        let (type_name, allowed, required): (&str, &[&str], &[&str]) = match r.kind {
-            SourceType::Modbus => (
-                "modbus",
-                &["address", "unit_id", "timeout_ms", "registers"],
-                &["address", "registers"],
-            ),
-            SourceType::Sunspec => (
-                "sunspec",
-                &["address", "unit_id", "timeout_ms", "base"],
-                &["address"],
-            ),
-            SourceType::Host => ("host", &["proc_root"], &[]),
-            SourceType::Prometheus => (
-                "prometheus",
-                &[
-                    "url",
-                    "include",
-                    "rename",
-                    "units",
-                    "max_samples",
-                    "max_scrape_bytes",
-                    "timeout_ms",
-                ],
-                &["url"],
-            ),
-            SourceType::Simulator => (
-                "simulator",
-                &[
-                    "profile",
-                    "seed",
-                    "register_max",
-                    "start",
-                    "step_secs",
-                    "speedup",
-                    "as_fast_as_possible",
-                    "until",
-                    "peak_watts",
-                ],
-                &["profile"],
-            ),
-        };
-        let mut problems = Vec::new();
-        for (field, is_set) in set {
-            if is_set && !allowed.contains(&field) {
-                problems.push((
-                    field.to_string(),
-                    format!("is not used by type {type_name:?}"),
-                ));
-            }
-            if !is_set && required.contains(&field) {
-                problems.push((
-                    field.to_string(),
-                    format!("is required for type {type_name:?}"),
-                ));
-            }
-        }
-        if !problems.is_empty() {
-            return SourceConfig::Invalid(problems);
-        }
-        let interval_ms = r.interval_ms.unwrap_or_else(default_interval);
-        let timeout_ms = r.timeout_ms.unwrap_or_else(default_timeout);
-        let unit_id = r.unit_id.unwrap_or_else(default_unit_id);
-        match r.kind {
-            SourceType::Modbus => SourceConfig::Modbus(ModbusSource {
-                name: r.name,
-                interval_ms,
-                address: r.address.unwrap_or_default(),
-                unit_id,
-                timeout_ms,
-                registers: r.registers.unwrap_or_default(),
-            }),
-            SourceType::Sunspec => SourceConfig::Sunspec(SunspecSource {
-                name: r.name,
-                interval_ms,
-                address: r.address.unwrap_or_default(),
-                unit_id,
-                base: r.base,
-                timeout_ms,
-            }),
-            SourceType::Host => SourceConfig::Host(HostSource {
-                name: r.name,
-                interval_ms,
-                proc_root: r.proc_root.unwrap_or_else(default_proc_root),
-            }),
-            SourceType::Prometheus => SourceConfig::Prometheus(PrometheusSource {
-                name: r.name,
-                interval_ms,
-                url: r.url.unwrap_or_default(),
-                include: r.include.unwrap_or_default(),
-                rename: r.rename.unwrap_or_default(),
-                units: r.units.unwrap_or_default(),
-                max_samples: r
-                    .max_samples
-                    .unwrap_or(crate::sources::prometheus::MAX_SAMPLES),
-                max_scrape_bytes: r
-                    .max_scrape_bytes
-                    .unwrap_or(crate::sources::prometheus::MAX_BODY),
-                timeout_ms,
-            }),
-            SourceType::Simulator => SourceConfig::Simulator(SimulatorSource {
-                name: r.name,
-                interval_ms,
-                profile: r.profile.unwrap_or(Profile::HouseholdMeter),
-                seed: r.seed.unwrap_or_default(),
-                register_max: r.register_max,
-                start: r.start,
-                step_secs: r.step_secs,
-                speedup: r.speedup,
-                as_fast_as_possible: r.as_fast_as_possible.unwrap_or_default(),
-                until: r.until,
-                peak_watts: r.peak_watts,
-            }),
-        }
+impl Clone for SourceConfig {
+    fn clone(&self) -> Self {
+        SourceConfig(match &self.0 {
+            Entry::Spec(s) => Entry::Spec(s.clone_box()),
+            Entry::Invalid(p) => Entry::Invalid(p.clone()),
+        })
     }
 }
 
 impl SourceConfig {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SourceConfig::Modbus(_) => "modbus",
-            SourceConfig::Sunspec(_) => "sunspec",
-            SourceConfig::Host(_) => "host",
-            SourceConfig::Prometheus(_) => "prometheus",
-            SourceConfig::Simulator(_) => "simulator",
-            SourceConfig::Invalid(_) => "invalid",
+    /// A source built in code.
+    pub fn new(spec: impl SourceSpec) -> SourceConfig {
+        SourceConfig(Entry::Spec(Box::new(spec)))
+    }
+
+    /// Reads one entry (its `type` key, then the typed struct).
+    pub fn from_table(mut table: toml::Table) -> SourceConfig {
+        let types = || {
+            REGISTRY
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let type_name = match table.remove("type") {
+            Some(toml::Value::String(t)) => t,
+            Some(_) => {
+                return SourceConfig(Entry::Invalid(vec![(
+                    "type".into(),
+                    format!("must be a string, one of: {}", types()),
+                )]))
+            }
+            None => {
+                return SourceConfig(Entry::Invalid(vec![(
+                    "type".into(),
+                    format!("is required, one of: {}", types()),
+                )]))
+            }
+        };
+        let Some((name, parse)) = REGISTRY.iter().find(|(n, _)| *n == type_name) else {
+            return SourceConfig(Entry::Invalid(vec![(
+                "type".into(),
+                format!(
+                    "unknown source type {}, one of: {}",
+                    gridmeter_core::text::excerpt(&type_name),
+                    types()
+                ),
+            )]));
+        };
+        match parse(table) {
+            Ok(spec) => SourceConfig(Entry::Spec(spec)),
+            Err(problems) => SourceConfig(Entry::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(path, message)| {
+                        let message = if message == "is required" {
+                            format!("is required for type {name:?}")
+                        } else if let Some(rest) = message.strip_prefix("unknown field ") {
+                            match rest.split_once(", expected") {
+                                Some((field, expected)) => {
+                                    format!("unknown field {field} for type {name:?}, expected{expected}")
+                                }
+                                None => format!("unknown field {rest} for type {name:?}"),
+                            }
+                        } else {
+                            message
+                        };
+                        (path, message)
+                    })
+                    .collect(),
+            )),
         }
     }
+
+    /// The source's config, unless the entry was invalid.
+    pub fn spec(&self) -> Option<&dyn SourceSpec> {
+        match &self.0 {
+            Entry::Spec(s) => Some(s.as_ref()),
+            Entry::Invalid(_) => None,
+        }
+    }
+
+    /// The concrete config, if the source is of type `T`.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.spec()?.as_any().downcast_ref()
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.spec().map_or("invalid", |s| s.type_name())
+    }
+
     /// The `source` label of the metrics: the configured name, or the type.
     pub fn label(&self) -> String {
-        let name = match self {
-            SourceConfig::Modbus(s) => &s.name,
-            SourceConfig::Sunspec(s) => &s.name,
-            SourceConfig::Host(s) => &s.name,
-            SourceConfig::Prometheus(s) => &s.name,
-            SourceConfig::Simulator(s) => &s.name,
-            SourceConfig::Invalid(_) => &None,
-        };
-        name.clone().unwrap_or_else(|| self.type_name().to_string())
+        self.spec()
+            .and_then(|s| s.name())
+            .unwrap_or_else(|| self.type_name())
+            .to_string()
     }
+
     pub fn interval_ms(&self) -> u64 {
-        match self {
-            SourceConfig::Modbus(s) => s.interval_ms,
-            SourceConfig::Sunspec(s) => s.interval_ms,
-            SourceConfig::Host(s) => s.interval_ms,
-            SourceConfig::Prometheus(s) => s.interval_ms,
-            SourceConfig::Simulator(s) => s.interval_ms,
-            SourceConfig::Invalid(_) => 1,
-        }
+        self.spec().map_or(1, |s| s.interval_ms())
     }
 }
 
-fn default_interval() -> u64 {
-    1000
-}
-fn default_unit_id() -> u8 {
-    1
-}
-fn default_timeout() -> u64 {
-    3000
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegisterFunction {
-    #[default]
-    Holding,
-    Input,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegisterType {
-    U16,
-    I16,
-    U32,
-    I32,
-    U64,
-    F32,
-}
-
-impl RegisterType {
-    /// Number of 16-bit registers the type occupies.
-    pub fn words(self) -> u16 {
-        match self {
-            RegisterType::U16 | RegisterType::I16 => 1,
-            RegisterType::U32 | RegisterType::I32 | RegisterType::F32 => 2,
-            RegisterType::U64 => 4,
-        }
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        Ok(SourceConfig::from_table(table))
     }
-}
-
-/// Order of the 16-bit words of a multi-register value (bytes within a word are always
-/// big-endian, as Modbus defines).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WordOrder {
-    #[default]
-    Big,
-    Little,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterMap {
-    pub channel: String,
-    pub address: u16,
-    #[serde(default)]
-    pub function: RegisterFunction,
-    #[serde(rename = "type")]
-    pub data_type: RegisterType,
-    /// Optional explicit register count; must match the type.
-    #[serde(default)]
-    pub count: Option<u16>,
-    #[serde(default)]
-    pub word_order: WordOrder,
-    /// Decimal text multiplied with the raw value, e.g. "0.1".
-    #[serde(default = "default_scale")]
-    pub scale: String,
-    #[serde(default = "default_kind")]
-    pub kind: Kind,
-    /// Required: 1 to 32 characters without white space (`Wh`, `W`, `V`, `1` for a count);
-    /// checked at config time with the collector's own rule.
-    #[serde(default)]
-    pub unit: String,
-}
-
-fn default_scale() -> String {
-    "1".into()
-}
-fn default_kind() -> Kind {
-    Kind::Gauge
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModbusSource {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    /// `host:port` of the Modbus TCP server.
-    pub address: String,
-    #[serde(default = "default_unit_id")]
-    pub unit_id: u8,
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-    pub registers: Vec<RegisterMap>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SunspecSource {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    pub address: String,
-    #[serde(default = "default_unit_id")]
-    pub unit_id: u8,
-    /// Base register of the `SunS` marker; searched at 0, 40000 and 50000 when absent.
-    #[serde(default)]
-    pub base: Option<u16>,
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostSource {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    /// Where procfs is mounted (tests point this at a fixture).
-    #[serde(default = "default_proc_root")]
-    pub proc_root: PathBuf,
-}
-
-fn default_proc_root() -> PathBuf {
-    PathBuf::from("/proc")
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrometheusSource {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    /// `http://host:port/path` (plain HTTP; scrape a local endpoint).
-    pub url: String,
-    /// Metric names to keep (family names as exposed, e.g. `http_requests_total`);
-    /// empty keeps all.
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Metric name -> channel base name.
-    #[serde(default)]
-    pub rename: BTreeMap<String, String>,
-    /// Metric name (sample or family) -> unit, e.g. `http_requests_total = "requests"`.
-    /// Without an entry: `s` for `_seconds`, `B` for `_bytes`, otherwise `1`.
-    #[serde(default)]
-    pub units: BTreeMap<String, String>,
-    /// A scrape with more samples than this (after `include`) fails as a whole.
-    #[serde(default = "default_max_samples")]
-    pub max_samples: usize,
-    /// A response body larger than this fails the scrape.
-    #[serde(default = "default_max_scrape_bytes")]
-    pub max_scrape_bytes: usize,
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-}
-
-fn default_max_samples() -> usize {
-    crate::sources::prometheus::MAX_SAMPLES
-}
-fn default_max_scrape_bytes() -> usize {
-    crate::sources::prometheus::MAX_BODY
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Profile {
-    HouseholdMeter,
-    PvInverter,
-    EdgeServer,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatorSource {
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Real time between two steps when no virtual clock is configured.
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    pub profile: Profile,
-    #[serde(default)]
-    pub seed: u64,
-    /// Energy registers wrap to 0 after this value (e.g. 99999999 Wh).
-    #[serde(default)]
-    pub register_max: Option<u64>,
-    /// Virtual clock: event time of the first step. Absent: wall-clock time.
-    #[serde(default)]
-    pub start: Option<DateTime<Utc>>,
-    /// Virtual clock: event-time seconds per step (default: interval_ms).
-    #[serde(default)]
-    pub step_secs: Option<u64>,
-    /// Virtual clock: event-time seconds per real second (default 1).
-    #[serde(default)]
-    pub speedup: Option<f64>,
-    /// Virtual clock: generate steps without sleeping.
-    #[serde(default)]
-    pub as_fast_as_possible: bool,
-    /// Stop generating at this event time.
-    #[serde(default)]
-    pub until: Option<DateTime<Utc>>,
-    /// Peak power of the profile in W (defaults: 4000 household, 5000 PV).
-    #[serde(default)]
-    pub peak_watts: Option<u32>,
 }
 
 impl Validate for AgentConfig {
@@ -660,132 +342,65 @@ impl Validate for AgentConfig {
         if self.sources.is_empty() {
             p.push("sources", "at least one [[sources]] entry is required");
         }
-        let mut channels = HashSet::new();
+        let mut channels: HashMap<String, String> = HashMap::new();
+        let mut buses: HashMap<String, (String, String, &'static str)> = HashMap::new();
+        let mut labels: HashMap<String, usize> = HashMap::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = format!("sources[{i}]");
-            if s.interval_ms() == 0 {
+            let spec = match &s.0 {
+                Entry::Invalid(problems) => {
+                    for (field, why) in problems {
+                        if field.is_empty() {
+                            p.push(&at, why);
+                        } else {
+                            p.push(format!("{at}.{field}"), why);
+                        }
+                    }
+                    continue;
+                }
+                Entry::Spec(spec) => spec,
+            };
+            if spec.interval_ms() == 0 {
                 p.push(format!("{at}.interval_ms"), "must be > 0");
             }
-            match s {
-                SourceConfig::Invalid(problems) => {
-                    for (field, why) in problems {
-                        p.push(format!("{at}.{field}"), why);
-                    }
-                }
-                SourceConfig::Modbus(m) => validate_modbus(m, &at, &mut channels, p),
-                SourceConfig::Sunspec(m) => {
-                    if m.address.parse::<SocketAddr>().is_err() {
-                        p.push(format!("{at}.address"), "must be ip:port");
-                    }
-                }
-                SourceConfig::Host(_) => {}
-                SourceConfig::Prometheus(m) => {
-                    if let Err(e) = crate::sources::prometheus::parse_url(&m.url) {
-                        p.push(format!("{at}.url"), e);
-                    }
-                    for (k, v) in &m.rename {
-                        if Channel::new(v.clone()).is_err() {
-                            p.push(
-                                format!("{at}.rename.{k}"),
-                                format!("{v:?} is not a valid channel name ([a-z0-9_.])"),
-                            );
-                        }
-                    }
-                    for (k, u) in &m.units {
-                        if let Err(e) = gridmeter_core::wire::check_unit(u) {
-                            p.push(format!("{at}.units.{k}"), e);
-                        }
-                    }
-                    if m.max_samples == 0 {
-                        p.push(format!("{at}.max_samples"), "must be > 0");
-                    }
-                    if m.max_scrape_bytes < 1024 {
-                        p.push(format!("{at}.max_scrape_bytes"), "must be at least 1024");
-                    }
-                }
-                SourceConfig::Simulator(m) => {
-                    if m.step_secs == Some(0) {
-                        p.push(format!("{at}.step_secs"), "must be > 0");
-                    }
-                    if let Some(sp) = m.speedup {
-                        if !(sp.is_finite() && sp > 0.0) {
-                            p.push(format!("{at}.speedup"), "must be a positive number");
-                        }
-                    }
-                    if m.register_max == Some(0) {
-                        p.push(format!("{at}.register_max"), "must be > 0");
-                    }
-                    if let (Some(a), Some(b)) = (m.start, m.until) {
-                        if b <= a {
-                            p.push(format!("{at}.until"), "must be after start");
-                        }
-                    }
+            if let Some(prev) = labels.insert(s.label(), i) {
+                if spec.name().is_some() {
+                    p.push(
+                        format!("{at}.name"),
+                        format!("{:?} is also the name of sources[{prev}]", s.label()),
+                    );
                 }
             }
-        }
-    }
-}
-
-fn validate_modbus(m: &ModbusSource, at: &str, channels: &mut HashSet<String>, p: &mut Problems) {
-    if m.address.parse::<SocketAddr>().is_err() {
-        p.push(format!("{at}.address"), "must be ip:port");
-    }
-    if m.registers.is_empty() {
-        p.push(
-            format!("{at}.registers"),
-            "at least one register is required",
-        );
-    }
-    for (j, r) in m.registers.iter().enumerate() {
-        let rat = format!("{at}.registers[{j}]");
-        if let Err(e) = Channel::new(r.channel.clone()) {
-            p.push(format!("{rat}.channel"), format!("{:?} {e}", r.channel));
-        } else if !channels.insert(r.channel.clone()) {
-            p.push(
-                format!("{rat}.channel"),
-                format!("{:?} is used twice", r.channel),
-            );
-        }
-        if let Some(c) = r.count {
-            if c != r.data_type.words() {
-                p.push(
-                    format!("{rat}.count"),
-                    format!(
-                        "is {c} but type {:?} occupies {} register(s)",
-                        r.data_type,
-                        r.data_type.words()
+            spec.validate(&at, p);
+            for (key, channel) in spec.channels() {
+                if let Some(first) = channels.insert(channel.clone(), format!("{at}.{key}")) {
+                    p.push(
+                        format!("{at}.{key}"),
+                        format!("{channel:?} is used twice (first at {first})"),
+                    );
+                }
+            }
+            if let Some((bus, settings, key)) = spec.bus() {
+                match buses.get(&bus) {
+                    Some((_, first, kind)) if *kind != spec.type_name() => p.push(
+                        format!("{at}.port"),
+                        format!(
+                            "the serial port is also used by {first} (type {kind:?}); one port speaks one protocol"
+                        ),
                     ),
-                );
+                    Some((other, first, _)) if *other != settings => p.push(
+                        format!("{at}.{key}"),
+                        format!(
+                            "{} shares its bus with {first}, which sets {other}; one bus has one setting",
+                            settings
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        buses.insert(bus, (settings, at.clone(), spec.type_name()));
+                    }
+                }
             }
-        }
-        if u32::from(r.address) + u32::from(r.data_type.words()) > 65536 {
-            p.push(
-                format!("{rat}.address"),
-                "the value extends past register 65535",
-            );
-        }
-        if let Err(e) = gridmeter_core::wire::check_unit(&r.unit) {
-            p.push(
-                format!("{rat}.unit"),
-                format!("{e} (e.g. \"Wh\", \"W\", \"V\", or \"1\" for a count)"),
-            );
-        }
-        match decimal::parse_exact(&r.scale) {
-            Ok(s) if s.is_zero() => p.push(format!("{rat}.scale"), "must not be 0"),
-            Ok(_) => {}
-            Err(e) => p.push(format!("{rat}.scale"), e),
-        }
-        if r.data_type.words() == 1 && r.word_order == WordOrder::Little {
-            p.push(
-                format!("{rat}.word_order"),
-                "little word order only applies to multi-register types",
-            );
-        }
-        if r.data_type == RegisterType::F32 && r.kind == Kind::Counter {
-            p.push(
-                format!("{rat}.kind"),
-                "f32 registers are approximate; read them as gauges, not counters",
-            );
         }
     }
 }

@@ -20,6 +20,12 @@
 //! (`gridmeter_agent_publish_refused_total{reason}`), and the batch is retried with the
 //! same backoff as an overdue confirmation.
 //!
+//! # Device metadata
+//! What the sources know of their meters (`sources::meta`) is published retained, QoS 1, on
+//! `gridmeter/v1/{device_id}/meta` after every CONNACK and whenever it changes. Its
+//! publish takes a place in the FIFO below like a batch does, so packet ids stay attributed;
+//! a refused meta publish is logged and tried again at the next connection or change.
+//!
 //! # Packet ids
 //! rumqttc's `publish` returns when the request is queued, before a packet id exists. The
 //! event loop assigns ids in request order and reports each as `Outgoing::Publish(pkid)`,
@@ -43,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use gridmeter_core::wire::confirm::{confirm_topic_for, Confirmation, MAX_RANGES_PER_MESSAGE};
+use gridmeter_core::wire::meta::meta_topic_for;
 use gridmeter_core::wire::{self, compact, json};
 use gridmeter_core::Batch;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
@@ -54,6 +61,7 @@ use tokio::sync::{watch, Notify};
 use crate::buffer::{Buffer, OutBatch};
 use crate::config::{AgentConfig, WireEncoding};
 use crate::metrics::AgentMetrics;
+use crate::sources::meta::MetaBoard;
 use crate::{lock, AgentError};
 
 /// How long the broker keeps the agent's session (and its confirmation subscription, with
@@ -100,6 +108,8 @@ pub(crate) struct Forwarder {
     pub stop: watch::Receiver<bool>,
     /// Batches awaiting a confirmation, by resend time (kept across connections).
     pending: BinaryHeap<Reverse<Pending>>,
+    /// The sources' nameplate data, published on the meta topic.
+    meta: Option<MetaBoard>,
 }
 
 /// Encodes the readings and gap records of a batch.
@@ -156,7 +166,39 @@ impl Forwarder {
             notify,
             stop,
             pending: BinaryHeap::new(),
+            meta: None,
         }
+    }
+
+    /// Publishes the sources' metadata on the device's meta topic.
+    pub fn with_meta(mut self, meta: MetaBoard) -> Forwarder {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// Requests the retained publish of the current metadata document, if there is one.
+    fn publish_meta(
+        &self,
+        client: &AsyncClient,
+        requested: &mut VecDeque<Option<InFlight>>,
+    ) -> Result<(), String> {
+        let Some(doc) = self
+            .meta
+            .as_ref()
+            .and_then(|m| m.document(&self.config.device_id))
+        else {
+            return Ok(());
+        };
+        client
+            .try_publish(
+                meta_topic_for(&self.config.device_id),
+                QoS::AtLeastOnce,
+                true,
+                wire::meta::encode(&doc),
+            )
+            .map_err(|e| format!("meta publish request: {e}"))?;
+        requested.push_back(None);
+        Ok(())
     }
 
     /// Connects, publishes and reconnects until `stop`.
@@ -223,7 +265,10 @@ impl Forwarder {
         lock(&self.buffer).release_inflight();
         let topic = wire::topic_for(&cfg.device_id);
         let confirm_topic = confirm_topic_for(&cfg.device_id);
-        let mut requested: VecDeque<InFlight> = VecDeque::new();
+        // Requested publishes in order: a batch, or `None` for a metadata document.
+        let mut requested: VecDeque<Option<InFlight>> = VecDeque::new();
+        let mut meta_pkid: Option<u16> = None;
+        let mut meta_changes = self.meta.as_ref().map(|m| m.subscribe());
         let mut by_pkid: HashMap<u16, InFlight> = HashMap::new();
         let mut connected = false;
         let mut stopping: Option<tokio::time::Instant> = None;
@@ -242,6 +287,7 @@ impl Forwarder {
                         tracing::info!(session_present = ack.session_present, "connected to {}:{}", m.host, m.port);
                         connected = true;
                         self.metrics.connected.set(1);
+                        self.publish_meta(&client, &mut requested)?;
                         if m.require_confirmation {
                             client
                                 .try_subscribe(confirm_topic.clone(), QoS::AtLeastOnce)
@@ -268,7 +314,8 @@ impl Forwarder {
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         match requested.pop_front() {
-                            Some(f) => {
+                            Some(None) => meta_pkid = Some(pkid),
+                            Some(Some(f)) => {
                                 if by_pkid.insert(pkid, f).is_some() {
                                     // Never guess which batch an ack belongs to: start over.
                                     return Err(format!("packet id {pkid} reused while still unacknowledged"));
@@ -282,6 +329,16 @@ impl Forwarder {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         match by_pkid.remove(&ack.pkid) {
                             Some(f) => self.acked(f, ack.reason).await.map_err(|e| e.to_string())?,
+                            None if meta_pkid == Some(ack.pkid) => {
+                                meta_pkid = None;
+                                if ack.reason != PubAckReason::Success {
+                                    tracing::warn!(
+                                        "broker refused the metadata publish ({}): {}",
+                                        refused_reason(ack.reason),
+                                        "check that the ACL lets a device publish its own meta topic"
+                                    );
+                                }
+                            }
                             None => tracing::debug!(pkid = ack.pkid, "PUBACK for an unknown packet id"),
                         }
                         fill = true;
@@ -292,6 +349,17 @@ impl Forwarder {
                     }
                 },
                 _ = self.notify.notified(), if connected && stopping.is_none() => fill = true,
+                r = async {
+                    match meta_changes.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if connected && stopping.is_none() => {
+                    match r {
+                        Ok(()) => self.publish_meta(&client, &mut requested)?,
+                        Err(_) => meta_changes = None,
+                    }
+                }
                 _ = resend_tick.tick() => {
                     if self.resend_due() > 0 {
                         fill = true;
@@ -326,10 +394,10 @@ impl Forwarder {
                     client
                         .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                         .map_err(|e| format!("publish request: {e}"))?;
-                    requested.push_back(InFlight {
+                    requested.push_back(Some(InFlight {
                         batch: out,
                         sent_at: Instant::now(),
-                    });
+                    }));
                 }
             }
         }

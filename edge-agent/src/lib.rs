@@ -2,8 +2,10 @@
 //! with nothing lost.
 //!
 //! One agent = one device identity = one client certificate (CN = `device_id`) = one MQTT
-//! connection = one seq counter. All its sources (Modbus registers, SunSpec, host metrics,
-//! a Prometheus scrape, the simulator) produce channels of that one device.
+//! connection = one seq counter. All its sources (Modbus TCP/RTU registers and meter
+//! drivers, SunSpec, M-Bus, wireless M-Bus, DLMS/COSEM, IEC 62056-21, host metrics, a
+//! Prometheus scrape, the simulator; see [`sources`]) produce channels of that one device,
+//! and the nameplate data they read is published on the device's retained meta topic.
 //!
 //! ```text
 //! sources (one task each) ──mpsc──▶ writer: batched SQLite transactions, seq assigned
@@ -40,7 +42,8 @@ pub use config::AgentConfig;
 
 use buffer::{Buffer, BufferError};
 use metrics::AgentMetrics;
-use sources::{Sample, SourceCtx, WallClock};
+use sources::meta::MetaBoard;
+use sources::{BuildEnv, Sample, SourceCtx, WallClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -106,8 +109,13 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Vec<Sample>>(256);
     let clock = Arc::new(WallClock::default());
 
+    let meta = MetaBoard::default();
+    let env = BuildEnv::default();
     let mut source_tasks = Vec::new();
     for s in &config.sources {
+        let Some(spec) = s.spec() else {
+            continue;
+        };
         let ctx = SourceCtx {
             label: s.label(),
             device: config.device_id.clone(),
@@ -115,13 +123,16 @@ pub async fn run(
             metrics: metrics.clone(),
             clock: clock.clone(),
             shutdown: stop_sources.clone(),
+            meta: meta.clone(),
         };
         metrics.collected.with_label_values(&[ctx.label.as_str()]);
-        metrics
-            .source_errors
-            .with_label_values(&[ctx.label.as_str()]);
+        for reason in sources::Reason::ALL {
+            metrics
+                .source_errors
+                .with_label_values(&[ctx.label.as_str(), reason.as_str()]);
+        }
         metrics.invalid.with_label_values(&[ctx.label.as_str()]);
-        source_tasks.push(tokio::spawn(sources::run_source(s.clone(), ctx)));
+        source_tasks.push(tokio::spawn(spec.run(&env, ctx)));
     }
     drop(tx);
 
@@ -142,6 +153,7 @@ pub async fn run(
             notify.clone(),
             stop_fwd,
         )
+        .with_meta(meta.clone())
         .run(),
     );
     let stats = tokio::spawn(stats_loop(buffer.clone(), metrics.clone()));

@@ -86,9 +86,9 @@ impl AgentMetrics {
             source_errors: IntCounterVec::new(
                 Opts::new(
                     "gridmeter_agent_source_errors_total",
-                    "Failed polls or undecodable values of a source.",
+                    "Failed polls or undecodable values of a source, by reason (connect, timeout, crc, exception, decode, io, device_status).",
                 ),
-                &["source"],
+                &["source", "reason"],
             )?,
             invalid: IntCounterVec::new(
                 Opts::new(

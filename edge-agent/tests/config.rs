@@ -60,7 +60,7 @@ fn every_problem_is_listed_at_once() {
         "colour: unknown field",
         "sources[1].speeed: unknown field",
         "sources[1].profile: is required for type \"simulator\"",
-        "sources[2].registers: is not used by type \"host\"",
+        "sources[2].registers: unknown field `registers` for type \"host\"",
         "mqtt.tls.cert: client certificate /nonexistent/meter-c.crt: cannot read",
         "sources[0].interval_ms: must be > 0",
         "sources[0].registers[0].channel: \"Energy-Import\"",
@@ -139,4 +139,116 @@ register_max = 99999999
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The meter sources' problems, all in one run: an unknown driver, a serial port that does
+/// not exist, a bad AES key length, an unknown source type, two sources on one bus with
+/// different settings, a primary address out of range.
+#[test]
+fn every_problem_of_the_meter_sources_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), &["meter-c"]).unwrap();
+    let tls = pki.device("meter-c");
+    let tty = dir.path().join("ttyS9");
+    std::fs::write(&tty, "").unwrap();
+    let stick = dir.path().join("ttyACM0");
+    std::fs::write(&stick, "").unwrap();
+    let text = format!(
+        r#"device_id = "meter-c"
+[mqtt]
+host = "127.0.0.1"
+tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
+[buffer]
+path = "/tmp/x.sqlite"
+
+[[sources]]
+type = "modbus"
+transport = "rtu"
+port = "/nonexistent/ttyUSB0"
+driver = "eastron_sdm999"
+
+[[sources]]
+type = "wmbus"
+port = "{stick}"
+mode = "t1"
+meters = [{{ id = "12345678", key = "00112233", prefix = "water" }}]
+
+[[sources]]
+type = "dlms_hdlc"
+
+[[sources]]
+type = "modbus"
+name = "bus-a"
+transport = "rtu"
+port = "{tty}"
+baud_rate = 9600
+unit_ids = [1, 2]
+driver = "eastron_sdm120"
+
+[[sources]]
+type = "modbus"
+name = "bus-b"
+transport = "rtu"
+port = "{tty}"
+baud_rate = 19200
+driver = "abb_b23"
+channel_prefix = "abb"
+
+[[sources]]
+type = "mbus"
+port = "{tty}"
+meters = [{{ primary = 251, prefix = "heat" }}]
+"#,
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        tty = tty.display(),
+        stick = stick.display(),
+    );
+    let err = gridmeter_core::config::parse::<AgentConfig>(&text, "agent.toml").unwrap_err();
+    let all = err.to_string();
+    for want in [
+        "sources[0].port: serial port \"/nonexistent/ttyUSB0\" does not exist",
+        "sources[0].driver: unknown driver \"eastron_sdm999\"; the catalogue has: abb_b23",
+        "sources[1].meters[0].key: an AES-128 key is 32 hex digits (16 bytes), this one has 8 characters",
+        "sources[2].type: unknown source type \"dlms_hdlc\", one of: modbus",
+        "sources[4].baud_rate: 19200 baud, parity Even, 1 stop bit(s) shares its bus with sources[3], which sets 9600 baud",
+        "sources[5].meters[0].primary: 251 is not a primary address (1..=250)",
+        "sources[5].port: the serial port is also used by sources[3] (type \"modbus\"); one port speaks one protocol",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+/// Every `[[sources]]` entry of agent.example.toml, commented out or not, reads as its
+/// type: the example names no stale key.
+#[test]
+fn every_source_of_the_example_config_reads() {
+    let text = include_str!("../agent.example.toml");
+    let key = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("[[")
+            || l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    };
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if key(rest) => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let table: toml::Table = uncommented.parse().unwrap();
+    let sources = table["sources"].as_array().unwrap();
+    assert!(sources.len() >= 10, "{}", sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        let entry =
+            gridmeter_agent::config::SourceConfig::from_table(s.as_table().unwrap().clone());
+        assert!(
+            entry.spec().is_some(),
+            "sources[{i}] of the example: {entry:?}"
+        );
+    }
 }

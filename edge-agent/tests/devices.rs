@@ -1,5 +1,6 @@
 //! Sources against real servers: a Modbus TCP server (tokio-modbus server) with plain
-//! registers and a SunSpec image (common model 1, inverter 103, meter 203), a Prometheus
+//! registers and a SunSpec image (common model 1, inverter 103, meter 203, MPPT 160,
+//! battery 802), a Prometheus
 //! text endpoint over HTTP, and this host's procfs.
 
 use std::collections::HashMap;
@@ -7,11 +8,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::Utc;
-use gridmeter_agent::config::{
-    HostSource, ModbusSource, PrometheusSource, RegisterFunction, RegisterMap, RegisterType,
-    SunspecSource, WordOrder,
+use gridmeter_agent::sources::host::{self, HostSource};
+use gridmeter_agent::sources::modbus::{
+    self, ModbusSource, RegisterFunction, RegisterMap, RegisterType, WordOrder,
 };
-use gridmeter_agent::sources::{host, modbus, prometheus as prom, sunspec};
+use gridmeter_agent::sources::prometheus::{self as prom, PrometheusSource};
+use gridmeter_agent::sources::sunspec::{self, SunspecSource};
 use gridmeter_core::{Kind, Quality};
 use rust_decimal::Decimal;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response};
@@ -117,7 +119,27 @@ fn sunspec_image() -> Image {
     m[52] = 0; // TotWh_SF
     put(&mut h, m_at, &[203, 105]);
     put(&mut h, m_at + 2, &m);
-    put(&mut h, m_at + 2 + 105, &[0xFFFF, 0]);
+    // MPPT model 160 with one module, then battery model 802.
+    let mppt_at = m_at + 2 + 105;
+    let mut mppt = vec![0u16; 8 + 20];
+    mppt[1] = (-1i16) as u16; // DCV_SF
+    mppt[6] = 1; // N
+    mppt[8 + 9] = 0xFFFF; // DCA not implemented
+    mppt[8 + 10] = 3987; // 398.7 V
+    mppt[8 + 11] = 2400; // W
+    mppt[8 + 12] = 0; // DCWH = 777
+    mppt[8 + 13] = 777;
+    put(&mut h, mppt_at, &[160, 28]);
+    put(&mut h, mppt_at + 2, &mppt);
+    let bat_at = mppt_at + 2 + 28;
+    let mut bat = vec![0xFFFFu16; 62];
+    bat[50..62].fill(0); // scale factors
+    bat[9] = 64; // SoC 64 %
+    bat[42] = 0x8000;
+    bat[45] = (-800i16) as u16; // charging 800 W
+    put(&mut h, bat_at, &[802, 62]);
+    put(&mut h, bat_at + 2, &bat);
+    put(&mut h, bat_at + 2 + 62, &[0xFFFF, 0]);
     // Plain registers for the register-map source.
     put(
         &mut h,
@@ -169,10 +191,7 @@ async fn modbus_register_map_against_a_real_server() {
     use RegisterType::*;
     use WordOrder::*;
     let mut p = modbus::ModbusPoller::new(ModbusSource {
-        name: None,
-        interval_ms: 1000,
         address: addr,
-        unit_id: 1,
         timeout_ms: 5000,
         registers: vec![
             reg("voltage", 100, Holding, U16, Big, "0.1", Kind::Gauge),
@@ -182,6 +201,7 @@ async fn modbus_register_map_against_a_real_server() {
             reg("energy64", 7, Input, U64, Big, "0.001", Kind::Counter),
             reg("missing", 9000, Holding, U16, Big, "1", Kind::Gauge),
         ],
+        ..ModbusSource::default()
     });
     let (samples, problems) = p.poll(Utc::now(), Quality::GOOD).await.unwrap();
     assert_eq!(
@@ -196,7 +216,11 @@ async fn modbus_register_map_against_a_real_server() {
     );
     // The unmapped register is an exception for that register only.
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].starts_with("missing"), "{problems:?}");
+    assert!(problems[0].message.starts_with("missing"), "{problems:?}");
+    assert_eq!(
+        problems[0].reason,
+        gridmeter_agent::sources::Reason::Exception
+    );
 }
 
 #[tokio::test]
@@ -223,11 +247,28 @@ async fn sunspec_discovery_and_models_against_a_real_server() {
             v("meter.energy_import_wh", "131072", Kind::Counter),
             v("meter.power_w", "-1500", Kind::Gauge),
             v("meter.frequency_hz", "50", Kind::Gauge),
+            v("mppt.1.dc_energy_wh", "777", Kind::Counter),
+            v("mppt.1.dc_power_w", "2400", Kind::Gauge),
+            v("mppt.1.dc_voltage_v", "398.7", Kind::Gauge),
+            v("battery.soc_pct", "64", Kind::Gauge),
+            v("battery.power_w", "-800", Kind::Gauge),
         ]
     );
     // A second poll reuses the discovered layout.
     let (again, _) = p.poll(Utc::now(), Quality::GOOD).await.unwrap();
     assert_eq!(again.len(), samples.len());
+    // Common model 1 is the device's nameplate.
+    let m = &gridmeter_agent::sources::Source::meters(&p)[0];
+    assert_eq!(
+        (
+            m.manufacturer.as_deref(),
+            m.model.as_deref(),
+            m.serial.as_deref()
+        ),
+        (Some("gridmeter"), Some("sim"), Some("42"))
+    );
+    assert_eq!(m.protocol, "sunspec");
+    assert!(m.channels.contains(&"battery.soc_pct".to_string()));
 }
 
 #[tokio::test]

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use gridmeter_agent::config::{PrometheusSource, SourceConfig};
-use gridmeter_agent::sources::prometheus as prom;
+use gridmeter_agent::config::SourceConfig;
+use gridmeter_agent::sources::prometheus::{self as prom, PrometheusSource};
+use gridmeter_agent::sources::Reason;
 use gridmeter_core::testkit::{Mosquitto, MosquittoOptions, Pki};
 use gridmeter_core::Quality;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,7 +63,7 @@ async fn prometheus_units_are_valid_end_to_end() {
         if let Some(u) = units {
             source.units = [("http_requests_total".to_string(), u.to_string())].into();
         }
-        cfg.sources = vec![SourceConfig::Prometheus(source)];
+        cfg.sources = vec![SourceConfig::new(source)];
         let agent_registry = prometheus::Registry::new();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let agent = tokio::spawn(gridmeter_agent::run(cfg, agent_registry.clone(), async {
@@ -159,9 +160,10 @@ async fn hostile_scrapes_are_capped_in_samples_and_bytes() {
             panic!("the scrape was accepted");
         };
         assert_eq!(
-            e,
+            e.message,
             format!("scrape of {url} has more than 10000 samples (max_samples); none kept")
         );
+        assert_eq!(e.reason, Reason::Decode);
         // With a cap above it, the same scrape is read whole.
         let mut p = prom::PromPoller::new(PrometheusSource {
             max_samples: 60_000,
@@ -179,7 +181,7 @@ async fn hostile_scrapes_are_capped_in_samples_and_bytes() {
         let Err(e) = p.poll(Utc::now(), Quality::GOOD).await else {
             panic!("the scrape was accepted");
         };
-        assert!(e.contains("larger than 262144"), "{e}");
-        assert!(e.contains("max_scrape_bytes"), "{e}");
+        assert!(e.message.contains("larger than 262144"), "{e}");
+        assert!(e.message.contains("max_scrape_bytes"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ mod bounded;
 pub mod compact;
 pub mod confirm;
 pub mod json;
+pub mod meta;
 mod validate;
 
 use crate::model::{Batch, DeviceId, Gap, Reading};

@@ -15,11 +15,46 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use gridmeter_core::config::Problems;
 use gridmeter_core::{Channel, Kind, Quality};
 use rust_decimal::Decimal;
+use serde::Deserialize;
 
-use super::{PollResult, Sample};
-use crate::config::HostSource;
+use super::{BuildEnv, PollResult, Reason, Sample, Source, SourceError, SourceSpec};
+
+/// A `type = "host"` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSource {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "super::default_interval")]
+    pub interval_ms: u64,
+    /// Where procfs is mounted (tests point this at a fixture).
+    #[serde(default = "default_proc_root")]
+    pub proc_root: PathBuf,
+}
+
+fn default_proc_root() -> PathBuf {
+    PathBuf::from("/proc")
+}
+
+impl SourceSpec for HostSource {
+    spec_common!("host");
+
+    fn validate(&self, _at: &str, _problems: &mut Problems) {}
+
+    fn build(&self, _env: &BuildEnv) -> Box<dyn Source> {
+        Box::new(HostPoller::new(self.clone()))
+    }
+}
+
+impl Source for HostPoller {
+    fn poll(&mut self, ts: DateTime<Utc>, quality: Quality) -> BoxFuture<'_, PollResult> {
+        Box::pin(HostPoller::poll(self, ts, quality))
+    }
+}
 
 pub struct HostPoller {
     root: PathBuf,
@@ -39,7 +74,7 @@ impl HostPoller {
         let root = self.root.clone();
         let (values, problems) = tokio::task::spawn_blocking(move || read_all(&root))
             .await
-            .map_err(|e| format!("host metrics task: {e}"))?;
+            .map_err(|e| SourceError::new(Reason::Io, format!("host metrics task: {e}")))?;
         let samples = values
             .into_iter()
             .filter_map(|(c, kind, unit, value)| {
@@ -54,8 +89,15 @@ impl HostPoller {
             })
             .collect::<Vec<_>>();
         if samples.is_empty() {
-            return Err(format!("no host metric readable: {}", problems.join("; ")));
+            return Err(SourceError::new(
+                Reason::Io,
+                format!("no host metric readable: {}", problems.join("; ")),
+            ));
         }
+        let problems = problems
+            .into_iter()
+            .map(|p| SourceError::new(Reason::Io, p))
+            .collect();
         Ok((samples, problems))
     }
 }

@@ -1,23 +1,81 @@
 //! Sources of readings. Each `[[sources]]` entry runs as its own task with its own poll
 //! interval and sends [`Sample`]s (readings without a seq) to the buffer writer; the seq is
 //! assigned only when the sample is committed to SQLite.
+//!
+//! # Adding a source
+//! A source is one file here: its config struct (serde, `deny_unknown_fields`) implementing
+//! [`SourceSpec`] (validation, the channels it will produce, how to build it) and a poller
+//! implementing [`Source`]. Registering it is one line in [`REGISTRY`]. A `[[sources]]`
+//! entry is read in two steps: its `type` tag picks the registry entry, then the rest of
+//! the table is read into that type's struct with exact key paths (see
+//! [`crate::config::SourceConfig`]).
 
+/// The [`SourceSpec`] methods every config with `name` and `interval_ms` fields shares.
+macro_rules! spec_common {
+    ($type:literal) => {
+        fn type_name(&self) -> &'static str {
+            $type
+        }
+        fn name(&self) -> Option<&str> {
+            self.name.as_deref()
+        }
+        fn interval_ms(&self) -> u64 {
+            self.interval_ms
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn clone_box(&self) -> Box<dyn $crate::sources::SourceSpec> {
+            Box::new(self.clone())
+        }
+    };
+}
+
+pub mod bus;
+pub mod dlms;
+pub mod drivers;
 pub mod host;
+pub mod iec62056;
+pub mod mbus;
+pub mod meta;
 pub mod modbus;
 pub mod prometheus;
 pub mod simulator;
 pub mod sunspec;
+pub mod wmbus;
 
+use std::any::Any;
+use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use gridmeter_core::config::Problems;
 use gridmeter_core::{Channel, DeviceId, Kind, Quality};
 use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::SourceConfig;
 use crate::metrics::AgentMetrics;
+use meta::{MetaBoard, MeterInfo};
+
+/// Every source type: its `type` tag and how its config is read. One line per source.
+pub const REGISTRY: &[(&str, ParseFn)] = &[
+    ("modbus", parse::<modbus::ModbusSource>),
+    ("sunspec", parse::<sunspec::SunspecSource>),
+    ("host", parse::<host::HostSource>),
+    ("prometheus", parse::<prometheus::PrometheusSource>),
+    ("simulator", parse::<simulator::SimulatorSource>),
+    ("mbus", parse::<mbus::MbusSource>),
+    ("wmbus", parse::<wmbus::WmbusSource>),
+    ("iec62056", parse::<iec62056::Iec62056Source>),
+    ("dlms", parse::<dlms::DlmsSource>),
+];
+
+/// Reads one source's table (without its `type` key) into its config, or lists every
+/// problem as (key path relative to the entry, message).
+pub type ParseFn = fn(toml::Table) -> Result<Box<dyn SourceSpec>, Vec<(String, String)>>;
 
 /// A reading before it has a seq.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +86,178 @@ pub struct Sample {
     pub unit: String,
     pub value: Decimal,
     pub quality: Quality,
+}
+
+/// The config of one source type (what a `[[sources]]` entry of that type reads into).
+pub trait SourceSpec: fmt::Debug + Send + Sync + 'static {
+    /// The `type` tag.
+    fn type_name(&self) -> &'static str;
+    /// The configured `name` (the `source` label of the metrics), if any.
+    fn name(&self) -> Option<&str>;
+    /// Time between two polls.
+    fn interval_ms(&self) -> u64;
+    /// Semantic checks; problems are pushed with paths below `at` (`sources[2]`).
+    fn validate(&self, at: &str, problems: &mut Problems);
+    /// The channels the config says it will produce, as (key path below the entry, name),
+    /// for the check that channel names are unique across sources. Sources whose channels
+    /// depend on the device (SunSpec models, M-Bus records) name none.
+    fn channels(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The physical bus the source uses, for the check that sources sharing one agree on its
+    /// settings: (bus key, settings as text, key path of the setting).
+    fn bus(&self) -> Option<(String, String, String)> {
+        None
+    }
+    /// Builds the running source.
+    fn build(&self, env: &BuildEnv) -> Box<dyn Source>;
+    /// Runs the source until shutdown. The default polls every `interval_ms`.
+    fn run(&self, env: &BuildEnv, ctx: SourceCtx) -> BoxFuture<'static, ()> {
+        let source = self.build(env);
+        let interval = Duration::from_millis(self.interval_ms().max(1));
+        Box::pin(poll_loop(source, interval, ctx))
+    }
+    /// For tests and callers that need the concrete config.
+    fn as_any(&self) -> &dyn Any;
+    /// A copy behind a new box (configs are cloned into the source tasks).
+    fn clone_box(&self) -> Box<dyn SourceSpec>;
+}
+
+/// What every source is built with: the buses shared by the agent's sources.
+#[derive(Clone, Default)]
+pub struct BuildEnv {
+    pub buses: bus::Buses,
+}
+
+/// A running source: one poll at a time.
+pub trait Source: Send + 'static {
+    /// Reads the device once; `ts`/`quality` are the wall-clock stamp of this poll.
+    fn poll(&mut self, ts: DateTime<Utc>, quality: Quality) -> BoxFuture<'_, PollResult>;
+    /// The physical meters behind this source as last read (nameplate data).
+    fn meters(&self) -> Vec<MeterInfo> {
+        Vec::new()
+    }
+}
+
+/// Why a poll (or one value of it) failed: the `reason` label of
+/// `gridmeter_agent_source_errors_total`. A small fixed set, so the label stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Could not open the port or connect.
+    Connect,
+    /// The device did not answer in time (a silent meter, a broken line).
+    Timeout,
+    /// An answer came but failed its CRC/checksum or framing.
+    Crc,
+    /// The device answered with an error (a Modbus exception, an unknown register).
+    Exception,
+    /// An answer that does not decode to a value (wrong length, NaN, a malformed record).
+    Decode,
+    /// Any other I/O or protocol failure on the link.
+    Io,
+    /// The device's own status says it is in error (values still sent, flagged).
+    DeviceStatus,
+}
+
+impl Reason {
+    /// Every reason, for pre-registering the label values.
+    pub const ALL: [Reason; 7] = [
+        Reason::Connect,
+        Reason::Timeout,
+        Reason::Crc,
+        Reason::Exception,
+        Reason::Decode,
+        Reason::Io,
+        Reason::DeviceStatus,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Connect => "connect",
+            Reason::Timeout => "timeout",
+            Reason::Crc => "crc",
+            Reason::Exception => "exception",
+            Reason::Decode => "decode",
+            Reason::Io => "io",
+            Reason::DeviceStatus => "device_status",
+        }
+    }
+}
+
+/// A failed poll or value: its reason and a message (bounded text, no raw input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> SourceError {
+        SourceError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.reason.as_str())
+    }
+}
+
+/// Samples of one poll plus per-value problems (counted as source errors, not fatal).
+pub type PollResult = Result<(Vec<Sample>, Vec<SourceError>), SourceError>;
+
+/// Reads a typed source config from its table: every unknown key (each removed in turn to
+/// find the next), a missing key or a bad value, with its path below the entry.
+pub fn parse<T: SourceSpec + DeserializeOwned>(
+    mut table: toml::Table,
+) -> Result<Box<dyn SourceSpec>, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
+            Ok(v) if problems.is_empty() => return Ok(Box::new(v)),
+            Ok(_) => return Err(problems),
+            Err(e) => {
+                let path = e.path().to_string();
+                // serde's messages quote the offending value: keep them short.
+                let message: String = e.inner().to_string().chars().take(300).collect();
+                let top_key = match e.path().iter().collect::<Vec<_>>().as_slice() {
+                    [serde_path_to_error::Segment::Map { key }] => Some(key.clone()),
+                    _ => None,
+                };
+                if let Some(field) = missing_field(&message) {
+                    let at = if path == "." {
+                        field.to_string()
+                    } else {
+                        format!("{path}.{field}")
+                    };
+                    problems.push((at, "is required".to_string()));
+                    return Err(problems);
+                }
+                let unknown = message.starts_with("unknown field");
+                problems.push((if path == "." { String::new() } else { path }, message));
+                match top_key {
+                    Some(k) if unknown => {
+                        table.remove(&k);
+                    }
+                    _ => return Err(problems),
+                }
+            }
+        }
+    }
+    Err(problems)
+}
+
+/// The field of serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split('`')
+        .next()
+        .filter(|f| !f.is_empty())
 }
 
 /// The agent's wall clock. If it ever goes backwards relative to the last timestamp it
@@ -61,19 +291,21 @@ impl WallClock {
 }
 
 /// What a source task needs.
-pub(crate) struct SourceCtx {
+pub struct SourceCtx {
     pub label: String,
     pub device: DeviceId,
     pub tx: mpsc::Sender<Vec<Sample>>,
     pub metrics: AgentMetrics,
     pub clock: std::sync::Arc<WallClock>,
     pub shutdown: watch::Receiver<bool>,
+    /// Where the source's nameplate data goes (published on the device's meta topic).
+    pub meta: MetaBoard,
 }
 
 impl SourceCtx {
     /// Hands samples to the writer; false once the agent is shutting down. Samples the
     /// collector would refuse are dropped here (see [`refuse_invalid`]).
-    async fn emit(&self, mut samples: Vec<Sample>) -> bool {
+    pub async fn emit(&self, mut samples: Vec<Sample>) -> bool {
         refuse_invalid(&self.label, &mut samples, &self.metrics);
         if samples.is_empty() {
             return true;
@@ -89,12 +321,13 @@ impl SourceCtx {
         true
     }
 
-    fn error(&self, what: &str) {
+    /// Counts and logs a failed poll or value.
+    pub fn error(&self, e: &SourceError) {
         self.metrics
             .source_errors
-            .with_label_values(&[self.label.as_str()])
+            .with_label_values(&[self.label.as_str(), e.reason.as_str()])
             .inc();
-        tracing::warn!(source = %self.label, "{what}");
+        tracing::warn!(source = %self.label, reason = e.reason.as_str(), "{}", e.message);
     }
 }
 
@@ -129,23 +362,10 @@ pub fn refuse_invalid(source: &str, samples: &mut Vec<Sample>, metrics: &AgentMe
     }
 }
 
-/// Runs one source until shutdown.
-pub(crate) async fn run_source(config: SourceConfig, mut ctx: SourceCtx) {
-    let interval = Duration::from_millis(config.interval_ms().max(1));
-    let mut poller = match config {
-        SourceConfig::Simulator(s) => {
-            simulator::run(s, &mut ctx).await;
-            return;
-        }
-        SourceConfig::Modbus(m) => Poller::Modbus(modbus::ModbusPoller::new(m)),
-        SourceConfig::Sunspec(s) => Poller::Sunspec(sunspec::SunspecPoller::new(s)),
-        SourceConfig::Host(h) => Poller::Host(host::HostPoller::new(h)),
-        SourceConfig::Prometheus(p) => Poller::Prometheus(prometheus::PromPoller::new(p)),
-        SourceConfig::Invalid(problems) => {
-            ctx.error(&format!("invalid source config: {problems:?}"));
-            return;
-        }
-    };
+/// Polls `source` every `interval` until shutdown; errors are counted, never fatal. A poll
+/// that hangs cannot stall other sources: each source is its own task, and every protocol
+/// bounds its requests with a timeout.
+pub async fn poll_loop(mut source: Box<dyn Source>, interval: Duration, mut ctx: SourceCtx) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -157,17 +377,16 @@ pub(crate) async fn run_source(config: SourceConfig, mut ctx: SourceCtx) {
             return;
         }
         let (ts, quality) = ctx.clock.now();
-        let result = match &mut poller {
-            Poller::Modbus(p) => p.poll(ts, quality).await,
-            Poller::Sunspec(p) => p.poll(ts, quality).await,
-            Poller::Host(p) => p.poll(ts, quality).await,
-            Poller::Prometheus(p) => p.poll(ts, quality).await,
+        let result = tokio::select! {
+            r = source.poll(ts, quality) => r,
+            _ = ctx.shutdown.changed() => return,
         };
         match result {
             Ok((samples, problems)) => {
-                for p in problems {
-                    ctx.error(&p);
+                for p in &problems {
+                    ctx.error(p);
                 }
+                ctx.meta.set(&ctx.label, source.meters());
                 if !ctx.emit(samples).await {
                     return;
                 }
@@ -177,15 +396,23 @@ pub(crate) async fn run_source(config: SourceConfig, mut ctx: SourceCtx) {
     }
 }
 
-enum Poller {
-    Modbus(modbus::ModbusPoller),
-    Sunspec(sunspec::SunspecPoller),
-    Host(host::HostPoller),
-    Prometheus(prometheus::PromPoller),
+/// Default `interval_ms` of every source.
+pub fn default_interval() -> u64 {
+    1000
 }
 
-/// Samples of one poll plus per-value problems (counted as source errors, not fatal).
-pub(crate) type PollResult = Result<(Vec<Sample>, Vec<String>), String>;
+/// Default per-request `timeout_ms`.
+pub fn default_timeout() -> u64 {
+    3000
+}
+
+/// Channel name helper: `prefix.name`, or `name` without a prefix.
+pub fn prefixed(prefix: Option<&str>, name: &str) -> String {
+    match prefix {
+        Some(p) if !p.is_empty() => format!("{p}.{name}"),
+        _ => name.to_string(),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -229,5 +456,13 @@ mod tests {
         assert_eq!(c.stamp(t(90)), (t(90), Quality::CLOCK_SUSPECT));
         assert_eq!(c.stamp(t(95)), (t(95), Quality::CLOCK_SUSPECT));
         assert_eq!(c.stamp(t(101)), (t(101), Quality::GOOD));
+    }
+
+    #[test]
+    fn every_registered_type_is_unique() {
+        let mut names: Vec<&str> = REGISTRY.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
     }
 }

@@ -28,8 +28,102 @@ use gridmeter_core::{decimal, Channel, Kind, Quality};
 use rust_decimal::Decimal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{PollResult, Sample};
-use crate::config::PrometheusSource;
+use futures::future::BoxFuture;
+use gridmeter_core::config::Problems;
+use serde::Deserialize;
+
+use super::{BuildEnv, PollResult, Reason, Sample, Source, SourceError, SourceSpec};
+
+/// A `type = "prometheus"` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSource {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "super::default_interval")]
+    pub interval_ms: u64,
+    /// `http://host:port/path` (plain HTTP; scrape a local endpoint).
+    pub url: String,
+    /// Metric names to keep (family names as exposed, e.g. `http_requests_total`);
+    /// empty keeps all.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Metric name -> channel base name.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Metric name (sample or family) -> unit, e.g. `http_requests_total = "requests"`.
+    /// Without an entry: `s` for `_seconds`, `B` for `_bytes`, otherwise `1`.
+    #[serde(default)]
+    pub units: BTreeMap<String, String>,
+    /// A scrape with more samples than this (after `include`) fails as a whole.
+    #[serde(default = "default_max_samples")]
+    pub max_samples: usize,
+    /// A response body larger than this fails the scrape.
+    #[serde(default = "default_max_scrape_bytes")]
+    pub max_scrape_bytes: usize,
+    #[serde(default = "super::default_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_max_samples() -> usize {
+    MAX_SAMPLES
+}
+fn default_max_scrape_bytes() -> usize {
+    MAX_BODY
+}
+
+impl SourceSpec for PrometheusSource {
+    spec_common!("prometheus");
+
+    fn validate(&self, at: &str, p: &mut Problems) {
+        if let Err(e) = parse_url(&self.url) {
+            p.push(format!("{at}.url"), e);
+        }
+        for (k, v) in &self.rename {
+            if Channel::new(v.clone()).is_err() {
+                p.push(
+                    format!("{at}.rename.{k}"),
+                    format!("{v:?} is not a valid channel name ([a-z0-9_.])"),
+                );
+            }
+        }
+        for (k, u) in &self.units {
+            if let Err(e) = gridmeter_core::wire::check_unit(u) {
+                p.push(format!("{at}.units.{k}"), e);
+            }
+        }
+        if self.max_samples == 0 {
+            p.push(format!("{at}.max_samples"), "must be > 0");
+        }
+        if self.max_scrape_bytes < 1024 {
+            p.push(format!("{at}.max_scrape_bytes"), "must be at least 1024");
+        }
+    }
+
+    fn build(&self, _env: &BuildEnv) -> Box<dyn Source> {
+        Box::new(PromPoller::new(self.clone()))
+    }
+}
+
+impl Source for PromPoller {
+    fn poll(&mut self, ts: DateTime<Utc>, quality: Quality) -> BoxFuture<'_, PollResult> {
+        Box::pin(PromPoller::poll(self, ts, quality))
+    }
+}
+
+/// The reason of a failed scrape, from its message.
+fn scrape_error(message: String) -> SourceError {
+    let reason = if message.contains("timed out") {
+        Reason::Timeout
+    } else if message.starts_with("connect ") {
+        Reason::Connect
+    } else if message.starts_with("HTTP status") {
+        Reason::Exception
+    } else {
+        Reason::Io
+    };
+    SourceError::new(reason, message)
+}
 
 /// Default `max_scrape_bytes`.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -464,7 +558,8 @@ impl PromPoller {
             Duration::from_millis(self.cfg.timeout_ms),
             self.cfg.max_scrape_bytes,
         )
-        .await?;
+        .await
+        .map_err(scrape_error)?;
         let text = String::from_utf8_lossy(&body);
         let mut samples = Vec::new();
         let mut problems = Vec::new();
@@ -479,9 +574,12 @@ impl PromPoller {
                 continue;
             }
             if samples.len() + problems.len() >= self.cfg.max_samples {
-                return Err(format!(
-                    "scrape of {} has more than {} samples (max_samples); none kept",
-                    self.cfg.url, self.cfg.max_samples
+                return Err(SourceError::new(
+                    Reason::Decode,
+                    format!(
+                        "scrape of {} has more than {} samples (max_samples); none kept",
+                        self.cfg.url, self.cfg.max_samples
+                    ),
                 ));
             }
             match channel_for(&s, &self.cfg.rename) {
@@ -493,9 +591,9 @@ impl PromPoller {
                     value: s.value,
                     quality,
                 }),
-                None => problems.push(format!(
-                    "{}: no valid channel name (too long?)",
-                    excerpt(&s.name)
+                None => problems.push(SourceError::new(
+                    Reason::Decode,
+                    format!("{}: no valid channel name (too long?)", excerpt(&s.name)),
                 )),
             }
         }

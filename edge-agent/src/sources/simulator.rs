@@ -32,8 +32,111 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 
-use super::{Sample, SourceCtx};
-use crate::config::{Profile, SimulatorSource};
+use futures::future::BoxFuture;
+use gridmeter_core::config::Problems;
+use serde::Deserialize;
+
+use super::{BuildEnv, PollResult, Sample, Source, SourceCtx, SourceSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    HouseholdMeter,
+    PvInverter,
+    EdgeServer,
+}
+
+/// A `type = "simulator"` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSource {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Real time between two steps when no virtual clock is configured.
+    #[serde(default = "super::default_interval")]
+    pub interval_ms: u64,
+    pub profile: Profile,
+    #[serde(default)]
+    pub seed: u64,
+    /// Energy registers wrap to 0 after this value (e.g. 99999999 Wh).
+    #[serde(default)]
+    pub register_max: Option<u64>,
+    /// Virtual clock: event time of the first step. Absent: wall-clock time.
+    #[serde(default)]
+    pub start: Option<DateTime<Utc>>,
+    /// Virtual clock: event-time seconds per step (default: interval_ms).
+    #[serde(default)]
+    pub step_secs: Option<u64>,
+    /// Virtual clock: event-time seconds per real second (default 1).
+    #[serde(default)]
+    pub speedup: Option<f64>,
+    /// Virtual clock: generate steps without sleeping.
+    #[serde(default)]
+    pub as_fast_as_possible: bool,
+    /// Stop generating at this event time.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// Peak power of the profile in W (defaults: 4000 household, 5000 PV).
+    #[serde(default)]
+    pub peak_watts: Option<u32>,
+}
+
+impl SourceSpec for SimulatorSource {
+    spec_common!("simulator");
+
+    fn validate(&self, at: &str, p: &mut Problems) {
+        if self.step_secs == Some(0) {
+            p.push(format!("{at}.step_secs"), "must be > 0");
+        }
+        if let Some(sp) = self.speedup {
+            if !(sp.is_finite() && sp > 0.0) {
+                p.push(format!("{at}.speedup"), "must be a positive number");
+            }
+        }
+        if self.register_max == Some(0) {
+            p.push(format!("{at}.register_max"), "must be > 0");
+        }
+        if let (Some(a), Some(b)) = (self.start, self.until) {
+            if b <= a {
+                p.push(format!("{at}.until"), "must be after start");
+            }
+        }
+    }
+
+    fn build(&self, _env: &BuildEnv) -> Box<dyn Source> {
+        // Only used for polling in wall-clock mode; `run` drives the virtual clock.
+        Box::new(WallClockSim {
+            sim: Simulator::new(
+                self,
+                &DeviceId::new("simulator").unwrap_or_else(|_| unreachable!()),
+            ),
+            last: None,
+        })
+    }
+
+    fn run(&self, _env: &BuildEnv, mut ctx: SourceCtx) -> BoxFuture<'static, ()> {
+        let cfg = self.clone();
+        Box::pin(async move { run(cfg, &mut ctx).await })
+    }
+}
+
+/// The simulator polled on the wall clock (each poll integrates the real time since the last).
+struct WallClockSim {
+    sim: Simulator,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Source for WallClockSim {
+    fn poll(&mut self, ts: DateTime<Utc>, quality: Quality) -> BoxFuture<'_, PollResult> {
+        let now = tokio::time::Instant::now();
+        let elapsed_ms = self
+            .last
+            .map_or(0, |l| now.duration_since(l).as_millis() as u64);
+        self.last = Some(now);
+        let samples = self.sim.step(ts, elapsed_ms, quality);
+        Box::pin(async move { Ok((samples, Vec::new())) })
+    }
+}
 
 /// µJ (mW·ms) in one Wh.
 const UJ_PER_WH: i128 = 3_600_000_000;
@@ -203,7 +306,7 @@ impl Simulator {
 }
 
 /// The simulator source's task.
-pub(crate) async fn run(cfg: SimulatorSource, ctx: &mut SourceCtx) {
+pub async fn run(cfg: SimulatorSource, ctx: &mut SourceCtx) {
     let mut sim = Simulator::new(&cfg, &ctx.device);
     match cfg.start {
         Some(start) => {

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use gridmeter_agent::config::{
-    AgentConfig, BufferConfig, MqttConfig, Profile, SimulatorSource, SourceConfig, WireEncoding,
-};
+use gridmeter_agent::config::{AgentConfig, BufferConfig, MqttConfig, SourceConfig, WireEncoding};
+use gridmeter_agent::sources::simulator::{Profile, SimulatorSource};
 use gridmeter_core::testkit::Pki;
 use gridmeter_core::wire::{self, Decoded, Limits};
 use gridmeter_core::{DeviceId, Gap, Reading};
@@ -88,7 +87,7 @@ commit_interval_ms = 20
 /// A virtual-clock household meter producing exactly `2 * steps` readings.
 pub fn virtual_meter(steps: i64, speedup: Option<f64>) -> SourceConfig {
     let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();
-    SourceConfig::Simulator(SimulatorSource {
+    SourceConfig::new(SimulatorSource {
         name: None,
         interval_ms: 1000,
         profile: Profile::HouseholdMeter,

@@ -284,7 +284,7 @@ impl Forwarder {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        tracing::info!(session_present = ack.session_present, "connected to {}:{}", m.host, m.port);
+                        tracing::info!(device = %cfg.device_id, session_present = ack.session_present, "connected to {}:{}", m.host, m.port);
                         connected = true;
                         self.metrics.connected.set(1);
                         self.publish_meta(&client, &mut requested)?;
@@ -360,7 +360,10 @@ impl Forwarder {
                         Err(_) => meta_changes = None,
                     }
                 }
-                _ = resend_tick.tick() => {
+                // Only once connected: rumqttc's poll is not cancel-safe while it connects; a
+                // dropped poll abandons the half-open connection and the next poll opens a
+                // second one under the same client id.
+                _ = resend_tick.tick(), if connected => {
                     if self.resend_due() > 0 {
                         fill = true;
                     }

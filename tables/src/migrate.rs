@@ -1,0 +1,1 @@
+//! Conversion of a data root in the pre-Delta layout (filled in below).

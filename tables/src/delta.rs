@@ -129,6 +129,17 @@ impl DataFile {
     }
 }
 
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// `WRITE`, `MERGE`, `OPTIMIZE`, `DELETE`, …
+    pub operation: Option<String>,
+    /// Paths of the files added.
+    pub added: Vec<String>,
+    /// Paths of the files removed.
+    pub removed: Vec<String>,
+}
+
 /// A version of a table.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -368,6 +379,24 @@ impl Table {
                 message: format!("commit {version}: {e}"),
             })?;
             out.push(action);
+        }
+        Ok(Some(out))
+    }
+
+    /// What commit `version` did: its operation and the files it added and removed (`None`
+    /// if that log entry is gone).
+    pub async fn commit_summary(&self, version: i64) -> Result<Option<CommitSummary>, TableError> {
+        let Some(actions) = self.commit_actions(version).await? else {
+            return Ok(None);
+        };
+        let mut out = CommitSummary::default();
+        for a in actions {
+            match a {
+                Action::CommitInfo(ci) => out.operation = ci.operation,
+                Action::Add(add) => out.added.push(add.path),
+                Action::Remove(r) => out.removed.push(r.path),
+                _ => {}
+            }
         }
         Ok(Some(out))
     }

@@ -155,31 +155,40 @@ impl fmt::Display for SyncedLocal {
     }
 }
 
-impl SyncedLocal {
-    fn sync(&self, location: &Path) -> object_store::Result<()> {
-        let file = self.0.path_to_filesystem(location)?;
-        let fail = |source: std::io::Error, p: &FsPath| object_store::Error::Generic {
-            store: "SyncedLocal",
-            source: format!("fsync {}: {source}", p.display()).into(),
-        };
-        std::fs::File::open(&file)
+/// The deepest ancestor directory of `file` that exists now.
+fn existing_ancestor(file: &FsPath) -> Option<PathBuf> {
+    file.ancestors()
+        .skip(1)
+        .find(|d| d.is_dir())
+        .map(FsPath::to_path_buf)
+}
+
+/// Fsyncs `file`, then every directory from its parent up to `upto` (the deepest one that
+/// existed before the file was written: the directories below it are new, and each new entry
+/// must reach the disk).
+fn sync_file(file: &FsPath, upto: Option<&FsPath>) -> object_store::Result<()> {
+    let fail = |source: std::io::Error, p: &FsPath| object_store::Error::Generic {
+        store: "SyncedLocal",
+        source: format!("fsync {}: {source}", p.display()).into(),
+    };
+    std::fs::File::open(file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail(e, file))?;
+    for d in file.ancestors().skip(1) {
+        std::fs::File::open(d)
             .and_then(|f| f.sync_all())
-            .map_err(|e| fail(e, &file))?;
-        // Every directory up to the first one that existed before is new and needs its
-        // entry synced; syncing all of them up to the root is simpler and cheap (a few).
-        let mut dir = file.parent();
-        let mut synced = 0;
-        while let Some(d) = dir {
-            if synced >= 6 || d.as_os_str().is_empty() {
-                break;
-            }
-            std::fs::File::open(d)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| fail(e, d))?;
-            synced += 1;
-            dir = d.parent();
+            .map_err(|e| fail(e, d))?;
+        if upto.is_none_or(|u| d == u) || d.as_os_str().is_empty() {
+            break;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+fn join_error(e: tokio::task::JoinError) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "SyncedLocal",
+        source: e.to_string().into(),
     }
 }
 
@@ -191,15 +200,12 @@ impl ObjectStore for SyncedLocal {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        let file = self.0.path_to_filesystem(location)?;
+        let existed = existing_ancestor(&file);
         let r = self.0.put_opts(location, payload, opts).await?;
-        let this = location.clone();
-        let fs = SyncedLocal(LocalFileSystem::new());
-        tokio::task::spawn_blocking(move || fs.sync(&this))
+        tokio::task::spawn_blocking(move || sync_file(&file, existed.as_deref()))
             .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "SyncedLocal",
-                source: e.to_string().into(),
-            })??;
+            .map_err(join_error)??;
         Ok(r)
     }
 
@@ -256,8 +262,12 @@ impl ObjectStore for SyncedLocal {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
+        let file = self.0.path_to_filesystem(to)?;
+        let existed = existing_ancestor(&file);
         self.0.copy_opts(from, to, options).await?;
-        self.sync(to)
+        tokio::task::spawn_blocking(move || sync_file(&file, existed.as_deref()))
+            .await
+            .map_err(join_error)?
     }
 
     async fn rename_opts(
@@ -266,7 +276,11 @@ impl ObjectStore for SyncedLocal {
         to: &Path,
         options: RenameOptions,
     ) -> object_store::Result<()> {
+        let file = self.0.path_to_filesystem(to)?;
+        let existed = existing_ancestor(&file);
         self.0.rename_opts(from, to, options).await?;
-        self.sync(to)
+        tokio::task::spawn_blocking(move || sync_file(&file, existed.as_deref()))
+            .await
+            .map_err(join_error)?
     }
 }

@@ -112,7 +112,17 @@ pub struct DataFile {
 /// `raw`): lists a table's committed files and reads them.
 pub struct Tables {
     root: gridmeter_tables::Root,
-    rt: tokio::runtime::Runtime,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Tables {
+    /// Without waiting for the runtime's threads: dropping a runtime blocks, which is not
+    /// allowed inside an async caller.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The tables read: the current 15-minute usage and raw.
@@ -138,12 +148,28 @@ impl Tables {
             .enable_all()
             .build()
             .map_err(|e| BillingError::io("starting the table reader runtime", e))?;
-        Ok(Tables { root, rt })
+        Ok(Tables { root, rt: Some(rt) })
+    }
+
+    /// Runs `fut` on the reader's runtime; from inside another runtime (a caller that is
+    /// async itself) on a thread of its own, since a runtime cannot block inside another.
+    fn block<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
+        let Some(rt) = &self.rt else {
+            unreachable!("the runtime lives as long as the reader")
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(fut))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            rt.block_on(fut)
+        }
     }
 
     fn table(&self, table: &str) -> Result<Option<gridmeter_tables::Table>, BillingError> {
-        self.rt
-            .block_on(gridmeter_tables::Table::open_existing(
+        self.block(gridmeter_tables::Table::open_existing(
                 &self.root,
                 spec(table),
             ))
@@ -157,8 +183,7 @@ impl Tables {
             return Ok(Vec::new());
         };
         let snapshot = self
-            .rt
-            .block_on(t.snapshot())
+            .block(t.snapshot())
             .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))?;
         let mut out: Vec<DataFile> = snapshot
             .files()
@@ -188,8 +213,7 @@ impl Tables {
             .table(table)?
             .ok_or_else(|| BillingError::data(path, "the table disappeared"))?;
         let bytes = self
-            .rt
-            .block_on(t.read_bytes(&file.file))
+            .block(t.read_bytes(&file.file))
             .map_err(|e| BillingError::data(path, e))?;
         project(path, bytes, columns)
     }

@@ -291,18 +291,14 @@ impl Table {
     }
 
     async fn try_snapshot(&self) -> Result<Option<Snapshot>, TableError> {
-        match self.snapshot().await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => {
-                // No log (yet): not a table. Anything else is a real error.
-                let mut log = self.files.list(Some(&Path::from("_delta_log")));
-                match futures::StreamExt::next(&mut log).await {
-                    None => Ok(None),
-                    Some(Err(object_store::Error::NotFound { .. })) => Ok(None),
-                    Some(_) => Err(e),
-                }
-            }
+        // No log (yet): not a table.
+        let mut log = self.files.list(Some(&Path::from("_delta_log")));
+        match futures::StreamExt::next(&mut log).await {
+            None | Some(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(_)) => {}
         }
+        self.snapshot().await.map(Some)
     }
 
     /// The table's name (its directory under the data root).

@@ -182,12 +182,13 @@ async fn run() -> Result<()> {
                 if !watch {
                     let s = result?;
                     println!(
-                        "files {} readings {} late {} rows {:?} revisions {:?}",
+                        "files {} readings {} late {} rows {:?} revisions {:?} recovered {:?}",
                         s.files_processed,
                         s.readings_processed,
                         s.late_readings,
                         s.rows_written,
-                        s.revisions
+                        s.revisions,
+                        s.recovered
                     );
                     for (device, reason) in &s.held {
                         println!("held {device}: {reason}");

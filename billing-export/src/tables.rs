@@ -170,10 +170,10 @@ impl Tables {
 
     fn table(&self, table: &str) -> Result<Option<gridmeter_tables::Table>, BillingError> {
         self.block(gridmeter_tables::Table::open_existing(
-                &self.root,
-                spec(table),
-            ))
-            .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))
+            &self.root,
+            spec(table),
+        ))
+        .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))
     }
 
     /// The committed files of `table` (`usage_15m`, `raw`) in its latest snapshot, sorted by

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "faults"))
 
 import duckdb  # noqa: E402
+from deltalake import DeltaTable  # noqa: E402
 
 import harness as h  # noqa: E402
 

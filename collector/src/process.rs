@@ -558,6 +558,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn hostile_seq_above_the_tables_range_is_dead_lettered() {
+        let m = metrics();
+        let mut st = DedupState::default();
+        let mut out = SegmentOutput::default();
+        let big = i64::MAX as u64 + 1;
+        run(
+            &mut st,
+            &rec(
+                vec![
+                    reading(1, T0, Quality::GOOD),
+                    reading(big, T0, Quality::GOOD),
+                    reading(u64::MAX, T0, Quality::GOOD),
+                ],
+                vec![],
+            ),
+            &mut out,
+            &m,
+        );
+        assert_eq!(seqs(&out), vec![1], "the good neighbour lands");
+        assert_eq!(reasons(&out), vec!["seq_out_of_range", "seq_out_of_range"]);
+        assert!(
+            out.dead[0].detail.contains("2^63 - 1"),
+            "{}",
+            out.dead[0].detail
+        );
+        // Every row that lands fits the table: the batch builds.
+        let rows: Vec<&RawRow> = out.raw.iter().collect();
+        assert!(gridmeter_tables::raw::batch(&rows).is_ok());
+    }
+
+    #[test]
     fn hostile_timestamps_outside_the_window_are_dead_lettered() {
         let m = metrics();
         let mut st = DedupState::default();

@@ -206,6 +206,11 @@ pub struct Table {
     files: Arc<dyn ObjectStore>,
     /// The latest snapshot read or written, updated incrementally.
     cached: tokio::sync::Mutex<Option<DeltaTableState>>,
+    /// Transaction versions this handle committed or read from the log, per application: a
+    /// writer that is the only one of its application (one process per collector id, per
+    /// shard) reads the log's value once, not at every commit (a log replay each time).
+    /// Two processes of one application still conflict on commit.
+    own_txns: tokio::sync::Mutex<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -235,6 +240,7 @@ impl Table {
             log_store,
             files,
             cached: tokio::sync::Mutex::new(None),
+            own_txns: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -397,6 +403,23 @@ impl Table {
         Ok(Some(out))
     }
 
+    /// The highest version `app_id` committed: from this handle's own commits, else from the
+    /// log (once per application and handle).
+    async fn committed_version(
+        &self,
+        snapshot: &Snapshot,
+        app_id: &str,
+    ) -> Result<Option<i64>, TableError> {
+        if let Some(v) = self.own_txns.lock().await.get(app_id) {
+            return Ok(Some(*v));
+        }
+        let v = snapshot.txn_version(app_id).await?;
+        if let Some(v) = v {
+            self.own_txns.lock().await.insert(app_id.to_string(), v);
+        }
+        Ok(v)
+    }
+
     /// Encodes `batch` as Parquet (`profile`), puts it at `path` (relative to the table) and
     /// returns its `add` action (statistics of [`TableSpec::stats_columns`], `tags`).
     pub async fn write_file(
@@ -522,9 +545,12 @@ impl Table {
             .await;
         match result {
             Ok(done) => {
-                let version = done.version() as i64;
+                let committed = done.version() as i64;
                 *self.cached.lock().await = Some(done.snapshot());
-                Ok(version)
+                if let Some((app, version)) = txn {
+                    self.own_txns.lock().await.insert(app.to_string(), version);
+                }
+                Ok(committed)
             }
             Err(DeltaTableError::Transaction {
                 source: TransactionError::CommitConflict(c),
@@ -605,17 +631,17 @@ impl Table {
         crash_point: &str,
     ) -> Result<Appended, TableError> {
         let mut out = Appended::default();
+        if files.is_empty() {
+            return Ok(out);
+        }
         let mut adds: Option<Vec<Action>> = None;
         for _ in 0..crate::MAX_REPLANS {
             let snapshot = self.snapshot().await?;
-            if snapshot
-                .txn_version(app_id)
+            if self
+                .committed_version(&snapshot, app_id)
                 .await?
                 .is_some_and(|v| v >= version)
             {
-                return Ok(out);
-            }
-            if files.is_empty() {
                 return Ok(out);
             }
             let actions = match &adds {
@@ -648,6 +674,9 @@ impl Table {
                     return Ok(out);
                 }
                 Err(e) if e.is_conflict() => {
+                    // Another writer may have committed this application's version: read
+                    // the log again.
+                    self.own_txns.lock().await.remove(app_id);
                     out.retries += 1;
                     tracing::debug!(table = %self.spec.name, app_id, version, "commit conflict, retrying: {e}");
                 }

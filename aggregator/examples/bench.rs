@@ -126,7 +126,7 @@ fn main() {
                 *v += (state % 20_000) as i128 * 1_000_000; // 0..20 Wh, 3 decimals
                 ts.push(BASE + minute * MIN + (d as i64 % 60) * 1_000_000);
                 di.push(d);
-                seqs.push(minute as i64 + 1);
+                seqs.push(minute + 1);
                 vs.push(*v);
             }
         }

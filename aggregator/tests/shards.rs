@@ -3,6 +3,7 @@
 //!   history rows as one unsharded run over the same raw data, first run and after late data;
 //! - a `kill -9` between a run's history commit and its current commit leaves the current
 //!   table as it was (no half state, nothing twice) and the next run completes the commit.
+//!
 //! Tables are read back by the Python deltalake package.
 
 mod common;

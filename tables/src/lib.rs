@@ -43,7 +43,7 @@ pub enum TableError {
     Delta {
         table: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     #[error("table {table}: concurrent commit conflict: {message}")]
     Conflict { table: String, message: String },
@@ -70,7 +70,7 @@ impl TableError {
     pub(crate) fn delta(table: &str, source: deltalake::DeltaTableError) -> TableError {
         TableError::Delta {
             table: table.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -149,7 +149,9 @@ fn main() -> std::process::ExitCode {
 async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // Shards committing at once retry lost races: routine, not a warning.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,deltalake_core::kernel::transaction=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

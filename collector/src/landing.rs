@@ -60,12 +60,13 @@ impl Landing {
         Landing::on(root, &cfg.collector_id).await
     }
 
-    /// The tables under an opened data root, written as `collector_id`.
+    /// The tables under an opened data root, written as `collector_id`. Each table is
+    /// created when the collector first writes to it.
     pub async fn on(root: Root, collector_id: &str) -> Result<Landing, LandingError> {
         Ok(Landing {
-            raw: Arc::new(raw::open(&root).await?),
-            gaps: Arc::new(gaps::open(&root).await?),
-            dead: Arc::new(deadletter::open(&root).await?),
+            raw: Arc::new(Table::lazy(&root, raw::spec())?),
+            gaps: Arc::new(Table::lazy(&root, gaps::spec())?),
+            dead: Arc::new(Table::lazy(&root, deadletter::spec())?),
             root,
             collector_id: collector_id.to_string(),
         })

@@ -211,6 +211,8 @@ pub struct Table {
     /// shard) reads the log's value once, not at every commit (a log replay each time).
     /// Two processes of one application still conflict on commit.
     own_txns: tokio::sync::Mutex<HashMap<String, i64>>,
+    /// Set once the table is known to exist.
+    exists: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Table {
@@ -241,6 +243,7 @@ impl Table {
             files,
             cached: tokio::sync::Mutex::new(None),
             own_txns: tokio::sync::Mutex::new(HashMap::new()),
+            exists: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -248,16 +251,32 @@ impl Table {
     /// not exist yet. Safe to call from several processes at once.
     pub async fn open(root: &Root, spec: TableSpec) -> Result<Table, TableError> {
         let table = Table::handle(root, spec)?;
-        if table.try_snapshot().await?.is_none() {
-            table.create().await?;
-        }
+        table.ensure_exists().await?;
         Ok(table)
+    }
+
+    /// The table, created (as [`Table::open`] does) only when it is first used: a writer
+    /// that has not written yet leaves no trace under the data root.
+    pub fn lazy(root: &Root, spec: TableSpec) -> Result<Table, TableError> {
+        Table::handle(root, spec)
+    }
+
+    async fn ensure_exists(&self) -> Result<(), TableError> {
+        self.exists
+            .get_or_try_init(|| async {
+                if self.try_snapshot_existing().await?.is_none() {
+                    self.create().await?;
+                }
+                Ok::<(), TableError>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The table if it exists (readers: a table nobody wrote yet is `None`).
     pub async fn open_existing(root: &Root, spec: TableSpec) -> Result<Option<Table>, TableError> {
         let table = Table::handle(root, spec)?;
-        Ok(table.try_snapshot().await?.map(|_| table))
+        Ok(table.try_snapshot_existing().await?.map(|_| table))
     }
 
     async fn create(&self) -> Result<(), TableError> {
@@ -289,14 +308,14 @@ impl Table {
         match builder.with_columns(fields).await {
             Ok(_) => Ok(()),
             // Another writer created it first: fine, as long as it exists now.
-            Err(e) => match self.try_snapshot().await? {
+            Err(e) => match self.try_snapshot_existing().await? {
                 Some(_) => Ok(()),
                 None => Err(TableError::delta(&self.spec.name, e)),
             },
         }
     }
 
-    async fn try_snapshot(&self) -> Result<Option<Snapshot>, TableError> {
+    async fn try_snapshot_existing(&self) -> Result<Option<Snapshot>, TableError> {
         // No log (yet): not a table.
         let mut log = self.files.list(Some(&Path::from("_delta_log")));
         match futures::StreamExt::next(&mut log).await {
@@ -304,7 +323,7 @@ impl Table {
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(_)) => {}
         }
-        self.snapshot().await.map(Some)
+        self.load_snapshot().await.map(Some)
     }
 
     /// The table's name (its directory under the data root).
@@ -332,8 +351,13 @@ impl Table {
         format!("{}/{}", self.url(), file.path)
     }
 
-    /// The latest version.
+    /// The latest version (a lazy table is created first).
     pub async fn snapshot(&self) -> Result<Snapshot, TableError> {
+        self.ensure_exists().await?;
+        self.load_snapshot().await
+    }
+
+    async fn load_snapshot(&self) -> Result<Snapshot, TableError> {
         let mut cached = self.cached.lock().await;
         let state = match cached.take() {
             Some(mut s) => {

@@ -1,4 +1,6 @@
-"""Checks the outputs of `gridmeter demo` with independent readers (DuckDB, pandas).
+"""Checks the outputs of `gridmeter demo` with independent readers: the Python deltalake
+package (tables read through their Delta logs, into DuckDB), DuckDB's delta extension
+(`delta_scan`, running the one-liner the demo prints) and pandas.
 
 usage: python3 scripts/check_demo.py <demo out dir> <demo log>
 Fails (exit 1) naming what is wrong.
@@ -10,6 +12,10 @@ import sys
 
 import duckdb
 import pandas as pd
+from deltalake import DeltaTable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import duckdb_delta  # noqa: E402
 
 out, log_path = sys.argv[1], sys.argv[2]
 data = os.path.join(out, "data")
@@ -29,33 +35,40 @@ check("embedded broker is for local demos only" in log and "no ACL" in log,
 landed = int(re.search(r"readings landed: (\d+)", log).group(1))
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
-raw = f"read_parquet('{data}/raw/**/*.parquet', hive_partitioning = true)"
-total, distinct = con.execute(
-    f"select count(*), count(distinct (device_id, seq)) from {raw}"
-).fetchone()
-check(total == landed, f"raw landing holds the {landed} readings the demo reported (found {total})")
+for name in ("raw", "usage_15m", "usage_1d", "usage_history_15m"):
+    con.register(name, DeltaTable(os.path.join(data, name)).to_pyarrow_table())
+total, distinct = con.execute("select count(*), count(distinct (device_id, seq)) from raw").fetchone()
+check(total == landed, f"raw table holds the {landed} readings the demo reported (found {total})")
 check(total == distinct, f"every (device_id, seq) exactly once in raw ({total} rows, {distinct} distinct)")
 
-usage_files = [
-    f for f in glob.glob(f"{data}/usage/15m/**/*.parquet", recursive=True)
-    if "/_" not in f[len(data):] and "/." not in f[len(data):]
-]
-check(len(usage_files) > 0, "15-minute usage table has committed files")
-# Sum check: per counter channel, the 15-minute usage sum equals the daily sum (current revisions).
-cur = lambda w: (
-    f"(select * from read_parquet({[f for f in glob.glob(f'{data}/usage/{w}/**/*.parquet', recursive=True) if '/_' not in f[len(data):]]}) "
-    "qualify row_number() over (partition by device_id, channel, window_start order by revision desc) = 1)"
-)
+n15, keys15 = con.execute(
+    "select count(*), count(distinct (device_id, channel, window_start)) from usage_15m").fetchone()
+check(n15 > 0 and n15 == keys15, f"usage_15m holds one row per key ({n15} rows, {keys15} keys)")
+hist, = con.execute("select count(*) from usage_history_15m").fetchone()
+check(hist >= n15, f"usage_history_15m holds every revision ({hist} rows)")
+# Sum check: per counter channel, the 15-minute usage sum equals the daily sum.
 rows = con.execute(
-    f"""select d.device_id, d.channel, d.window_start, d.usage, q.s
-        from {cur('1d')} d
+    """select d.device_id, d.channel, d.window_start, d.usage, q.s
+        from usage_1d d
         join (select device_id, channel, time_bucket(interval 1 day, window_start) as day, sum(usage) s
-              from {cur('15m')} where kind = 'counter' group by all) q
+              from usage_15m where kind = 'counter' group by all) q
           on q.device_id = d.device_id and q.channel = d.channel and q.day = d.window_start
         where d.kind = 'counter'"""
 ).fetchall()
 bad = [r for r in rows if r[3] != r[4]]
 check(len(rows) > 0 and not bad, f"sum check: each daily counter usage equals the sum of its 15-minute usages exactly ({len(rows)} device-days, mismatches: {bad[:5]})")
+
+# The DuckDB one-liner the demo prints, run with the delta extension (loaded from its PyPI
+# package instead of INSTALL, which needs the network).
+m = re.search(r'duckdb -c "INSTALL delta; LOAD delta; (.*)"', log)
+check(m is not None, "the demo prints a DuckDB one-liner")
+if m:
+    got = duckdb_delta.query(m.group(1))
+    want = con.execute(
+        "select device_id, channel, any_value(unit), sum(usage) from usage_1d group by all order by all").fetchall()
+    norm = lambda rows: [tuple(None if v is None else str(v) for v in r) for r in rows]
+    check(len(got) > 0 and norm(got) == norm(want),
+          f"the one-liner (delta_scan) gives the usage the deltalake reader gives ({len(got)} rows)")
 
 runs = sorted(glob.glob(f"{data}/exports/*/run-*"))
 check(len(runs) == 1, f"one billing export run ({runs})")

@@ -1,17 +1,18 @@
 //! Benchmark (run by `bench/aggregator/run.sh`, release build):
-//! 1. one day of 1-minute counter data from N devices (default 10,000: 14.4 M readings) as
-//!    raw Parquet (24 hourly files, like collector segments);
+//! 1. one day of 1-minute counter data from N devices (default 10,000: 14.4 M readings) in
+//!    the `raw` Delta table (24 hourly commits of one file each, like collector segments);
 //! 2. `run_once` over it: readings/s and readings/s per core;
 //! 3. the same windowed query (dedup by (device_id, seq), 15m/1h/1d buckets with count,
-//!    first/last ts, min/max and last-minus-first register) in DuckDB on the same files,
-//!    in the same run (python3 + duckdb, same number of threads);
+//!    first/last ts, min/max and last-minus-first register) in DuckDB on the same files (the
+//!    table's files as its Delta log lists them), in the same run (python3 + duckdb, same
+//!    number of threads);
 //! 4. one late reading for one device: time of the restatement (`run_once`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use gridmeter_aggregator::{AggregatorConfig, Metrics};
 
@@ -23,7 +24,7 @@ fn batch(
     devices: &[String],
     ts: Vec<i64>,
     dev_idx: Vec<usize>,
-    seqs: Vec<u64>,
+    seqs: Vec<i64>,
     values: Vec<i128>,
 ) -> RecordBatch {
     let n = ts.len();
@@ -39,7 +40,7 @@ fn batch(
             Arc::new(StringArray::from_iter_values(
                 dev_idx.iter().map(|&i| devices[i].as_str()),
             )),
-            Arc::new(UInt64Array::from(seqs)),
+            Arc::new(Int64Array::from(seqs)),
             t(&ts),
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 "energy_import",
@@ -61,15 +62,32 @@ fn batch(
     .unwrap()
 }
 
-fn write(path: &std::path::Path, b: &RecordBatch) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), Some(props)).unwrap();
-    w.write(b).unwrap();
-    w.close().unwrap();
+/// Commits `b` to the `raw` table as one file of one day (a collector segment's commit).
+fn write(rt: &tokio::runtime::Runtime, dir: &std::path::Path, name: &str, b: RecordBatch) {
+    rt.block_on(async {
+        let root = gridmeter_tables::Root::open(&gridmeter_core::store::DataRoot::Local(
+            dir.to_path_buf(),
+        ))
+        .unwrap();
+        let table = gridmeter_tables::raw::open(&root).await.unwrap();
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let file = gridmeter_tables::delta::NewFile {
+            path: format!("date={date}/{name}.parquet"),
+            date: Some(date),
+            batch: b,
+            tags: vec![],
+        };
+        table
+            .append_once(
+                &format!("bench/{name}"),
+                1,
+                vec![file],
+                gridmeter_tables::parquet_io::Profile::Raw,
+                "",
+            )
+            .await
+            .unwrap();
+    });
 }
 
 fn main() {
@@ -82,6 +100,14 @@ fn main() {
     let n_devices: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let _ = std::fs::remove_dir_all(&dir);
     let devices: Vec<String> = (0..n_devices).map(|i| format!("meter-{i:05}")).collect();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .unwrap();
 
     // 1. Raw: one file per hour, rows in arrival (time) order.
     let t0 = Instant::now();
@@ -100,15 +126,12 @@ fn main() {
                 *v += (state % 20_000) as i128 * 1_000_000; // 0..20 Wh, 3 decimals
                 ts.push(BASE + minute * MIN + (d as i64 % 60) * 1_000_000);
                 di.push(d);
-                seqs.push(minute as u64 + 1);
+                seqs.push(minute + 1);
                 vs.push(*v);
             }
         }
         let b = batch(&devices, ts, di, seqs, vs);
-        write(
-            &dir.join(format!("raw/date=2026-01-01/bench-{hour:02}.parquet")),
-            &b,
-        );
+        write(&rt, &dir, &format!("bench-{hour:02}"), b);
     }
     let readings = n_devices as u64 * 1440;
     eprintln!("generated {readings} readings in {:?}", t0.elapsed());
@@ -116,14 +139,6 @@ fn main() {
     let mut cfg = AggregatorConfig::new(&dir);
     // Every window up to the newest reading is final (a day of data, no lateness wait).
     cfg.allowed_lateness = "0s".into();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .enable_all()
-        .build()
-        .unwrap();
     let metrics = Metrics::unregistered();
 
     // 2. The aggregator.
@@ -135,16 +150,17 @@ fn main() {
     eprintln!("aggregator: {agg:.2}s {s:?}");
 
     // 3. DuckDB, same files, same threads, same run.
-    let glob = dir.join("raw/*/*.parquet");
     let script = format!(
         r#"
 import duckdb, time
+from deltalake import DeltaTable
+files = DeltaTable("{raw}").file_uris()
 con = duckdb.connect()
 con.execute("SET threads TO {cores}")
 t = time.time()
 con.execute("""
-CREATE TABLE r AS SELECT * FROM read_parquet('{glob}')
-QUALIFY row_number() OVER (PARTITION BY device_id, seq ORDER BY received_at) = 1""")
+CREATE TABLE r AS SELECT * FROM read_parquet(?)
+QUALIFY row_number() OVER (PARTITION BY device_id, seq ORDER BY received_at) = 1""", [files])
 for name, width in [("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day")]:
     con.execute(f"""
     COPY (SELECT device_id, channel, time_bucket(INTERVAL '{{width}}', ts) AS window_start,
@@ -155,7 +171,7 @@ for name, width in [("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day")]:
     TO '{out}/duck-{{name}}.parquet' (FORMAT parquet, COMPRESSION zstd)""")
 print("DUCK", time.time() - t)
 "#,
-        glob = glob.display(),
+        raw = dir.join("raw").display(),
         out = dir.display(),
     );
     let out = std::process::Command::new("python3")
@@ -184,7 +200,7 @@ print("DUCK", time.time() - t)
         vec![100_000],
         vec![42_000_000_000_000 + 1],
     );
-    write(&dir.join("raw/date=2026-01-01/late-0.parquet"), &b);
+    write(&rt, &dir, "late-0", b);
     let t = Instant::now();
     let s = rt
         .block_on(gridmeter_aggregator::run_once(&cfg, &metrics))

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
 use gridmeter_core::config::{Problems, Validate};
 pub use gridmeter_core::store::ObjectStoreConfig;
 use rust_decimal::Decimal;
@@ -65,16 +64,8 @@ fn default_max_windows_per_series() -> u64 {
 
 /// A meter replaced at `at`: the old meter's register ended at `old_final`, the new one
 /// started at `new_start`. Usage across the swap is `(old_final - before) + (after -
-/// new_start)`, flagged `reset`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeterSwap {
-    pub device_id: String,
-    pub channel: String,
-    pub at: DateTime<Utc>,
-    pub old_final: Decimal,
-    pub new_start: Decimal,
-}
+/// new_start)`, flagged `reset`. (The shared type of `gridmeter_tables::counter`.)
+pub use gridmeter_tables::counter::MeterSwap;
 
 fn default_windows() -> Vec<String> {
     vec!["15m".into(), "1h".into(), "1d".into()]
@@ -166,6 +157,22 @@ impl AggregatorConfig {
             .copied()
             .or(self.default_register_max)
     }
+
+    /// The counter rules of one device channel (`gridmeter_tables::counter`).
+    pub fn counter_rules(
+        &self,
+        device: &str,
+        channel: &str,
+    ) -> gridmeter_tables::counter::CounterRules {
+        gridmeter_tables::counter::CounterRules::resolve(
+            self.default_register_max,
+            &self.register_max,
+            &self.meter_swaps,
+            device,
+            channel,
+            None,
+        )
+    }
 }
 
 impl Validate for AggregatorConfig {
@@ -203,29 +210,12 @@ impl Validate for AggregatorConfig {
             Ok(us) if us <= 0 => p.push("max_gap", "must be positive"),
             Ok(_) => {}
         }
-        let check_max = |key: String, d: &Decimal, p: &mut Problems| {
-            if *d <= Decimal::ZERO {
-                p.push(&key, "must be positive");
-            } else if gridmeter_core::decimal::to_scaled_i128(*d).is_none() {
-                p.push(&key, "has more than 9 decimal places");
-            }
-        };
-        if let Some(d) = &self.default_register_max {
-            check_max("default_register_max".into(), d, p);
-        }
-        for (ch, d) in &self.register_max {
-            check_max(format!("register_max.{ch}"), d, p);
-        }
-        for (i, s) in self.meter_swaps.iter().enumerate() {
-            for (name, d) in [("old_final", &s.old_final), ("new_start", &s.new_start)] {
-                if gridmeter_core::decimal::to_scaled_i128(*d).is_none() {
-                    p.push(
-                        format!("meter_swaps[{i}].{name}"),
-                        "has more than 9 decimal places",
-                    );
-                }
-            }
-        }
+        gridmeter_tables::counter::check(
+            self.default_register_max.as_ref(),
+            &self.register_max,
+            &self.meter_swaps,
+            p,
+        );
     }
 }
 

@@ -1,15 +1,19 @@
 //! gridmeter-aggregator: raw readings → usage that billing can trust.
 //!
-//! - [`run_once`]: incremental. Finds raw files not processed yet, advances the per-device
-//!   watermark (max event time − allowed lateness), recomputes the affected windows from
-//!   raw with DataFusion and commits the rows whose values changed (revision 1 for a new
-//!   key, n+1 flagged `late` for a restatement).
+//! - [`run_once`] / [`run_shard`]: incremental. Finds the `raw` files not processed yet,
+//!   advances the per-device watermark (max event time − allowed lateness), recomputes the
+//!   affected windows from raw with DataFusion and commits the rows whose values changed
+//!   (revision 1 for a new key, n+1 flagged `late` for a restatement) to
+//!   `usage_history_<w>` and `usage_<w>`, exactly once per run (`gridmeter_tables::usage`).
+//!   A shard (`--shard I/N`) aggregates only the devices that hash to it, concurrently with
+//!   the other shards.
 //! - [`rebuild`]: the same computation for a time range of every device; it writes nothing
 //!   when the tables already hold what raw says.
-//! - [`current`]: the latest revision per key.
+//! - [`current`]: the current row of every key.
+//! - [`migrate`]: converts a data root in the pre-Delta layout.
 //!
 //! The semantics of a window (counter interpolation, rollover, reset, coverage, gauges)
-//! are in [`series`]; the table layout and commit protocol in [`table`].
+//! are in [`series`]; the tables and their commit protocol in `gridmeter_tables`.
 
 pub mod config;
 pub mod metrics;
@@ -17,24 +21,21 @@ mod parallel;
 pub mod raw;
 pub mod series;
 pub mod state;
-pub mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use gridmeter_core::store::DataRoot;
-use object_store::local::LocalFileSystem;
-use object_store::ObjectStore;
+use gridmeter_tables::usage::UsageTables;
+use gridmeter_tables::{Root, Shard, Table};
 
 pub use config::AggregatorConfig;
+pub use gridmeter_tables::usage::UsageRow;
 pub use metrics::Metrics;
-pub use table::UsageRow;
 
 use config::{WindowSpec, DAY_US};
 use raw::{RawFile, RawFilter, SeriesData};
-use series::{Prepared, SeriesParams, Swap, LATE};
+use series::{Prepared, SeriesParams, LATE};
 
 /// What can go wrong while aggregating.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ pub enum Error {
     State(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Table(#[from] gridmeter_tables::TableError),
     #[error("{0}")]
     Internal(String),
 }
@@ -71,8 +74,10 @@ pub struct RunSummary {
     pub rows_written: BTreeMap<String, usize>,
     /// Rows written with revision > 1, per window table.
     pub revisions: BTreeMap<String, usize>,
-    /// Committed versions per window table.
-    pub commits: BTreeMap<String, u64>,
+    /// Committed run version per window (the Delta transaction version of this run).
+    pub commits: BTreeMap<String, i64>,
+    /// Runs completed from history after a crash between the two commits, per window.
+    pub recovered: BTreeMap<String, i64>,
     /// Devices held back in this run, with the reason (their series failed or would create
     /// too many windows): nothing of theirs was written, their watermark did not advance,
     /// and the next run retries them. Everyone else was processed.
@@ -92,73 +97,93 @@ struct DeviceRange {
     to: i64,
 }
 
-/// The opened data root (a local directory or an S3 location), seen two ways: `store`
-/// addresses objects by their path relative to the data root (listings, state, commits);
-/// DataFusion reads the same objects by URL ([`raw::file_url`]: `base_url` + that path),
-/// through `scan_store` registered under `scan_url`.
-struct Root {
-    store: Arc<dyn ObjectStore>,
-    /// `file:///abs/data_root/` or `s3://bucket/prefix/`, ending in `/`.
-    base_url: String,
-    /// Where the DuckDB view finds a local root (`None` on S3).
-    local_path: Option<PathBuf>,
-    scan_url: url::Url,
-    scan_store: Arc<dyn ObjectStore>,
+/// The opened data root and its tables.
+struct Opened {
+    root: Root,
+    raw: Table,
+    /// Per window name.
+    usage: BTreeMap<String, UsageTables>,
 }
 
-impl Root {
-    /// A DataFusion session that resolves this root's URLs through its object store.
+impl Opened {
+    /// A DataFusion session that reads the data root's files by URL.
     fn session(&self) -> datafusion::prelude::SessionContext {
         let ctx = raw::session();
-        ctx.register_object_store(&self.scan_url, self.scan_store.clone());
+        ctx.register_object_store(self.root.storage_url(), self.root.storage().clone());
         ctx
     }
 
-    fn table(&self, window: &str) -> table::UsageTable {
-        table::UsageTable::new(
-            self.store.clone(),
-            &self.base_url,
-            self.local_path.as_deref(),
-            window,
-        )
+    fn usage(&self, window: &str) -> Result<&UsageTables, Error> {
+        self.usage
+            .get(window)
+            .ok_or_else(|| Error::Config(format!("window {window:?} is not configured")))
     }
 }
 
-fn open(config: &AggregatorConfig) -> Result<Root, Error> {
-    match DataRoot::choose(config.data_root.as_deref(), config.object_store.as_ref())? {
-        DataRoot::Local(root) => {
-            std::fs::create_dir_all(&root)?;
-            let path = std::fs::canonicalize(&root)?;
-            let base = url::Url::from_directory_path(&path).map_err(|()| {
-                Error::Config(format!(
-                    "data_root {} is not an absolute path",
-                    path.display()
-                ))
-            })?;
-            let scan_url = url::Url::parse("file://")
-                .map_err(|e| Error::Internal(format!("file:// URL: {e}")))?;
-            Ok(Root {
-                store: Arc::new(LocalFileSystem::new_with_prefix(&path)?),
-                base_url: base.to_string(),
-                local_path: Some(path),
-                scan_url,
-                scan_store: Arc::new(LocalFileSystem::new()),
-            })
-        }
-        DataRoot::ObjectStore(os) => {
-            let loc = os.location()?;
-            let bucket = os.bucket_store()?;
-            let scan_url = url::Url::parse(&loc.bucket_url())
-                .map_err(|e| Error::Config(format!("object_store.url {:?}: {e}", os.url)))?;
-            Ok(Root {
-                store: gridmeter_core::store::with_prefix(bucket.clone(), &loc.prefix),
-                base_url: loc.base_url(),
-                local_path: None,
-                scan_url,
-                scan_store: bucket,
-            })
+/// Opens the data root and its tables (created if missing).
+async fn open(config: &AggregatorConfig) -> Result<Opened, Error> {
+    let root = Root::open(&DataRoot::choose(
+        config.data_root.as_deref(),
+        config.object_store.as_ref(),
+    )?)?;
+    let raw = gridmeter_tables::raw::open(&root).await?;
+    let mut usage = BTreeMap::new();
+    for spec in config.window_specs() {
+        usage.insert(
+            spec.name.clone(),
+            UsageTables::open(&root, &spec.name).await?,
+        );
+    }
+    Ok(Opened { root, raw, usage })
+}
+
+/// The transaction application id (and state file name) of a shard's runs.
+pub fn app_id(shard: Shard) -> String {
+    if shard.is_all() {
+        "aggregator".into()
+    } else {
+        format!("aggregator-shard-{}-of-{}", shard.index, shard.count)
+    }
+}
+
+/// A current-table partition where a shard has this many small files is merged into one.
+const COMPACT_AFTER_FILES: usize = 8;
+
+/// Compaction commits of `raw` older than the state's version are followed through at most
+/// this many log entries; beyond, their files are simply reprocessed (harmless).
+const MAX_LOG_WALK: i64 = 2_000;
+
+/// The raw files of the latest snapshot, and those of them not processed yet. Files a
+/// compaction wrote from files all processed count as processed (followed through the log
+/// since the state's version).
+async fn raw_files_to_process(
+    raw_table: &Table,
+    state: &mut state::State,
+) -> Result<(Vec<RawFile>, Vec<RawFile>), Error> {
+    let snapshot = raw_table.snapshot().await?;
+    let version = snapshot.version();
+    if let Some(from) = state.raw_version.filter(|v| version - v <= MAX_LOG_WALK) {
+        for v in from + 1..=version {
+            let Some(c) = raw_table.commit_summary(v).await? else {
+                continue;
+            };
+            if c.operation.as_deref() == Some("OPTIMIZE")
+                && c.removed.iter().all(|p| state.processed.contains(p))
+            {
+                state.processed.extend(c.added);
+            }
         }
     }
+    let all = raw::raw_files(raw_table, &snapshot);
+    let active: HashSet<&str> = all.iter().map(|f| f.path.as_str()).collect();
+    state.processed.retain(|p| active.contains(p.as_str()));
+    state.raw_version = Some(version);
+    let new = all
+        .iter()
+        .filter(|f| !state.processed.contains(&f.path))
+        .cloned()
+        .collect();
+    Ok((all, new))
 }
 
 fn check(config: &AggregatorConfig) -> Result<(), Error> {
@@ -181,10 +206,21 @@ fn align_day(us: i64) -> i64 {
     us.div_euclid(DAY_US) * DAY_US
 }
 
-/// Processes the raw files not processed yet and commits what changed.
+/// Processes the raw files not processed yet and commits what changed (every device).
 pub async fn run_once(config: &AggregatorConfig, metrics: &Metrics) -> Result<RunSummary, Error> {
+    run_shard(config, Shard::ALL, metrics).await
+}
+
+/// [`run_once`] for the devices of one shard only. Shards run concurrently (one process
+/// each, e.g. a Kubernetes Indexed Job) commit to the same tables without overwriting each
+/// other's rows; each keeps its own state (`_state/<app>.json`).
+pub async fn run_shard(
+    config: &AggregatorConfig,
+    shard: Shard,
+    metrics: &Metrics,
+) -> Result<RunSummary, Error> {
     let started = std::time::Instant::now();
-    let result = run_once_inner(config, metrics).await;
+    let result = run_once_inner(config, shard, metrics).await;
     match &result {
         Ok(s) => {
             metrics.last_success.set(Utc::now().timestamp() as f64);
@@ -203,26 +239,33 @@ pub async fn run_once(config: &AggregatorConfig, metrics: &Metrics) -> Result<Ru
     result
 }
 
-async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<RunSummary, Error> {
+async fn run_once_inner(
+    config: &AggregatorConfig,
+    shard: Shard,
+    metrics: &Metrics,
+) -> Result<RunSummary, Error> {
     check(config)?;
-    let root = open(config)?;
-    let ctx = root.session();
-    let mut state = state::State::load(root.store.as_ref()).await?;
-    let all_files = raw::list_raw(root.store.as_ref()).await?;
-    let new_files: Vec<RawFile> = all_files
-        .iter()
-        .filter(|f| !state.processed.contains(&f.path))
-        .cloned()
-        .collect();
-    let mut summary = RunSummary {
-        files_processed: new_files.len(),
-        ..Default::default()
-    };
+    let opened = open(config).await?;
+    let app = app_id(shard);
+    let mut summary = RunSummary::default();
+    // A run that crashed between its history and current commits is completed first.
+    for (window, tables) in &opened.usage {
+        if let Some(v) = tables.recover(&app).await? {
+            summary.recovered.insert(window.clone(), v);
+        }
+    }
+    let ctx = opened.session();
+    let store = opened.root.store();
+    let mut state = state::State::load(store.as_ref(), &app).await?;
+    let (all_files, new_files) = raw_files_to_process(&opened.raw, &mut state).await?;
+    summary.files_processed = new_files.len();
     if new_files.is_empty() && state.held.is_empty() {
+        state.save(store.as_ref(), &app).await?;
         return Ok(summary);
     }
     let lateness = config.lateness_us();
-    let times = raw::device_times(&ctx, &root.base_url, &new_files).await?;
+    let mut times = raw::device_times(&ctx, &new_files).await?;
+    times.retain(|device, _| shard.owns(device));
     // Per device: the new readings' earliest time and newest trusted time; a device held
     // back by an earlier run is retried over its span too.
     let mut spans: HashMap<String, (i64, Option<i64>)> = HashMap::new();
@@ -273,7 +316,8 @@ async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<
     let watermarks: HashMap<String, i64> = ranges.iter().map(|(d, r)| (d.clone(), r.to)).collect();
     recompute(
         config,
-        &root,
+        &opened,
+        &app,
         &ctx,
         &all_files,
         &ranges,
@@ -310,7 +354,7 @@ async fn run_once_inner(config: &AggregatorConfig, metrics: &Metrics) -> Result<
     state
         .processed
         .extend(new_files.iter().map(|f| f.path.clone()));
-    state.save(root.store.as_ref()).await?;
+    state.save(store.as_ref(), &app).await?;
     if let Some(max_wm) = state.watermarks.values().map(|m| m - lateness).max() {
         let lag = (Utc::now().timestamp_micros() - max_wm) as f64 / 1e6;
         metrics.watermark_lag.set(lag);
@@ -329,11 +373,16 @@ pub async fn rebuild(
     metrics: &Metrics,
 ) -> Result<RunSummary, Error> {
     check(config)?;
-    let root = open(config)?;
-    let ctx = root.session();
-    let all_files = raw::list_raw(root.store.as_ref()).await?;
+    let opened = open(config).await?;
+    let app = app_id(Shard::ALL);
+    for tables in opened.usage.values() {
+        tables.recover(&app).await?;
+    }
+    let ctx = opened.session();
+    let snapshot = opened.raw.snapshot().await?;
+    let all_files = raw::raw_files(&opened.raw, &snapshot);
     let lateness = config.lateness_us();
-    let times = raw::device_times(&ctx, &root.base_url, &all_files).await?;
+    let times = raw::device_times(&ctx, &all_files).await?;
     let mut ranges = HashMap::new();
     let mut watermarks = HashMap::new();
     let (from, to) = (from.timestamp_micros(), to.timestamp_micros());
@@ -356,7 +405,8 @@ pub async fn rebuild(
     };
     recompute(
         config,
-        &root,
+        &opened,
+        &app,
         &ctx,
         &all_files,
         &ranges,
@@ -370,13 +420,12 @@ pub async fn rebuild(
     Ok(summary)
 }
 
-/// The current rows (latest revision per key) of one window table, sorted by key.
+/// The current rows (one per key) of one window's `usage_<window>` table, sorted by key.
 pub async fn current(config: &AggregatorConfig, window: &str) -> Result<Vec<UsageRow>, Error> {
-    let root = open(config)?;
-    let ctx = root.session();
-    let table = root.table(window);
-    let mut rows: Vec<UsageRow> = table
-        .current(&ctx, None, None)
+    let opened = open(config).await?;
+    let mut rows: Vec<UsageRow> = opened
+        .usage(window)?
+        .current_rows(None, None)
         .await?
         .into_values()
         .collect();
@@ -385,22 +434,9 @@ pub async fn current(config: &AggregatorConfig, window: &str) -> Result<Vec<Usag
 }
 
 fn params_for(config: &AggregatorConfig, s: &SeriesData) -> SeriesParams {
-    let scaled = |d| gridmeter_core::decimal::to_scaled_i128(d);
     SeriesParams {
         kind: s.kind,
-        register_max: config.register_max_for(&s.channel).and_then(scaled),
-        swaps: config
-            .meter_swaps
-            .iter()
-            .filter(|m| m.device_id == s.device_id && m.channel == s.channel)
-            .filter_map(|m| {
-                Some(Swap {
-                    at: m.at.timestamp_micros(),
-                    old_final: scaled(m.old_final)?,
-                    new_start: scaled(m.new_start)?,
-                })
-            })
-            .collect(),
+        rules: config.counter_rules(&s.device_id, &s.channel),
         max_gap_us: config.max_gap_us(),
     }
 }
@@ -409,7 +445,6 @@ fn params_for(config: &AggregatorConfig, s: &SeriesData) -> SeriesParams {
 /// that every window computed is fully determined by what was loaded; returns each series
 /// with the start of its windows to recompute.
 async fn load_with_context(
-    root: &Root,
     ctx: &datafusion::prelude::SessionContext,
     files: &[RawFile],
     ranges: &HashMap<String, DeviceRange>,
@@ -426,7 +461,7 @@ async fn load_with_context(
         devices: Some(devices),
         ..Default::default()
     };
-    let mut series = raw::load_series(ctx, &root.base_url, &late, &filter).await?;
+    let mut series = raw::load_series(ctx, &late, &filter).await?;
     // Where each series' recomputation starts, and whether the loaded readings reach back
     // far enough to determine that window's start boundary.
     let start_of = |s: &SeriesData| -> Option<(i64, bool)> {
@@ -456,7 +491,7 @@ async fn load_with_context(
             devices: Some(need_more),
             ..Default::default()
         };
-        let older = raw::load_series(ctx, &root.base_url, &early, &filter).await?;
+        let older = raw::load_series(ctx, &early, &filter).await?;
         let mut index: HashMap<(String, String), usize> = series
             .iter()
             .enumerate()
@@ -488,7 +523,8 @@ async fn load_with_context(
 #[allow(clippy::too_many_arguments)]
 async fn recompute(
     config: &AggregatorConfig,
-    root: &Root,
+    opened: &Opened,
+    app: &str,
     ctx: &datafusion::prelude::SessionContext,
     files: &[RawFile],
     ranges: &HashMap<String, DeviceRange>,
@@ -497,7 +533,7 @@ async fn recompute(
     metrics: &Metrics,
     summary: &mut RunSummary,
 ) -> Result<(), Error> {
-    let series = load_with_context(root, ctx, files, ranges).await?;
+    let series = load_with_context(ctx, files, ranges).await?;
     let specs = config.window_specs();
     let computed_at = Utc::now().timestamp_micros();
     let outcomes: Vec<Outcome> = parallel::flat_map(&series, |(s, from)| {
@@ -558,11 +594,11 @@ async fn recompute(
         }
     }
     for (spec, rows) in specs.iter().zip(by_window) {
-        let table = root.table(&spec.name);
+        let tables = opened.usage(&spec.name)?;
         let current = if rows.is_empty() {
             HashMap::new()
         } else {
-            table.current(ctx, Some(&devices), min_from).await?
+            tables.current_rows(Some(&devices), min_from).await?
         };
         let mut changed = Vec::new();
         for mut row in rows {
@@ -584,12 +620,12 @@ async fn recompute(
         let revisions = changed.iter().filter(|r| r.revision > 1).count();
         let n = changed.len();
         let timer = metrics.commit_duration.start_timer();
-        let op = if mark_late { "run" } else { "rebuild" };
-        let version = match table.commit(changed, op).await {
-            Ok(v) => v,
+        let version = tables.next_version(app).await?;
+        let committed = match tables.commit(app, version, changed).await {
+            Ok(c) => c,
             Err(e) => {
                 metrics.commit_errors.inc();
-                return Err(e);
+                return Err(e.into());
             }
         };
         timer.observe_duration();
@@ -598,10 +634,23 @@ async fn recompute(
             .revisions
             .with_label_values(&[&spec.name])
             .inc_by(revisions as u64);
-        tracing::info!(window = %spec.name, version, rows = n, revisions, "committed");
+        tracing::info!(
+            window = %spec.name,
+            app,
+            version,
+            rows = n,
+            revisions,
+            rewritten = committed.rewritten,
+            retries = committed.retries,
+            "committed"
+        );
         *summary.rows_written.entry(spec.name.clone()).or_default() += n;
         *summary.revisions.entry(spec.name.clone()).or_default() += revisions;
         summary.commits.insert(spec.name.clone(), version);
+        let merged = tables.compact(app, COMPACT_AFTER_FILES).await?;
+        if merged > 0 {
+            tracing::info!(window = %spec.name, files = merged, "small files merged");
+        }
     }
     Ok(())
 }
@@ -681,4 +730,54 @@ fn to_row(
         revision: 1,
         computed_at,
     }
+}
+
+/// Converts a data root in the pre-Delta layout into the Delta tables, checked row for row
+/// (`gridmeter_tables::migrate`); the old files are deleted once the check passed, unless
+/// `keep_old`.
+pub async fn migrate(
+    config: &AggregatorConfig,
+    keep_old: bool,
+) -> Result<gridmeter_tables::migrate::Report, Error> {
+    check(config)?;
+    let root = Root::open(&DataRoot::choose(
+        config.data_root.as_deref(),
+        config.object_store.as_ref(),
+    )?)?;
+    let windows: Vec<String> = config.window_specs().into_iter().map(|w| w.name).collect();
+    Ok(gridmeter_tables::migrate::run(&root, &windows, keep_old).await?)
+}
+
+/// Vacuums every table under the data root (`raw`, `gaps`, `deadletter` and the usage
+/// tables of the configured windows): deletes the files no version younger than
+/// `retention` needs. Returns (table, files deleted or, with `dry_run`, to delete).
+pub async fn vacuum(
+    config: &AggregatorConfig,
+    retention: chrono::Duration,
+    dry_run: bool,
+) -> Result<Vec<(String, usize)>, Error> {
+    check(config)?;
+    let root = Root::open(&DataRoot::choose(
+        config.data_root.as_deref(),
+        config.object_store.as_ref(),
+    )?)?;
+    let mut specs = vec![
+        gridmeter_tables::raw::spec(),
+        gridmeter_tables::gaps::spec(),
+        gridmeter_tables::deadletter::spec(),
+    ];
+    for w in config.window_specs() {
+        specs.push(gridmeter_tables::usage::history_spec(&w.name));
+        specs.push(gridmeter_tables::usage::current_spec(&w.name));
+    }
+    let mut out = Vec::new();
+    for spec in specs {
+        if let Some(table) = Table::open_existing(&root, spec).await? {
+            out.push((
+                table.name().to_string(),
+                table.vacuum(retention, dry_run).await?,
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -29,6 +29,10 @@ enum Command {
         /// Keep running, one pass per interval.
         #[arg(long)]
         watch: bool,
+        /// Aggregate only the devices of shard I of N (0 <= I < N), e.g. 0/3; shards run
+        /// concurrently, one process each, on the same tables.
+        #[arg(long, default_value = "0/1")]
+        shard: gridmeter_tables::Shard,
         /// Time between passes with --watch, e.g. 30s or 5m.
         #[arg(long, default_value = "30s")]
         interval: String,
@@ -41,10 +45,26 @@ enum Command {
         #[arg(long)]
         to: String,
     },
-    /// Print the current rows (latest revision per key) of one window table as CSV.
+    /// Print the current rows (one per key) of one window's usage table as CSV.
     Current {
         #[arg(long, default_value = "15m")]
         window: String,
+    },
+    /// Convert a data root in the pre-Delta layout (raw/…/*.parquet, usage/<w>/part-*.parquet
+    /// with _commits/) into the Delta tables, checked row for row.
+    Migrate {
+        /// Keep the old files (they are deleted once the check passed by default).
+        #[arg(long)]
+        keep_old: bool,
+    },
+    /// Delete files that no table version within the retention needs (every table).
+    Vacuum {
+        /// At least the tables' delta.deletedFileRetentionDuration (7 days).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        retention: std::time::Duration,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -92,7 +112,7 @@ fn write_csv(rows: &[UsageRow]) -> Result<()> {
             ts(r.first_ts),
             ts(r.last_ts),
             dec(Some(r.coverage)),
-            gridmeter_aggregator::series::flags_to_string(r.flags),
+            r.flags,
             r.revision,
             ts(Some(r.computed_at)),
         )?;
@@ -129,14 +149,20 @@ fn main() -> std::process::ExitCode {
 async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // Shards committing at once retry lost races: routine, not a warning.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,deltalake_core::kernel::transaction=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let cfg: AggregatorConfig = gridmeter_core::config::load(&cli.config)?;
     match cli.command {
-        Command::Run { watch, interval } => {
+        Command::Run {
+            watch,
+            interval,
+            shard,
+        } => {
             let registry = prometheus::Registry::new();
             let metrics = Metrics::register(&registry)?;
             let _server = match cfg.metrics_listen {
@@ -154,16 +180,17 @@ async fn run() -> Result<()> {
                 bail!("--interval must be positive");
             }
             loop {
-                let result = gridmeter_aggregator::run_once(&cfg, &metrics).await;
+                let result = gridmeter_aggregator::run_shard(&cfg, shard, &metrics).await;
                 if !watch {
                     let s = result?;
                     println!(
-                        "files {} readings {} late {} rows {:?} revisions {:?}",
+                        "files {} readings {} late {} rows {:?} revisions {:?} recovered {:?}",
                         s.files_processed,
                         s.readings_processed,
                         s.late_readings,
                         s.rows_written,
-                        s.revisions
+                        s.revisions,
+                        s.recovered
                     );
                     for (device, reason) in &s.held {
                         println!("held {device}: {reason}");
@@ -188,6 +215,18 @@ async fn run() -> Result<()> {
         Command::Current { window } => {
             let rows = gridmeter_aggregator::current(&cfg, &window).await?;
             write_csv(&rows)?;
+        }
+        Command::Migrate { keep_old } => {
+            let report = gridmeter_aggregator::migrate(&cfg, keep_old).await?;
+            print!("{report}");
+        }
+        Command::Vacuum { retention, dry_run } => {
+            let retention =
+                chrono::Duration::from_std(retention).context("--retention is too large")?;
+            for (table, files) in gridmeter_aggregator::vacuum(&cfg, retention, dry_run).await? {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                println!("{table}: {verb} {files} files");
+            }
         }
     }
     Ok(())

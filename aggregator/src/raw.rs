@@ -1,8 +1,9 @@
-//! Reading the raw landing (`<data_root>/raw/date=YYYY-MM-DD/*.parquet`) with DataFusion.
+//! Reading the `raw` Delta table with DataFusion.
 //!
-//! The data root is a local directory or an S3 location; DataFusion reads its files by URL
-//! (`file:///…` or `s3://bucket/prefix/…`) through the object store registered on the
-//! session for that URL.
+//! The files of the table's snapshot (from its Delta log, never a directory listing) are read
+//! by URL (`file:///…` or `s3://bucket/prefix/raw/…`) through the data root's storage,
+//! registered on the session for that URL; the `date` partition of each file comes from the
+//! log.
 //!
 //! DataFusion scans the Parquet files (only the date partitions needed, predicates on
 //! `device_id` and `ts` pushed into the scan, one stream per core); the rows are then
@@ -13,8 +14,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{
-    Array, AsArray, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
+    Array, AsArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::DataType;
 use chrono::NaiveDate;
@@ -22,48 +23,41 @@ use datafusion::prelude::{col, lit, ParquetReadOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use gridmeter_core::Kind;
-use object_store::ObjectStore;
+use gridmeter_tables::Flags;
 
-use crate::series::{quality_bits, Point, CLOCK_SUSPECT};
+use crate::series::{quality_flags, Point, CLOCK_SUSPECT};
 use crate::Error;
 
-/// One data file of the raw landing.
+/// One data file of the `raw` table's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RawFile {
-    /// Path relative to the data root, e.g. `raw/date=2026-01-01/c1-0-0.parquet`.
+    /// Path relative to the table, e.g. `date=2026-01-01/c1-0000000000000001-0.parquet`.
     pub path: String,
+    /// Its partition.
     pub date: NaiveDate,
+    /// Its URL for DataFusion (through the data root's storage).
+    pub url: String,
 }
 
-/// Whether a path (relative to the data root) is data: no component starts with `_` or
-/// `.` (staging files, logs, views), and it ends in `.parquet`.
-pub fn is_data_path(path: &str) -> bool {
-    path.ends_with(".parquet") && path.split('/').all(|c| !c.starts_with(['_', '.']))
-}
-
-/// Lists the raw data files, sorted by path. Files outside a `date=YYYY-MM-DD` partition
-/// are skipped with a warning (the contract puts every raw file in one).
-pub async fn list_raw(store: &dyn ObjectStore) -> Result<Vec<RawFile>, Error> {
-    let prefix = object_store::path::Path::from("raw");
+/// The data files of a snapshot of `raw`, sorted by path (files without a date partition
+/// are skipped with a warning: the table is partitioned by date).
+pub fn raw_files(
+    table: &gridmeter_tables::Table,
+    snapshot: &gridmeter_tables::Snapshot,
+) -> Vec<RawFile> {
     let mut out = Vec::new();
-    let mut listing = store.list(Some(&prefix));
-    while let Some(meta) = listing.next().await {
-        let meta = meta?;
-        let path = meta.location.to_string();
-        if !is_data_path(&path) {
-            continue;
-        }
-        let date = path
-            .split('/')
-            .find_map(|c| c.strip_prefix("date="))
-            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
-        match date {
-            Some(date) => out.push(RawFile { path, date }),
-            None => tracing::warn!(%path, "raw file outside a date=YYYY-MM-DD partition; skipped"),
+    for f in snapshot.files() {
+        match f.date {
+            Some(date) => out.push(RawFile {
+                url: table.file_url(&f),
+                path: f.path,
+                date,
+            }),
+            None => tracing::warn!(path = %f.path, "raw file without a date partition; skipped"),
         }
     }
     out.sort();
-    Ok(out)
+    out
 }
 
 /// The readings of one (device, channel), deduplicated and sorted by time.
@@ -114,18 +108,10 @@ pub struct RawFilter {
     pub max_ts: Option<i64>,
 }
 
-/// The URL of a file of the data root: `base_url` (the data root's URL, ending in `/`, e.g.
-/// `file:///var/lib/gridmeter/` or `s3://bucket/prefix/`) followed by the file's path
-/// relative to the data root. The session must have an object store registered for it.
-pub fn file_url(base_url: &str, path: &str) -> String {
-    format!("{base_url}{path}")
-}
-
 /// Scans `files` with DataFusion and returns the batches of each output partition as a
 /// stream handled by `per_partition` concurrently (one task per partition).
 async fn scan<T, F>(
     ctx: &SessionContext,
-    base_url: &str,
     files: &[RawFile],
     filter: &RawFilter,
     columns: &[&str],
@@ -138,7 +124,7 @@ where
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    let urls: Vec<String> = files.iter().map(|f| file_url(base_url, &f.path)).collect();
+    let urls: Vec<String> = files.iter().map(|f| f.url.clone()).collect();
     let schema = gridmeter_core::schema::raw();
     let mut df = ctx
         .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
@@ -212,7 +198,7 @@ fn group(batches: Vec<RecordBatch>) -> Result<Grouped, Error> {
         let kind = string_col(batch, "kind")?;
         let unit = string_col(batch, "unit")?;
         let quality = string_col(batch, "quality")?;
-        let seq: UInt64Array = typed_col(batch, "seq")?;
+        let seq: Int64Array = typed_col(batch, "seq")?;
         let ts: TimestampMicrosecondArray = typed_col(batch, "ts")?;
         let received: TimestampMicrosecondArray = typed_col(batch, "received_at")?;
         let value: Decimal128Array = typed_col(batch, "value")?;
@@ -242,21 +228,24 @@ fn group(batches: Vec<RecordBatch>) -> Result<Grouped, Error> {
             let q = quality.value(i);
             series.points.push(Point {
                 ts: ts.value(i),
-                seq: seq.value(i),
+                seq: seq.value(i).max(0) as u64,
                 received_at: received.value(i),
                 value: value.value(i),
-                quality: if q.is_empty() { 0 } else { quality_bits(q) },
+                quality: if q.is_empty() {
+                    Flags::NONE
+                } else {
+                    quality_flags(q)
+                },
             });
         }
     }
     Ok(out)
 }
 
-/// Reads the series in `files` (under the data root at `base_url`, see [`file_url`]) that
-/// pass `filter`, deduplicated and sorted, ordered by (device, channel).
+/// Reads the series in `files` that pass `filter`, deduplicated and sorted, ordered by
+/// (device, channel).
 pub async fn load_series(
     ctx: &SessionContext,
-    base_url: &str,
     files: &[RawFile],
     filter: &RawFilter,
 ) -> Result<Vec<SeriesData>, Error> {
@@ -271,7 +260,7 @@ pub async fn load_series(
         "quality",
         "received_at",
     ];
-    let parts = scan(ctx, base_url, files, filter, &columns, group).await?;
+    let parts = scan(ctx, files, filter, &columns, group).await?;
     let mut merged: BTreeMap<(String, String), SeriesData> = BTreeMap::new();
     for part in parts {
         for (_, by_channel) in part {
@@ -311,16 +300,13 @@ pub struct DeviceTimes {
     pub max_trusted: Option<i64>,
 }
 
-/// Per device: the event times of the readings in `files` (under the data root at
-/// `base_url`, see [`file_url`]).
+/// Per device: the event times of the readings in `files`.
 pub async fn device_times(
     ctx: &SessionContext,
-    base_url: &str,
     files: &[RawFile],
 ) -> Result<HashMap<String, DeviceTimes>, Error> {
     let parts = scan(
         ctx,
-        base_url,
         files,
         &RawFilter::default(),
         &["device_id", "ts", "quality"],
@@ -334,7 +320,7 @@ pub async fn device_times(
                     let d = device.value(i);
                     let t = ts.value(i);
                     let q = quality.value(i);
-                    let trusted = q.is_empty() || quality_bits(q) & CLOCK_SUSPECT == 0;
+                    let trusted = q.is_empty() || !quality_flags(q).contains(CLOCK_SUSPECT);
                     let entry = match out.get_mut(d) {
                         Some(v) => v,
                         None => out.entry(d.to_string()).or_default(),
@@ -361,9 +347,4 @@ pub async fn device_times(
         }
     }
     Ok(out)
-}
-
-/// Shared handle used by tests and tools to write raw files in the contract's layout.
-pub fn raw_path(date: NaiveDate, name: &str) -> String {
-    format!("raw/date={}/{name}", date.format("%Y-%m-%d"))
 }

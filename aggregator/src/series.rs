@@ -18,6 +18,9 @@
 //! - any other decrease: `after - before` (negative), flagged `estimated`, so the sum
 //!   check still holds against the registers and the negative value is never unflagged.
 //!
+//! These are the counter rules of `gridmeter_tables::counter` ([`CounterRules::step`]), the
+//! one implementation the billing export's reconciliation uses too.
+//!
 //! Between two readings `C` is linear. The value at a window boundary `t` strictly between
 //! readings `i` and `i+1` is `C_i + round(step * (t - t_i) / (t_{i+1} - t_i))`, rounded to 9
 //! decimal places half-to-even, computed once per boundary, and flagged `interpolated`.
@@ -46,62 +49,33 @@
 //! time is held inside the window, the plain mean of its readings. Rounded half-to-even.
 
 use gridmeter_core::Kind;
+pub use gridmeter_tables::counter::{CounterRules, Swap, ONE};
+pub use gridmeter_tables::Flags;
 
-/// Quality flags, as bits; [`flags_to_string`] writes their names sorted.
-pub const CLOCK_SUSPECT: u8 = 1;
-pub const ESTIMATED: u8 = 2;
-pub const GAP: u8 = 4;
-pub const INTERPOLATED: u8 = 8;
-pub const LATE: u8 = 16;
-pub const RESET: u8 = 32;
-pub const ROLLOVER: u8 = 64;
+/// The flags (one bit scheme for every table: `gridmeter_tables::Flags`).
+pub const CLOCK_SUSPECT: Flags = Flags::CLOCK_SUSPECT;
+pub const ESTIMATED: Flags = Flags::ESTIMATED;
+pub const GAP: Flags = Flags::GAP;
+pub const INTERPOLATED: Flags = Flags::INTERPOLATED;
+pub const LATE: Flags = Flags::LATE;
+pub const RESET: Flags = Flags::RESET;
+pub const ROLLOVER: Flags = Flags::ROLLOVER;
 
-const FLAG_NAMES: [(u8, &str); 7] = [
-    (CLOCK_SUSPECT, "clock_suspect"),
-    (ESTIMATED, "estimated"),
-    (GAP, "gap"),
-    (INTERPOLATED, "interpolated"),
-    (LATE, "late"),
-    (RESET, "reset"),
-    (ROLLOVER, "rollover"),
-];
-
-/// `1` in `Decimal128(38, 9)`.
-pub const ONE: i128 = 1_000_000_000;
-
-/// Comma-separated, alphabetically sorted flag names.
-pub fn flags_to_string(flags: u8) -> String {
-    let mut out = String::new();
-    for (bit, name) in FLAG_NAMES {
-        if flags & bit != 0 {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            out.push_str(name);
+/// What a raw reading's `quality` column contributes to its windows' flags: `estimated`
+/// (estimated or device_error) and `clock_suspect` ([`Flags::of_reading`]).
+pub fn quality_flags(text: &str) -> Flags {
+    let f = Flags::parse_lenient(text);
+    let mut q = gridmeter_core::Quality::GOOD;
+    for (bit, flag) in [
+        (gridmeter_core::Quality::ESTIMATED, Flags::ESTIMATED),
+        (gridmeter_core::Quality::CLOCK_SUSPECT, Flags::CLOCK_SUSPECT),
+        (gridmeter_core::Quality::DEVICE_ERROR, Flags::DEVICE_ERROR),
+    ] {
+        if f.contains(flag) {
+            q = q.with(bit);
         }
     }
-    out
-}
-
-/// The inverse of [`flags_to_string`]; unknown names are ignored.
-pub fn flags_from_str(text: &str) -> u8 {
-    text.split(',')
-        .filter_map(|n| FLAG_NAMES.iter().find(|(_, name)| *name == n.trim()))
-        .fold(0, |acc, (bit, _)| acc | bit)
-}
-
-/// Quality bits of a raw reading from its `quality` column: `estimated` and
-/// `device_error` count as estimated, `clock_suspect` as clock_suspect.
-pub fn quality_bits(text: &str) -> u8 {
-    let mut q = 0;
-    for n in text.split(',') {
-        match n.trim() {
-            "estimated" | "device_error" => q |= ESTIMATED,
-            "clock_suspect" => q |= CLOCK_SUSPECT,
-            _ => {}
-        }
-    }
-    q
+    Flags::of_reading(q)
 }
 
 /// One raw reading of a series.
@@ -114,8 +88,8 @@ pub struct Point {
     pub received_at: i64,
     /// The value times 10^9.
     pub value: i128,
-    /// [`ESTIMATED`] and/or [`CLOCK_SUSPECT`].
-    pub quality: u8,
+    /// [`ESTIMATED`] and/or [`CLOCK_SUSPECT`] ([`quality_flags`]).
+    pub quality: Flags,
 }
 
 /// Keeps one copy per seq (the earliest received) and sorts by `(ts, seq)`.
@@ -125,20 +99,12 @@ pub fn dedup_and_sort(points: &mut Vec<Point>) {
     points.sort_unstable_by_key(|p| (p.ts, p.seq));
 }
 
-/// A recorded meter swap, in scaled integers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Swap {
-    pub at: i64,
-    pub old_final: i128,
-    pub new_start: i128,
-}
-
 /// How to read one series.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesParams {
     pub kind: Kind,
-    pub register_max: Option<i128>,
-    pub swaps: Vec<Swap>,
+    /// Register maximum and meter swaps of this counter (shared with the billing export).
+    pub rules: CounterRules,
     pub max_gap_us: i64,
 }
 
@@ -158,7 +124,7 @@ pub struct WindowValues {
     pub last_ts: Option<i64>,
     /// Fraction times 10^9.
     pub coverage: i128,
-    pub flags: u8,
+    pub flags: Flags,
 }
 
 /// `n / d` rounded half-to-even; `d > 0`.
@@ -190,7 +156,7 @@ pub struct Prepared<'a> {
     /// `curve[i]` = C at reading i.
     curve: Vec<i128>,
     /// `step_flags[j]` = flags of the step from reading j-1 to j (`[0]` unused).
-    step_flags: Vec<u8>,
+    step_flags: Vec<Flags>,
 }
 
 impl<'a> Prepared<'a> {
@@ -201,16 +167,16 @@ impl<'a> Prepared<'a> {
         let mut step_flags = Vec::with_capacity(n);
         let mut c: i128 = 0;
         for j in 0..n {
-            let mut f = 0;
+            let mut f = Flags::NONE;
             if j > 0 {
                 let (p0, p1) = (&points[j - 1], &points[j]);
                 if p1.ts - p0.ts > params.max_gap_us {
                     f |= GAP | ESTIMATED;
                 }
                 if params.kind == Kind::Counter {
-                    let (step, sf) = counter_step(p0, p1, params);
+                    let (step, rule) = params.rules.step(p0.ts, p0.value, p1.ts, p1.value);
                     c += step;
-                    f |= sf;
+                    f |= rule.flags();
                 }
             }
             curve.push(c);
@@ -306,7 +272,7 @@ impl<'a> Prepared<'a> {
     fn window(&self, a: i64, b: i64, in_window: &[Point]) -> WindowValues {
         let p = self.points;
         let n = p.len();
-        let mut flags = in_window.iter().fold(0, |f, x| f | x.quality);
+        let mut flags = in_window.iter().fold(Flags::NONE, |f, x| f | x.quality);
         // Steps overlapping the window (see the module docs for zero-length steps).
         let j_lo = p.partition_point(|x| x.ts <= a).max(1);
         let j_hi = p.partition_point(|x| x.ts <= b).min(n - 1);
@@ -400,27 +366,6 @@ impl<'a> Prepared<'a> {
     }
 }
 
-/// The consumption from `p0` to `p1` of a counter and its flags (module docs).
-fn counter_step(p0: &Point, p1: &Point, params: &SeriesParams) -> (i128, u8) {
-    let (before, after) = (p0.value, p1.value);
-    if let Some(s) = params.swaps.iter().find(|s| p0.ts < s.at && s.at <= p1.ts) {
-        return ((s.old_final - before) + (after - s.new_start), RESET);
-    }
-    if after >= before {
-        return (after - before, 0);
-    }
-    if let Some(max) = params.register_max {
-        let wrapped = (max + ONE - before) + after;
-        if wrapped >= 0 && wrapped * 10 <= max + ONE {
-            return (wrapped, ROLLOVER);
-        }
-    }
-    if after * 10 <= before {
-        return (after, RESET);
-    }
-    (after - before, ESTIMATED)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,7 +376,7 @@ mod tests {
             seq: ts_min as u64,
             received_at: 0,
             value: v * ONE,
-            quality: 0,
+            quality: Flags::NONE,
         }
     }
 
@@ -450,8 +395,7 @@ mod tests {
         let pts = vec![pt(5, 100), pt(20, 130), pt(50, 131)];
         let params = SeriesParams {
             kind: Kind::Counter,
-            register_max: None,
-            swaps: vec![],
+            rules: CounterRules::default(),
             max_gap_us: 3_600_000_000,
         };
         let prep = Prepared::new(&pts, &params);
@@ -462,27 +406,29 @@ mod tests {
         assert_eq!(w[0].usage, Some(20 * ONE));
         let total: i128 = w.iter().map(|w| w.usage.unwrap()).sum();
         assert_eq!(total, 31 * ONE);
-        assert!(w[1].flags & INTERPOLATED != 0);
-        assert_eq!(flags_to_string(w[0].flags), "gap,interpolated");
+        assert!(w[1].flags.contains(INTERPOLATED));
+        assert_eq!(w[0].flags.to_string(), "gap,interpolated");
     }
 
     #[test]
     fn rollover_and_reset() {
         let params = SeriesParams {
             kind: Kind::Counter,
-            register_max: Some(999 * ONE),
-            swaps: vec![],
+            rules: CounterRules {
+                register_max: Some(999 * ONE),
+                swaps: vec![],
+            },
             max_gap_us: 3_600_000_000,
         };
         let pts = vec![pt(0, 990), pt(15, 5)];
         let prep = Prepared::new(&pts, &params);
         let w = prep.windows(900_000_000, 0, 3_600_000_000);
         assert_eq!(w[0].usage, Some(15 * ONE));
-        assert_eq!(flags_to_string(w[0].flags), "rollover");
+        assert_eq!(w[0].flags.to_string(), "rollover");
         let pts = vec![pt(0, 500), pt(15, 5)];
         let prep = Prepared::new(&pts, &params);
         let w = prep.windows(900_000_000, 0, 3_600_000_000);
         assert_eq!(w[0].usage, Some(5 * ONE));
-        assert_eq!(flags_to_string(w[0].flags), "reset");
+        assert_eq!(w[0].flags.to_string(), "reset");
     }
 }

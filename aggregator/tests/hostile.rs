@@ -67,6 +67,12 @@ async fn hostile_series_hold_their_device_only() {
         r.seq += 1;
         r
     }));
+    // One dated three years before the others: 105,000 windows, over the default cap too.
+    raw.push(counter("old", 1, T0 - 3 * 365 * 24 * 4 * MIN15, 1, ""));
+    raw.extend(good("old").into_iter().map(|mut r| {
+        r.seq += 1;
+        r
+    }));
     // A series whose raw rows name a kind the model does not know (written by another tool).
     raw.extend(good("oddkind").into_iter().map(|mut r| {
         r.kind = "cumulative";
@@ -80,7 +86,7 @@ async fn hostile_series_hold_their_device_only() {
         .unwrap();
     assert_eq!(
         s.held.keys().collect::<Vec<_>>(),
-        vec!["ancient", "huge", "oddkind"],
+        vec!["ancient", "huge", "oddkind", "old"],
         "{:?}",
         s.held
     );
@@ -100,15 +106,14 @@ async fn hostile_series_hold_their_device_only() {
         "{}",
         s.held["huge"]
     );
-    assert_eq!(metrics.devices_held.get(), 3);
+    assert_eq!(metrics.devices_held.get(), 4);
     // The good device is aggregated; nothing of the held ones is written.
     let rows = gridmeter_aggregator::current(&cfg, "15m").await.unwrap();
     assert!(rows_of(&rows, "good") > 100);
     assert_eq!(rows_of(&rows, "huge") + rows_of(&rows, "ancient"), 0);
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("usage/_state/aggregator.json")).unwrap(),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("_state/aggregator.json")).unwrap())
+            .unwrap();
     assert!(state["held"]["huge"]["reason"].is_string(), "{state}");
     assert!(
         state["watermarks"].get("huge").is_none(),
@@ -120,10 +125,11 @@ async fn hostile_series_hold_their_device_only() {
     let again = gridmeter_aggregator::run_once(&cfg, &metrics)
         .await
         .unwrap();
-    assert_eq!(again.held.len(), 3);
-    // With a larger cap the ancient series is aggregated on the retry.
+    assert_eq!(again.held.len(), 4);
+    // With a larger cap (daily windows only) the three-year series is aggregated on the
+    // retry; the 1970 one (20,000 days) is still held.
     let wide = AggregatorConfig {
-        max_windows_per_series: 10_000_000,
+        max_windows_per_series: 5_000,
         windows: vec!["1d".into()],
         ..config(dir.path())
     };
@@ -132,10 +138,11 @@ async fn hostile_series_hold_their_device_only() {
         .unwrap();
     assert_eq!(
         third.held.keys().collect::<Vec<_>>(),
-        vec!["huge", "oddkind"]
+        vec!["ancient", "huge", "oddkind"]
     );
     let daily = gridmeter_aggregator::current(&wide, "1d").await.unwrap();
-    assert!(rows_of(&daily, "ancient") > 20_000, "1970 to 2026 in days");
+    assert!(rows_of(&daily, "old") > 3 * 365, "three years in days");
+    assert_eq!(rows_of(&daily, "ancient"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,10 +157,9 @@ async fn hostile_clock_suspect_reading_never_advances_the_watermark() {
     gridmeter_aggregator::run_once(&cfg, &Metrics::unregistered())
         .await
         .unwrap();
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("usage/_state/aggregator.json")).unwrap(),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("_state/aggregator.json")).unwrap())
+            .unwrap();
     let last_good = T0 + 144 * MIN15;
     assert_eq!(state["watermarks"]["d"], last_good, "{state}");
     let rows = gridmeter_aggregator::current(&cfg, "15m").await.unwrap();

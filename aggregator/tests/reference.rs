@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use common::{write_raw, Raw, DAY};
 use gridmeter_aggregator::series::{
-    dedup_and_sort, Point, Prepared, SeriesParams, Swap, WindowValues, CLOCK_SUSPECT, ESTIMATED,
-    GAP, INTERPOLATED, LATE, RESET, ROLLOVER,
+    dedup_and_sort, CounterRules, Flags, Point, Prepared, SeriesParams, Swap, WindowValues,
+    CLOCK_SUSPECT, ESTIMATED, GAP, INTERPOLATED, LATE, RESET, ROLLOVER,
 };
 use gridmeter_aggregator::{AggregatorConfig, Metrics};
 use gridmeter_core::Kind;
@@ -60,17 +60,17 @@ fn reference(
     }
     // Unrolled register: consumption since the first reading, and each step's flags.
     let mut u = vec![Decimal::ZERO; n];
-    let mut step_flags = vec![0u8; n];
+    let mut step_flags = vec![Flags::NONE; n];
     for j in 1..n {
         let (b, a) = (dec(pts[j - 1].value), dec(pts[j].value));
         let (t0, t1) = (pts[j - 1].ts, pts[j].ts);
-        let mut f = 0;
+        let mut f = Flags::NONE;
         if t1 - t0 > params.max_gap_us {
             f |= GAP | ESTIMATED;
         }
         let mut step = Decimal::ZERO;
         if params.kind == Kind::Counter {
-            let swap = params.swaps.iter().find(|s| t0 < s.at && s.at <= t1);
+            let swap = params.rules.swaps.iter().find(|s| t0 < s.at && s.at <= t1);
             if let Some(s) = swap {
                 step = (dec(s.old_final) - b) + (a - dec(s.new_start));
                 f |= RESET;
@@ -78,11 +78,13 @@ fn reference(
                 step = a - b;
             } else {
                 let wrapped = params
+                    .rules
                     .register_max
                     .map(|m| dec(m) + Decimal::ONE - b + a)
                     .filter(|w| {
                         *w >= Decimal::ZERO
-                            && *w * Decimal::TEN <= dec(params.register_max.unwrap()) + Decimal::ONE
+                            && *w * Decimal::TEN
+                                <= dec(params.rules.register_max.unwrap()) + Decimal::ONE
                     });
                 if let Some(w) = wrapped {
                     step = w;
@@ -130,7 +132,7 @@ fn reference(
         let inside: Vec<&Point> = pts.iter().filter(|p| a <= p.ts && p.ts < b).collect();
         let emit = (params.kind == Kind::Counter || !inside.is_empty()) && a >= from && b <= to;
         if emit {
-            let mut flags = inside.iter().fold(0, |f, p| f | p.quality);
+            let mut flags = inside.iter().fold(Flags::NONE, |f, p| f | p.quality);
             let mut covered = 0i64;
             for j in 1..n {
                 let (s, e) = (pts[j - 1].ts, pts[j].ts);
@@ -255,7 +257,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 let quality = match q {
                     0 => ESTIMATED,
                     1 => CLOCK_SUSPECT,
-                    _ => 0,
+                    _ => Flags::NONE,
                 };
                 pts.push(Point {
                     ts,
@@ -297,8 +299,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 arrivals: pts,
                 params: SeriesParams {
                     kind,
-                    register_max: Some(REGISTER_MAX),
-                    swaps,
+                    rules: CounterRules {
+                        register_max: Some(REGISTER_MAX),
+                        swaps,
+                    },
                     max_gap_us: HOUR,
                 },
             }
@@ -337,7 +341,7 @@ proptest! {
         prop_assert_eq!(full[0], full[1]);
         prop_assert_eq!(full[0], full[2]);
         // Without discontinuities, the total is exactly last - first.
-        let plain = pts.windows(2).all(|w| w[1].value >= w[0].value) && case.params.swaps.is_empty();
+        let plain = pts.windows(2).all(|w| w[1].value >= w[0].value) && case.params.rules.swaps.is_empty();
         if plain {
             prop_assert_eq!(full[0], pts.last().unwrap().value - pts[0].value);
         }
@@ -379,7 +383,7 @@ proptest! {
         let mut all: Vec<(String, Raw)> = Vec::new();
         for (i, c) in cases.iter().enumerate() {
             let device = format!("dev-{i}");
-            for s in &c.params.swaps {
+            for s in &c.params.rules.swaps {
                 config.meter_swaps.push(gridmeter_aggregator::config::MeterSwap {
                     device_id: device.clone(),
                     channel: "ch".into(),
@@ -410,7 +414,7 @@ proptest! {
             let rows = rt.block_on(gridmeter_aggregator::current(&config, &spec.name)).unwrap();
             let mut got: HashMap<String, Vec<WindowValues>> = HashMap::new();
             for r in &rows {
-                prop_assert!(r.revision == 1 || r.flags & LATE != 0, "revision without late: {:?}", r);
+                prop_assert!(r.revision == 1 || r.flags.contains(LATE), "revision without late: {:?}", r);
                 got.entry(r.device_id.clone()).or_default().push(WindowValues {
                     start: r.window_start, end: r.window_end, usage: r.usage, min: r.min, max: r.max,
                     avg: r.avg, last: r.last, readings: r.readings, first_ts: r.first_ts,
@@ -420,7 +424,7 @@ proptest! {
             for (i, c) in cases.iter().enumerate() {
                 let device = format!("dev-{i}");
                 // Only readings not flagged clock_suspect advance the watermark.
-                let max_ts = c.arrivals.iter().filter(|p| p.quality & CLOCK_SUSPECT == 0).map(|p| p.ts).max();
+                let max_ts = c.arrivals.iter().filter(|p| !p.quality.contains(CLOCK_SUSPECT)).map(|p| p.ts).max();
                 let want = match max_ts {
                     Some(m) => reference(&c.arrivals, &c.params, spec.size_us, i64::MIN / 4, m - 30 * MIN),
                     None => Vec::new(),

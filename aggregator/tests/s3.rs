@@ -1,15 +1,15 @@
-//! The aggregator on S3: raw Parquet in a bucket of a real S3 server (moto, on 127.0.0.1),
-//! `run_once` with an `[object_store]` config, and the usage rows equal those aggregated
-//! from the same files in a local `data_root`, through a first run, a late file
-//! (revisions) and a rebuild. The state file, the commits and the DuckDB view land in
-//! the bucket under the URL's prefix.
+//! The aggregator on S3: the `raw` Delta table in a bucket of a real S3 server (moto, on
+//! 127.0.0.1), `run_once` with an `[object_store]` config, and the usage rows equal those
+//! aggregated from the same table in a local `data_root`, through a first run, a late file
+//! (revisions) and a rebuild. The state file and the usage tables land in the bucket under
+//! the URL's prefix, committed with conditional PUTs.
 //!
 //! Needs `python3` with `moto[server]` (`.ci/requirements.txt`); skipped with a message
 //! when `import moto` fails.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::{write_raw, Raw, DAY};
@@ -75,10 +75,17 @@ fn readings(devices: usize, days: i64) -> Vec<Raw> {
     rows
 }
 
-/// Copies the raw files of a local data root that `store` does not hold yet into it, byte
-/// for byte; returns how many.
+/// Copies the files of the local `raw` table (data and log) that `store` does not hold yet
+/// into it, byte for byte; returns how many data files were copied.
 async fn upload_raw(local: &Path, store: &dyn ObjectStore) -> usize {
-    upload_dir(&local.join("raw"), store, "raw").await
+    let data = |keys: Vec<String>| {
+        keys.iter()
+            .filter(|k| k.ends_with(".parquet") && !k.contains("_delta_log"))
+            .count()
+    };
+    let before = data(keys(store, "raw").await);
+    upload_dir(&local.join("raw"), store, "raw").await;
+    data(keys(store, "raw").await) - before
 }
 
 /// Rows without what differs between two runs of the same computation.
@@ -161,7 +168,11 @@ async fn s3_usage_equals_local_usage() {
     // Days 0 to 3 (the last reading falls just after day 2's end) from each collector.
     assert_eq!(uploaded, 8, "4 day partitions from each of 2 collectors");
     // The files are in the bucket under the URL's prefix.
-    let raw_keys = keys(bucket.as_ref(), &format!("{PREFIX}/raw")).await;
+    let raw_keys: Vec<String> = keys(bucket.as_ref(), &format!("{PREFIX}/raw"))
+        .await
+        .into_iter()
+        .filter(|k| !k.contains("_delta_log"))
+        .collect();
     assert_eq!(raw_keys.len(), 8);
     assert!(raw_keys[0].starts_with("fleet/prod/raw/date=2026-01-01/"));
 
@@ -200,7 +211,7 @@ async fn s3_usage_equals_local_usage() {
     let rollovers = first[0]
         .1
         .iter()
-        .filter(|r| r.flags & gridmeter_aggregator::series::ROLLOVER != 0)
+        .filter(|r| r.flags.contains(gridmeter_aggregator::series::ROLLOVER))
         .count();
     assert!(rollovers > 0, "meter-00 rolls over");
 
@@ -229,7 +240,7 @@ async fn s3_usage_equals_local_usage() {
     assert!(!revised.is_empty());
     assert!(revised
         .iter()
-        .all(|r| r.device_id == "meter-03" && r.flags & LATE != 0));
+        .all(|r| r.device_id == "meter-03" && r.flags.contains(LATE)));
 
     // A rebuild over S3 reads the tables back and finds nothing to change.
     let from = chrono::DateTime::from_timestamp_micros(BASE - DAY).unwrap();
@@ -240,25 +251,26 @@ async fn s3_usage_equals_local_usage() {
     assert!(rebuilt.rows_written.is_empty(), "{rebuilt:?}");
 
     // What the aggregator wrote is in the bucket under the prefix, nowhere else.
-    let usage = keys(bucket.as_ref(), &format!("{PREFIX}/usage")).await;
+    let all = keys(bucket.as_ref(), PREFIX).await;
     for k in [
-        "fleet/prod/usage/_state/aggregator.json",
-        "fleet/prod/usage/15m/_commits/0000000001.json",
-        "fleet/prod/usage/15m/_commits/0000000002.json",
-        "fleet/prod/usage/15m/part-0000000001.parquet",
-        "fleet/prod/usage/15m/part-0000000002.parquet",
-        "fleet/prod/usage/1d/_views/current.sql",
+        "fleet/prod/_state/aggregator.json",
+        "fleet/prod/usage_15m/_delta_log/00000000000000000001.json",
+        "fleet/prod/usage_15m/_delta_log/00000000000000000002.json",
+        "fleet/prod/usage_history_15m/_delta_log/00000000000000000002.json",
+        "fleet/prod/usage_1d/_delta_log/00000000000000000000.json",
     ] {
-        assert!(usage.iter().any(|u| u == k), "{k} missing in {usage:#?}");
+        assert!(all.iter().any(|u| u == k), "{k} missing in {all:#?}");
     }
-    assert_eq!(
-        keys(bucket.as_ref(), "usage").await,
-        Vec::<String>::new(),
-        "nothing outside the prefix"
-    );
+    for outside in ["usage_15m", "usage_history_15m", "_state"] {
+        assert_eq!(
+            keys(bucket.as_ref(), outside).await,
+            Vec::<String>::new(),
+            "nothing outside the prefix"
+        );
+    }
     let state: serde_json::Value = serde_json::from_slice(
         &s3_root
-            .get(&ObjectPath::from("usage/_state/aggregator.json"))
+            .get(&ObjectPath::from("_state/aggregator.json"))
             .await
             .expect("state file")
             .bytes()
@@ -267,32 +279,12 @@ async fn s3_usage_equals_local_usage() {
     )
     .expect("state JSON");
     assert_eq!(state["processed"].as_array().map(Vec::len), Some(9));
-    let view = s3_root
-        .get(&ObjectPath::from("usage/15m/_views/current.sql"))
-        .await
-        .expect("view")
-        .bytes()
-        .await
-        .expect("view bytes");
-    let view = String::from_utf8_lossy(&view);
-    assert!(
-        view.contains("read_parquet('s3://gridmeter/fleet/prod/usage/15m/*.parquet')"),
-        "{view}"
-    );
-    // The local root's view still names the local directory.
-    let local_view =
-        std::fs::read_to_string(local.join("usage/15m/_views/current.sql")).expect("local view");
-    let local_dir: PathBuf = local.canonicalize().unwrap().join("usage/15m/*.parquet");
-    assert!(
-        local_view.contains(&format!("read_parquet('{}')", local_dir.display())),
-        "{local_view}"
-    );
 
-    // Commit versions are claimed with a conditional create, which S3 honours: a second
-    // claim of a taken version fails instead of overwriting the record.
+    // Delta commits are conditional creates, which S3 honours: a second writer of a taken
+    // version fails instead of overwriting the commit.
     let claim = s3_root
         .put_opts(
-            &ObjectPath::from("usage/15m/_commits/0000000001.json"),
+            &ObjectPath::from("usage_15m/_delta_log/00000000000000000001.json"),
             PutPayload::from_static(b"{}"),
             PutOptions {
                 mode: PutMode::Create,

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use common::{duckdb, write_raw, Raw, DAY};
+use common::{delta_files, duckdb, write_raw, Raw, DAY};
 use gridmeter_aggregator::series::LATE;
 use gridmeter_aggregator::{AggregatorConfig, Metrics, UsageRow};
 use rust_decimal::Decimal;
@@ -145,13 +145,13 @@ async fn month_sum_check_duckdb_and_rebuild(devices: usize) {
     // Rollovers were seen and flagged.
     assert!(current["15m"]
         .iter()
-        .any(|r| r.flags & gridmeter_aggregator::series::ROLLOVER != 0));
+        .any(|r| r.flags.contains(gridmeter_aggregator::series::ROLLOVER)));
 
-    // DuckDB reads the tables (through the current view) and agrees to the last decimal.
-    let view = dir.path().join("usage/15m/_views/current.sql");
-    let view_sql = std::fs::read_to_string(&view).unwrap();
+    // DuckDB reads the current table (the files its Delta log names) and agrees to the last
+    // decimal, without any window function.
+    let current_15m = delta_files(&dir.path().join("usage_15m"));
     let lines = duckdb(&format!(
-        "{view_sql} SELECT device_id, sum(usage)::VARCHAR FROM usage_current_15m \
+        "SELECT device_id, sum(usage)::VARCHAR FROM {current_15m} \
          WHERE window_end <= TIMESTAMPTZ '2026-01-31 00:00:00+00' GROUP BY 1 ORDER BY 1"
     ));
     assert_eq!(lines.len(), devices);
@@ -161,10 +161,9 @@ async fn month_sum_check_duckdb_and_rebuild(devices: usize) {
         let ours = gridmeter_core::decimal::from_scaled_i128(truth[device]).unwrap();
         assert_eq!(total, ours, "{device}");
     }
-    let glob = dir.path().join("usage/1d/*.parquet");
     let n = duckdb(&format!(
-        "SELECT count(*) FROM read_parquet('{}')",
-        glob.display()
+        "SELECT count(*) FROM {}",
+        delta_files(&dir.path().join("usage_1d"))
     ));
     assert_eq!(n, vec![current["1d"].len().to_string()]);
 
@@ -183,7 +182,10 @@ async fn month_sum_check_duckdb_and_rebuild(devices: usize) {
     assert!(s.rows_written.is_empty(), "{s:?}");
 
     // Rebuild from raw alone reproduces the tables: same rows, same values.
-    std::fs::remove_dir_all(dir.path().join("usage")).unwrap();
+    for w in ["15m", "1h", "1d"] {
+        std::fs::remove_dir_all(dir.path().join(format!("usage_{w}"))).unwrap();
+        std::fs::remove_dir_all(dir.path().join(format!("usage_history_{w}"))).unwrap();
+    }
     gridmeter_aggregator::rebuild(&cfg, from, to, &metrics)
         .await
         .unwrap();
@@ -224,7 +226,7 @@ async fn late_reading_is_a_new_revision() {
     assert!(!revised.is_empty());
     for r in &revised {
         assert_eq!(r.device_id, "meter-0001");
-        assert!(r.flags & LATE != 0);
+        assert!(r.flags.contains(LATE));
         // The late reading lies in or next to every revised window.
         assert!((r.window_start - late.ts).abs() <= 30 * MIN, "{r:?}");
     }
@@ -236,17 +238,22 @@ async fn late_reading_is_a_new_revision() {
             .sum()
     };
     assert_eq!(total(&before), total(&after));
-    // Both revisions are kept for audit: the table holds revision 1 and 2 of those keys.
-    let glob = dir.path().join("usage/15m/*.parquet");
+    // Both revisions are kept for audit: history holds revision 1 and 2 of those keys; the
+    // current table one row per key, the latest.
+    let history = delta_files(&dir.path().join("usage_history_15m"));
     let n = duckdb(&format!(
-        "SELECT count(*) FROM read_parquet('{}') WHERE device_id = 'meter-0001' AND revision = 1",
-        glob.display()
+        "SELECT count(*) FROM {history} WHERE device_id = 'meter-0001' AND revision = 1"
     ));
     let rev1 = before
         .iter()
         .filter(|r| r.device_id == "meter-0001")
         .count();
     assert_eq!(n, vec![rev1.to_string()]);
+    let current = delta_files(&dir.path().join("usage_15m"));
+    let n = duckdb(&format!(
+        "SELECT count(*), count(DISTINCT (device_id, channel, window_start)), max(revision) FROM {current}"
+    ));
+    assert_eq!(n, vec![format!("{0}\t{0}\t2", after.len())]);
     // A rebuild agrees with the incremental result and writes nothing.
     let from = chrono::DateTime::from_timestamp_micros(BASE - DAY).unwrap();
     let to = chrono::DateTime::from_timestamp_micros(BASE + 5 * DAY).unwrap();

@@ -1,7 +1,7 @@
 """Generates a bench data set for the billing export: N household customers (Europe/Berlin,
 time-of-use + standing charge), one meter each with an `energy_import` Wh counter, one local
 month (2026-10, 2,980 fifteen-minute intervals including the 25-hour DST day) of usage
-(`usage/15m/`, schema gridmeter_core::schema::usage) and the raw counter readings it came from
+(the `usage_15m` Delta table, schema gridmeter_core::schema::usage) and the raw counter readings it came from
 (`raw/date=YYYY-MM-DD/`, schema gridmeter_core::schema::raw), plus registry/tariff/config TOML.
 
 usage: python3 gen.py <dir> [customers=10000]
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from deltalake import write_deltalake
 
 out = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
@@ -25,7 +25,6 @@ rng = np.random.default_rng(42)
 ts_t = pa.timestamp("us", tz="UTC")
 dec_t = pa.decimal128(38, 9)
 
-os.makedirs(os.path.join(out, "usage", "15m"), exist_ok=True)
 with open(os.path.join(out, "registry.toml"), "w") as f:
     for i in range(n):
         f.write(f'[[customers]]\nid = "C{i:05d}"\ntariff = "household"\ncurrency = "EUR"\n'
@@ -84,7 +83,9 @@ for c0 in range(0, n, chunk):
         "revision": pa.array(np.ones(rows, dtype=np.int64)),
         "computed_at": pa.array(start + step).cast(ts_t),
     })
-    pq.write_table(table, os.path.join(out, "usage", "15m", f"commit-{c0 // chunk:04d}.parquet"), compression="zstd")
+    days_col = pa.array((start // 86_400_000_000).astype("int32")).cast(pa.date32())
+    write_deltalake(os.path.join(out, "usage_15m"), table.append_column("date", days_col),
+                    partition_by=["date"], mode="append")
     # Raw readings at every boundary (slots + 1 per device): cumulative register in milli-Wh.
     cum = np.concatenate([np.zeros((k, 1), dtype=np.int64), np.cumsum(milli, axis=1)], axis=1) + 5_000_000
     rts = start_us + step * np.arange(slots + 1, dtype=np.int64)
@@ -96,7 +97,7 @@ for c0 in range(0, n, chunk):
         rr = k * m
         raw = pa.table({
             "device_id": pa.array(np.repeat(devs, m), pa.string()),
-            "seq": pa.array(np.tile(np.nonzero(sel)[0].astype(np.uint64) + 1, k)),
+            "seq": pa.array(np.tile(np.nonzero(sel)[0].astype(np.int64) + 1, k)),
             "ts": pa.array(np.tile(rts[sel], k)).cast(ts_t),
             "channel": pa.array(["energy_import"] * rr, pa.string()),
             "kind": pa.array(["counter"] * rr, pa.string()),
@@ -106,8 +107,6 @@ for c0 in range(0, n, chunk):
             "quality": pa.array([""] * rr, pa.string()),
             "received_at": pa.array(np.tile(rts[sel], k) + 2_000_000).cast(ts_t),
         })
-        date = np.datetime64(int(day), "D")
-        d = os.path.join(out, "raw", f"date={date}")
-        os.makedirs(d, exist_ok=True)
-        pq.write_table(raw, os.path.join(d, f"bench-{c0 // chunk:04d}.parquet"), compression="zstd")
+        raw = raw.append_column("date", pa.array(np.full(rr, int(day), dtype=np.int32)).cast(pa.date32()))
+        write_deltalake(os.path.join(out, "raw"), raw, partition_by=["date"], mode="append")
     print(f"devices {c0 + k}/{n}", flush=True)

@@ -17,7 +17,7 @@ if [ ! -f "$DATA/billing.toml" ]; then
   python3 "$ROOT/bench/billing/gen.py" "$DATA" "$N"
 fi
 cd "$DATA"
-echo "data: $(du -sh usage | cut -f1) usage, $(du -sh raw | cut -f1) raw"
+echo "data: $(du -sh usage_15m | cut -f1) usage, $(du -sh raw | cut -f1) raw"
 run() {
   local name=$1 config=$2
   rm -rf exports

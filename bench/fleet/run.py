@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "faults"))
 
 import duckdb  # noqa: E402
+from deltalake import DeltaTable  # noqa: E402
 
 import harness as h  # noqa: E402
 
@@ -127,7 +128,12 @@ def run(a, work):
     t_drain = time.monotonic()
     h.wait_until(lambda: (h.metrics(cport) or {}).get("gridmeter_collector_readings_accepted_total", 0) >= acked,
                  180, "collector to accept every acked reading", interval=1)
-    h.wait_until(lambda: duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{root}/raw/**/*.parquet')").fetchone()[0] >= acked,
+    def raw_rows():
+        try:
+            return DeltaTable(str(root / "raw")).to_pyarrow_table(columns=["seq"]).num_rows
+        except Exception:  # noqa: BLE001 - no table yet
+            return 0
+    h.wait_until(lambda: raw_rows() >= acked,
                  180, "raw landing to hold every reading", interval=1)
     drain_s = time.monotonic() - t_drain
     m_end = h.metrics(cport) or {}
@@ -139,14 +145,16 @@ def run(a, work):
     steady = t1 - t0
     landed_steady = m1.get("gridmeter_collector_readings_accepted_total", 0) - m0.get("gridmeter_collector_readings_accepted_total", 0)
     con = duckdb.connect()
-    files = {str(p): p.stat().st_mtime for p in (root / "raw").rglob("*.parquet")}
+    # The committed data files (from the Delta log) and when each was written.
+    files = {p: Path(p).stat().st_mtime for p in
+             (u.removeprefix("file://") for u in DeltaTable(str(root / "raw")).file_uris())}
     con.execute("CREATE TABLE mt (filename VARCHAR, mtime DOUBLE)")
     con.executemany("INSERT INTO mt VALUES (?, ?)", list(files.items()))
     lat = con.execute(f"""
         SELECT quantile_cont(r, [0.5, 0.9, 0.99, 0.999]), max(r), quantile_cont(v, [0.5, 0.9, 0.99]), max(v), count(*),
                count(DISTINCT (device_id, seq))
         FROM (SELECT (epoch_us(received_at) - epoch_us(ts)) / 1e6 AS r, mt.mtime - epoch_us(ts) / 1e6 AS v, device_id, seq
-              FROM read_parquet('{root}/raw/**/*.parquet', filename=true) x JOIN mt USING (filename))""").fetchone()
+              FROM read_parquet({sorted(files)!r}, filename=true) x JOIN mt USING (filename))""").fetchone()
     raw_bytes = sum(Path(f).stat().st_size for f in files)
 
     # One aggregator run over everything landed (1m and 15m windows).
@@ -166,8 +174,10 @@ def run(a, work):
     agg_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     if p.returncode not in (0, None):
         print("aggregator failed:", p.stderr.read().decode()[-2000:])
-    usage_bytes = sum(f.stat().st_size for f in (root / "usage").rglob("*.parquet")) if (root / "usage").exists() else 0
-    usage_rows = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{root}/usage/*/*.parquet')").fetchone()[0] if usage_bytes else 0
+    usage_tables = [DeltaTable(str(root / t)) for t in ("usage_1m", "usage_15m", "usage_history_1m", "usage_history_15m")
+                    if (root / t / "_delta_log").exists()]
+    usage_bytes = sum(Path(u.removeprefix("file://")).stat().st_size for t in usage_tables for u in t.file_uris())
+    usage_rows = sum(t.to_pyarrow_table(columns=["revision"]).num_rows for t in usage_tables)
 
     fig = {
         "devices": a.devices,

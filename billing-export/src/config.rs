@@ -16,7 +16,7 @@ use gridmeter_core::store::{DataRoot, ObjectStoreConfig};
 /// Everything one export needs.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
-    /// Where `usage/15m/` and `raw/` are read: a local data root or an S3 location.
+    /// Where the `usage_15m` and `raw` tables are read: a local data root or an S3 location.
     pub tables: DataRoot,
     /// Outputs go to `<out_dir>/exports/<period>/run-NNNN/`.
     pub out_dir: PathBuf,

@@ -1,7 +1,7 @@
 //! gridmeter-billing: registry + tariffs + usage -> statements, invoices, Green Button and a
 //! reconciliation the billing team can trust.
 //!
-//! - Reads `<data_root>/usage/15m/` (current revision per key) and `<data_root>/raw/` only
+//! - Reads the `usage_15m` (current revision per key) and `raw` Delta tables under the data root only
 //!   through the contract in ARCHITECTURE.md ([`tables`]).
 //! - Prices each device channel with the customer's tariff ([`tariff`]) in exact decimals,
 //!   rounding once per line ([`money`]).

@@ -10,10 +10,11 @@
 //!    billed range `[max(period start, installed), min(period end, removed))`.
 //! 3. `raw` (counter channels): readings deduplicated by `(device_id, seq)`, sorted by
 //!    `(ts, seq)`. Each consecutive pair `(a, b)` contributes an increment, with the
-//!    aggregator's rules: a meter swap between them (registry `[[meter_swaps]]`) gives
+//!    aggregator's rules (`gridmeter_tables::counter`, the one implementation both use): a
+//!    meter swap between them (registry `[[meter_swaps]]`) gives
 //!    `(old_final - a) + (b - new_start)`; `b >= a` gives `b - a`; a decrease is a rollover
 //!    `(register_max + 1 - a) + b` when that is at most a tenth of the register range
-//!    (registry `[register_max]` / `default_register_max`, which must equal the aggregator's),
+//!    (registry `[register_max]` / `default_register_max`, set as in the aggregator's config),
 //!    a reset `b` when `b <= a / 10`, and otherwise `b - a` (negative). The increment is spread
 //!    linearly over `[a.ts, b.ts]`; the cumulative register at an instant `t` strictly between
 //!    two readings is `C(a) + round_half_even_9dp(inc × (t − a.ts) / (b.ts − a.ts))`, at or after
@@ -121,17 +122,24 @@ pub fn summarize(
     }
     // Exact integer arithmetic on value × 10^9, like the aggregator.
     let max = rules.register_max.map(scaled);
-    let swaps: Vec<(i64, i128, i128)> = rules
-        .swaps
-        .iter()
-        .map(|(t, o, n)| (*t, scaled(*o), scaled(*n)))
-        .collect();
+    let shared = gridmeter_tables::counter::CounterRules {
+        register_max: max,
+        swaps: rules
+            .swaps
+            .iter()
+            .map(|(t, o, n)| gridmeter_tables::counter::Swap {
+                at: *t,
+                old_final: scaled(*o),
+                new_start: scaled(*n),
+            })
+            .collect(),
+    };
     let mut steps = Vec::with_capacity(readings.len());
     let mut cum = Vec::with_capacity(readings.len());
     let mut c: i128 = 0;
     cum.push(c);
     for w in readings.windows(2) {
-        let s = step(&w[0], &w[1], max, &swaps);
+        let s = step(&w[0], &w[1], &shared);
         c += s.0;
         cum.push(c);
         steps.push(s);
@@ -197,35 +205,29 @@ impl StepKind {
     }
 }
 
-/// One step of the consumption curve (scaled integers): the aggregator's counter rules.
+/// One step of the consumption curve (scaled integers): the counter rules shared with the
+/// aggregator (`gridmeter_tables::counter`, one implementation).
 fn step(
     p0: &RawReading,
     p1: &RawReading,
-    max: Option<i128>,
-    swaps: &[(i64, i128, i128)],
+    rules: &gridmeter_tables::counter::CounterRules,
 ) -> (i128, StepKind) {
-    let (before, after) = (scaled(p0.value), scaled(p1.value));
-    if let Some((_, old_final, new_start)) =
-        swaps.iter().find(|(at, _, _)| p0.ts < *at && *at <= p1.ts)
-    {
-        return (
-            (old_final - before) + (after - new_start),
-            StepKind::Swap(*old_final, *new_start),
-        );
-    }
-    if after >= before {
-        return (after - before, StepKind::Increase);
-    }
-    if let Some(max) = max {
-        let wrapped = (max + ONE - before) + after;
-        if wrapped >= 0 && wrapped * 10 <= max + ONE {
-            return (wrapped, StepKind::Rollover);
-        }
-    }
-    if after * 10 <= before {
-        return (after, StepKind::Reset);
-    }
-    (after - before, StepKind::Decrease)
+    use gridmeter_tables::counter::Step;
+    let (v, rule) = rules.step(p0.ts, scaled(p0.value), p1.ts, scaled(p1.value));
+    let kind = match rule {
+        Step::Increase => StepKind::Increase,
+        Step::Rollover => StepKind::Rollover,
+        Step::Reset => StepKind::Reset,
+        Step::Decrease => StepKind::Decrease,
+        Step::MeterSwap => rules
+            .swaps
+            .iter()
+            .find(|s| p0.ts < s.at && s.at <= p1.ts)
+            .map_or(StepKind::Decrease, |s| {
+                StepKind::Swap(s.old_final, s.new_start)
+            }),
+    };
+    (v, kind)
 }
 
 /// The consumption curve of one channel's readings.

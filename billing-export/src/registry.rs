@@ -102,16 +102,9 @@ impl Issuer {
     }
 }
 
-/// A register replaced between two readings (same shape as the aggregator's).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeterSwap {
-    pub device_id: String,
-    pub channel: String,
-    pub at: DateTime<Utc>,
-    pub old_final: Decimal,
-    pub new_start: Decimal,
-}
+/// A register replaced between two readings: the type of the aggregator's `[[meter_swaps]]`
+/// (`gridmeter_tables::counter`).
+pub use gridmeter_tables::counter::MeterSwap;
 
 impl Default for Registry {
     fn default() -> Self {

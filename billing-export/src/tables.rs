@@ -1,23 +1,19 @@
-//! Reading the aggregator's usage table and the collector's raw table, strictly through the
-//! contract in ARCHITECTURE.md: every `*.parquet` below the table directory whose path has no
-//! component starting with `_` or `.` is committed data; the current row of a usage key
-//! `(device_id, channel, window_start)` is its highest `revision`; raw rows are deduplicated by
-//! `(device_id, seq)` keeping the earliest `received_at`.
+//! Reading the aggregator's `usage_15m` table and the collector's `raw` table, Delta tables
+//! opened through the shared table layer (`gridmeter_tables`): the data files are those of the
+//! table's latest snapshot, as its Delta log names them. `usage_15m` holds one row per key
+//! `(device_id, channel, window_start)`, its current revision (the highest `revision` is kept
+//! should a table hold several); raw rows are deduplicated by `(device_id, seq)` keeping the
+//! earliest `received_at` (`gridmeter_tables::raw::dedup`).
 //!
 //! Rows are filtered while reading (registry devices and channels, each device's billed time
 //! range) and kept in a compact form, so a month of 10,000 devices fits comfortably in memory.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType, UInt64Type};
-use futures::TryStreamExt;
+use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType};
 use gridmeter_core::store::DataRoot;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use parquet::file::reader::ChunkReader;
@@ -107,67 +103,101 @@ pub struct DataFile {
     pub rel: String,
     /// Where it is, for messages: a local path or an `s3://` URL.
     pub location: PathBuf,
+    /// Its `date` partition (raw).
+    pub date: Option<chrono::NaiveDate>,
+    file: gridmeter_tables::DataFile,
 }
 
-/// An opened [`DataRoot`] (a local data root or an S3 location holding `usage/15m/` and
-/// `raw/`): lists a table's committed files and reads them.
+/// An opened [`DataRoot`] (a local data root or an S3 location holding `usage_15m` and
+/// `raw`): lists a table's committed files and reads them.
 pub struct Tables {
-    inner: Inner,
+    root: gridmeter_tables::Root,
+    rt: Option<tokio::runtime::Runtime>,
 }
 
-enum Inner {
-    Local(PathBuf),
-    Remote {
-        store: Arc<dyn ObjectStore>,
-        /// `s3://bucket/prefix/`, for messages.
-        base: String,
-        rt: tokio::runtime::Runtime,
-    },
+impl Drop for Tables {
+    /// Without waiting for the runtime's threads: dropping a runtime blocks, which is not
+    /// allowed inside an async caller.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
+
+/// The tables read: the current 15-minute usage and raw.
+fn spec(table: &str) -> gridmeter_tables::TableSpec {
+    match table {
+        USAGE => gridmeter_tables::usage::current_spec("15m"),
+        _ => gridmeter_tables::raw::spec(),
+    }
+}
+
+const USAGE: &str = "usage_15m";
+const RAW: &str = gridmeter_tables::raw::TABLE;
 
 impl Tables {
     pub fn open(source: &DataRoot) -> Result<Tables, BillingError> {
-        let inner = match source {
-            DataRoot::Local(root) => Inner::Local(root.clone()),
-            DataRoot::ObjectStore(os) => {
-                let fail = |e: &dyn std::fmt::Display| {
-                    BillingError::data(Path::new(&os.url), format!("opening the object store: {e}"))
-                };
-                let base = os.location().map_err(|e| fail(&e))?.base_url();
-                let store = os.open().map_err(|e| fail(&e))?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| BillingError::io("starting the object store runtime", e))?;
-                Inner::Remote { store, base, rt }
-            }
+        let name = match source {
+            DataRoot::Local(root) => root.clone(),
+            DataRoot::ObjectStore(os) => PathBuf::from(&os.url),
         };
-        Ok(Tables { inner })
+        let root = gridmeter_tables::Root::open(source)
+            .map_err(|e| BillingError::data(&name, format!("opening the data root: {e}")))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| BillingError::io("starting the table reader runtime", e))?;
+        Ok(Tables { root, rt: Some(rt) })
     }
 
-    /// The committed files of `table` (`usage/15m`, `raw`), sorted by path; paths with a
-    /// component starting with `_` or `.` are not data by contract.
-    pub fn data_files(&self, table: &str) -> Result<Vec<DataFile>, BillingError> {
-        let mut out = match &self.inner {
-            Inner::Local(root) => local_files(&root.join(table))?,
-            Inner::Remote { store, base, rt } => {
-                let prefix = ObjectPath::from(table);
-                let listed: Vec<_> = rt
-                    .block_on(store.list(Some(&prefix)).try_collect())
-                    .map_err(|e| BillingError::data(Path::new(&format!("{base}{table}/")), e))?;
-                listed
-                    .into_iter()
-                    .filter_map(|meta| {
-                        let key = meta.location.to_string();
-                        let rel = key.strip_prefix(table)?.strip_prefix('/')?.to_string();
-                        is_data(&rel).then(|| DataFile {
-                            location: PathBuf::from(format!("{base}{key}")),
-                            rel,
-                        })
-                    })
-                    .collect()
-            }
+    /// Runs `fut` on the reader's runtime; from inside another runtime (a caller that is
+    /// async itself) on a thread of its own, since a runtime cannot block inside another.
+    fn block<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
+        let Some(rt) = &self.rt else {
+            unreachable!("the runtime lives as long as the reader")
         };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(fut))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            rt.block_on(fut)
+        }
+    }
+
+    fn table(&self, table: &str) -> Result<Option<gridmeter_tables::Table>, BillingError> {
+        self.block(gridmeter_tables::Table::open_existing(
+            &self.root,
+            spec(table),
+        ))
+        .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))
+    }
+
+    /// The committed files of `table` (`usage_15m`, `raw`) in its latest snapshot, sorted by
+    /// path; none if the table does not exist yet.
+    pub fn data_files(&self, table: &str) -> Result<Vec<DataFile>, BillingError> {
+        let Some(t) = self.table(table)? else {
+            return Ok(Vec::new());
+        };
+        let snapshot = self
+            .block(t.snapshot())
+            .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))?;
+        let mut out: Vec<DataFile> = snapshot
+            .files()
+            .into_iter()
+            .map(|f| DataFile {
+                rel: f.path.clone(),
+                location: PathBuf::from(match self.root.local_dir() {
+                    Some(dir) => dir.join(table).join(&f.path).display().to_string(),
+                    None => t.file_url(&f),
+                }),
+                date: f.date,
+                file: f,
+            })
+            .collect();
         out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }
@@ -179,20 +209,13 @@ impl Tables {
         columns: &[&str],
     ) -> Result<ParquetRecordBatchReader, BillingError> {
         let path = &file.location;
-        match &self.inner {
-            Inner::Local(_) => {
-                let f = File::open(path)
-                    .map_err(|e| BillingError::io(format!("opening {}", path.display()), e))?;
-                project(path, f, columns)
-            }
-            Inner::Remote { store, rt, .. } => {
-                let key = ObjectPath::from(format!("{table}/{}", file.rel));
-                let bytes = rt
-                    .block_on(async { store.get(&key).await?.bytes().await })
-                    .map_err(|e| BillingError::data(path, e))?;
-                project(path, bytes, columns)
-            }
-        }
+        let t = self
+            .table(table)?
+            .ok_or_else(|| BillingError::data(path, "the table disappeared"))?;
+        let bytes = self
+            .block(t.read_bytes(&file.file))
+            .map_err(|e| BillingError::data(path, e))?;
+        project(path, bytes, columns)
     }
 }
 
@@ -216,52 +239,6 @@ fn project<T: ChunkReader + 'static>(
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| BillingError::data(path, e))
-}
-
-/// A `/`-separated path relative to a table directory is data: a `.parquet` file, no
-/// component starting with `_` or `.`.
-fn is_data(rel: &str) -> bool {
-    rel.ends_with(".parquet") && rel.split('/').all(|c| !c.starts_with(['_', '.']))
-}
-
-fn local_files(dir: &Path) -> Result<Vec<DataFile>, BillingError> {
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d)
-            .map_err(|e| BillingError::io(format!("listing {}", d.display()), e))?;
-        for entry in rd {
-            let entry =
-                entry.map_err(|e| BillingError::io(format!("listing {}", d.display()), e))?;
-            let path = entry.path();
-            let ft = entry
-                .file_type()
-                .map_err(|e| BillingError::io(format!("stat {}", path.display()), e))?;
-            let Ok(rel) = path.strip_prefix(dir) else {
-                continue;
-            };
-            let rel = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            if rel.split('/').any(|c| c.starts_with(['_', '.'])) {
-                continue;
-            }
-            if ft.is_dir() {
-                stack.push(path);
-            } else if is_data(&rel) {
-                out.push(DataFile {
-                    rel,
-                    location: path,
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn column<'a>(
@@ -309,7 +286,7 @@ fn dec(path: &Path, v: i128) -> Result<Decimal, BillingError> {
 
 /// Loads the current 15-minute usage of the selected device channels.
 pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingError> {
-    let table = "usage/15m";
+    let table = USAGE;
     let ts = gridmeter_core::schema::ts_type();
     let value = gridmeter_core::schema::VALUE_TYPE;
     let mut rows: Vec<URow> = Vec::new();
@@ -406,7 +383,9 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     rev: rev.value(i),
                     dev: d,
                     chan: c,
-                    estimated: f.contains("estimated") || f.contains("interpolated"),
+                    estimated: gridmeter_tables::Flags::parse_lenient(f).intersects(
+                        gridmeter_tables::Flags::ESTIMATED | gridmeter_tables::Flags::INTERPOLATED,
+                    ),
                     variant,
                 });
             }
@@ -526,16 +505,10 @@ pub fn load_raw<T>(
     }
     let mut rows: Vec<RRow> = Vec::new();
     let mut bad: HashMap<(u32, u16), String> = HashMap::new();
-    for file in tables.data_files("raw")? {
+    for file in tables.data_files(RAW)? {
         let path = &file.location;
-        // Partition pruning on date=YYYY-MM-DD; files outside a date partition are read.
-        let date = file
-            .rel
-            .split('/')
-            .next()
-            .and_then(|c| c.strip_prefix("date="))
-            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
-        if let (Some(d), Some(lo), Some(hi)) = (date, lo, hi) {
+        // Partition pruning on the `date` partition (from the Delta log).
+        if let (Some(d), Some(lo), Some(hi)) = (file.date, lo, hi) {
             if d < lo || d > hi {
                 continue;
             }
@@ -549,12 +522,12 @@ pub fn load_raw<T>(
             "value",
             "received_at",
         ];
-        for batch in tables.open_file("raw", &file, &cols)? {
+        for batch in tables.open_file(RAW, &file, &cols)? {
             let b = batch.map_err(|e| BillingError::data(path, e))?;
             let dev = strings(path, &b, "device_id")?;
             let chan = strings(path, &b, "channel")?;
             let kind = strings(path, &b, "kind")?;
-            let seq = column(path, &b, "seq", &DataType::UInt64)?.as_primitive::<UInt64Type>();
+            let seq = column(path, &b, "seq", &DataType::Int64)?.as_primitive::<Int64Type>();
             let ts = column(path, &b, "ts", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
             let rec =
                 column(path, &b, "received_at", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
@@ -578,7 +551,7 @@ pub fn load_raw<T>(
                     dev: d,
                     chan: c,
                     counter: k == "counter",
-                    seq: seq.value(i),
+                    seq: seq.value(i).max(0) as u64,
                     ts: ts.value(i),
                     received: rec.value(i),
                     value,
@@ -587,8 +560,7 @@ pub fn load_raw<T>(
         }
     }
     // Dedup by (device, seq): keep the earliest received_at (then the first file order).
-    rows.sort_by_key(|r| (r.dev, r.seq, r.received));
-    rows.dedup_by(|b, a| a.dev == b.dev && a.seq == b.seq);
+    gridmeter_tables::raw::dedup(&mut rows, |r| ((r.dev, r.seq), r.received));
     rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ts, r.seq));
     rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
     let mut out: HashMap<(u32, u16), T> = HashMap::new();

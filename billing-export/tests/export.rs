@@ -193,7 +193,10 @@ components = [
 /// 18:15 = 500 Wh. Export: 100 Wh for the 16 intervals 10:00-14:00, else 0.
 /// With `late_1815`, the 18:15 import reading is missing from the first raw file and the
 /// first usage revision interpolates 562.5 Wh into both 18:00 and 18:15.
-fn pv(root: &Path, late_1815: bool) {
+/// The PV site's day; with `late_1815` the 18:15 reading is held back: its data file is
+/// written but not committed, and it is returned to be committed later.
+fn pv(root: &Path, late_1815: bool) -> Vec<RawRow> {
+    let mut late_raw = Vec::new();
     let start = t("2026-06-01T00:00:00Z");
     let mut imp = vec![d("25"); 96];
     imp[72] = d("625");
@@ -223,23 +226,23 @@ fn pv(root: &Path, late_1815: bool) {
         use_i[73].usage = Some(d("562.5"));
         use_i[72].flags = "interpolated".into();
         use_i[73].flags = "gap,interpolated".into();
-        write_raw(root, "2026-06-01", "late-0", &[late]);
-        std::fs::rename(
-            root.join("raw/date=2026-06-01/late-0.parquet"),
-            root.join("raw/date=2026-06-01/_late-0.parquet.pending"),
-        )
-        .unwrap();
+        late_raw.push(late);
     }
     all_raw.extend(raw_e);
     use_i.extend(use_e);
     write_raw(root, "2026-06-01", "c1-0", &all_raw);
     write_usage(root, "commit-0001", &use_i);
+    // The late reading's data file is written but not committed yet: not data.
+    if !late_raw.is_empty() {
+        write_raw_uncommitted(root, "2026-06-01", "late-0", &late_raw);
+    }
+    late_raw
 }
 
 #[test]
 fn pv_site_with_export_credit_and_demand() {
     let dir = tempfile::tempdir().unwrap();
-    pv(dir.path(), false);
+    let _ = pv(dir.path(), false);
     let cfg = config(dir.path(), PV_REGISTRY, PV_TARIFFS);
     let out = run(&cfg, range("2026-06-01", "2026-06-02"))
         .unwrap()
@@ -283,7 +286,7 @@ fn pv_site_with_export_credit_and_demand() {
 
     // Half-up rounding makes the import line 2.09 (2.085 rounds away from zero).
     let dir2 = tempfile::tempdir().unwrap();
-    pv(dir2.path(), false);
+    let _ = pv(dir2.path(), false);
     let mut cfg = config(dir2.path(), PV_REGISTRY, PV_TARIFFS);
     cfg.rounding = Rounding::HalfUp;
     let out = run(&cfg, range("2026-06-01", "2026-06-02"))
@@ -297,7 +300,7 @@ fn pv_site_with_export_credit_and_demand() {
 fn late_data_produces_adjustments_not_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    pv(root, true);
+    let late = pv(root, true);
     let cfg = config(root, PV_REGISTRY, PV_TARIFFS);
     let period = range("2026-06-01", "2026-06-02");
     let first = run(&cfg, period).unwrap();
@@ -313,11 +316,7 @@ fn late_data_produces_adjustments_not_overwrites() {
     let csv1 = read(&run1.join("statement_lines.csv"));
 
     // The late reading lands, and the aggregator commits revision 2 of the two windows.
-    std::fs::rename(
-        root.join("raw/date=2026-06-01/_late-0.parquet.pending"),
-        root.join("raw/date=2026-06-01/late-0.parquet"),
-    )
-    .unwrap();
+    write_raw(root, "2026-06-01", "late-0", &late);
     let rev2 = |i: i64, v: &str| UsageRow {
         device: "pv-meter".into(),
         channel: "energy_import".into(),
@@ -380,20 +379,30 @@ fn tables_on_s3_give_the_same_bytes() {
     let url = "s3://billing/fleet/prod";
     let os = moto.config(url);
     let data = tempfile::tempdir().unwrap();
-    pv(data.path(), true);
+    let _ = pv(data.path(), true);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let store = os.open().unwrap();
-    let uploaded = rt.block_on(gridmeter_core::testkit::upload_dir(
+    rt.block_on(gridmeter_core::testkit::upload_dir(
         data.path(),
         store.as_ref(),
         "",
     ));
+    let data_files: Vec<String> = rt
+        .block_on(futures::TryStreamExt::try_collect::<Vec<_>>(
+            store.list(None),
+        ))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .filter(|k| k.ends_with(".parquet") && !k.contains("_delta_log"))
+        .collect();
     assert_eq!(
-        uploaded, 3,
-        "the usage commit, the raw file and the pending late file"
+        data_files.len(),
+        3,
+        "the usage file, the raw file and the uncommitted late file: {data_files:?}"
     );
     let period = range("2026-06-01", "2026-06-02");
 
@@ -413,7 +422,7 @@ fn tables_on_s3_give_the_same_bytes() {
         a.iter().map(|x| &x.0).collect::<Vec<_>>()
     );
     assert_eq!(a, b);
-    // The interpolated first revision was read (the pending file is not committed data).
+    // The interpolated first revision was read (the uncommitted file is not data).
     assert_eq!(invoice(&s3_run, "C-PV")["lines"][2]["amount"], "42.75");
 
     // billing.toml with [object_store] instead of data_root.
@@ -441,7 +450,7 @@ fn tables_on_s3_give_the_same_bytes() {
 fn mismatch_holds_the_customer_naming_channel_and_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    pv(root, false);
+    let _ = pv(root, false);
     // A usage row that the raw readings do not support (+7 Wh at 03:00).
     let bad = UsageRow {
         device: "pv-meter".into(),

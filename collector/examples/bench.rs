@@ -76,9 +76,9 @@ fn start_broker(pki: &Pki, dir: &Path) -> (Proc, u16) {
 
 /// Pre-encoded payloads for one device: seqs from `first_seq`, `n` messages of BATCH readings.
 fn payloads(device: &str, first_seq: u64, n: u64) -> Vec<Vec<u8>> {
-    // In the past (a backfill): readings dated after the collector's clock plus its skew
-    // tolerance are dead letters (`ts_out_of_range`).
-    let t0 = chrono::Utc::now() - chrono::Duration::days(2);
+    // An hour ago plus one microsecond per seq: inside the collector's accepted window
+    // (clock_skew_tolerance, max_backfill) for any number of seqs a run publishes.
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
     (0..n)
         .map(|m| {
             let readings = (0..BATCH)
@@ -86,7 +86,7 @@ fn payloads(device: &str, first_seq: u64, n: u64) -> Vec<Vec<u8>> {
                     let seq = first_seq + m * BATCH + i;
                     Reading {
                         seq,
-                        ts: t0 + chrono::Duration::milliseconds(seq as i64),
+                        ts: t0 + chrono::Duration::microseconds(seq as i64),
                         channel: Channel::new(if i % 2 == 0 { "energy_import" } else { "power" })
                             .unwrap(),
                         kind: if i % 2 == 0 {

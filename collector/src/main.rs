@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gridmeter_collector::landing::{open_store, Landing};
+use gridmeter_collector::landing::Landing;
 use gridmeter_collector::CollectorConfig;
 
 #[derive(Parser)]
@@ -80,7 +80,8 @@ fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+                .unwrap_or_else(|_| // A commit that lost a race to another writer is retried: routine, not a warning.
+                    tracing_subscriber::EnvFilter::new("info,rumqttd=warn,deltalake_core::kernel::transaction=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -114,8 +115,7 @@ fn run() -> anyhow::Result<()> {
             Cmd::Deadletter {
                 cmd: DeadletterCmd::Prune { older_than, dry_run },
             } => {
-                let (store, root) = open_store(&config)?;
-                let landing = Landing::new(store, root, config.collector_id.clone());
+                let landing = Landing::open(&config).await?;
                 let stats = gridmeter_collector::retention::prune_deadletters(
                     &landing,
                     older_than,
@@ -123,7 +123,7 @@ fn run() -> anyhow::Result<()> {
                     dry_run,
                 )
                 .await?;
-                let verb = if dry_run { "would delete" } else { "deleted" };
+                let verb = if dry_run { "would remove" } else { "removed" };
                 for d in &stats.pruned {
                     println!("{verb} deadletter/date={d}/");
                 }
@@ -135,8 +135,7 @@ fn run() -> anyhow::Result<()> {
                 );
             }
             Cmd::Compact { date } => {
-                let (store, root) = open_store(&config)?;
-                let landing = Landing::new(store, root, config.collector_id.clone());
+                let landing = Landing::open(&config).await?;
                 let stats = gridmeter_collector::compact::compact_date(&landing, date).await?;
                 println!(
                     "compacted raw/date={date}: {} files, {} rows in; {} rows ({} duplicates removed) in {} files out",

@@ -17,35 +17,10 @@ use crate::dedup::{DedupState, Verdict};
 use crate::metrics::Metrics;
 use crate::wal::WalRecord;
 
-/// An accepted reading.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawRow {
-    pub device_id: Arc<str>,
-    pub reading: Reading,
-    pub received_at_us: i64,
-}
-
-/// Something that could not be accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadRow {
-    pub received_at_us: i64,
-    pub topic: String,
-    pub reason: String,
-    pub detail: String,
-    /// The whole payload (batch-level error) or the element (reading-level).
-    pub payload: Bytes,
-}
-
-/// A seq range that will not (or did not) arrive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GapRow {
-    pub device_id: String,
-    pub from_seq: u64,
-    pub to_seq: u64,
-    /// `buffer_full`, `buffer_corrupt` (as sent by the agent) or `missing`.
-    pub reason: String,
-    pub recorded_at_us: i64,
-}
+/// The rows of the three tables the collector writes (types of the shared table layer).
+pub use gridmeter_tables::deadletter::DeadRow;
+pub use gridmeter_tables::gaps::GapRow;
+pub use gridmeter_tables::raw::RawRow;
 
 /// Everything one WAL segment produced.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -283,6 +258,20 @@ pub fn process(
         // New, duplicate or dead-lettered below: recorded either way once the segment lands.
         durable_seqs.push(r.seq);
         let ts_us = r.ts.timestamp_micros();
+        if r.seq > i64::MAX as u64 {
+            // The tables store seqs as Delta `long` (no unsigned types in Delta).
+            let detail = format!(
+                "seq {} is above 2^63 - 1, the largest seq the tables store",
+                r.seq
+            );
+            reading_dead(
+                out,
+                "seq_out_of_range",
+                &detail,
+                &reading_json(&decoded.device_id, &r),
+            );
+            continue;
+        }
         if ts_us < lo || ts_us > hi {
             let detail = format!(
                 "seq {}: ts {} is outside [{}, {}] (received_at − max_backfill, received_at + clock_skew_tolerance)",
@@ -566,6 +555,37 @@ pub(crate) mod tests {
 
     fn seqs(out: &SegmentOutput) -> Vec<u64> {
         out.raw.iter().map(|r| r.reading.seq).collect()
+    }
+
+    #[test]
+    fn hostile_seq_above_the_tables_range_is_dead_lettered() {
+        let m = metrics();
+        let mut st = DedupState::default();
+        let mut out = SegmentOutput::default();
+        let big = i64::MAX as u64 + 1;
+        run(
+            &mut st,
+            &rec(
+                vec![
+                    reading(1, T0, Quality::GOOD),
+                    reading(big, T0, Quality::GOOD),
+                    reading(u64::MAX, T0, Quality::GOOD),
+                ],
+                vec![],
+            ),
+            &mut out,
+            &m,
+        );
+        assert_eq!(seqs(&out), vec![1], "the good neighbour lands");
+        assert_eq!(reasons(&out), vec!["seq_out_of_range", "seq_out_of_range"]);
+        assert!(
+            out.dead[0].detail.contains("2^63 - 1"),
+            "{}",
+            out.dead[0].detail
+        );
+        // Every row that lands fits the table: the batch builds.
+        let rows: Vec<&RawRow> = out.raw.iter().collect();
+        assert!(gridmeter_tables::raw::batch(&rows).is_ok());
     }
 
     #[test]

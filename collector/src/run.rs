@@ -16,7 +16,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::config::CollectorConfig;
 use crate::confirm::{self, ConfirmAfter, Durable};
 use crate::dedup::DedupState;
-use crate::landing::{open_store, Landing, LandingError};
+use crate::landing::{Landing, LandingError};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Incoming};
 use crate::process::{self, Policy, SegmentOutput};
@@ -92,8 +92,7 @@ pub async fn run(
         None => None,
     };
     std::fs::create_dir_all(&config.wal_dir).map_err(wal_err(&config.wal_dir))?;
-    let (store, local_root) = open_store(&config)?;
-    let landing = Landing::new(store, local_root, config.collector_id.clone());
+    let landing = Landing::open(&config).await?;
     let policy = config.policy();
     let missing_after_us = (config.missing_after_secs as i64).saturating_mul(1_000_000);
     let detect_missing = config.detect_missing();
@@ -542,8 +541,8 @@ mod tests {
         out
     }
 
-    /// A crash after the Parquet files but before the checkpoint: replay rewrites the same
-    /// files with the same bytes and adds nothing.
+    /// A crash after the commits but before the checkpoint: replay finds the segment's
+    /// transaction id in every table, writes nothing and adds nothing.
     #[tokio::test]
     async fn replay_after_a_crash_before_the_checkpoint_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
@@ -551,8 +550,7 @@ mod tests {
         std::fs::create_dir_all(&wal_dir).unwrap();
         let mut cfg = CollectorConfig::new("t", data.clone(), wal_dir.clone());
         cfg.mqtt.host = Some("unused".into());
-        let (store, root) = open_store(&cfg).unwrap();
-        let landing = Landing::new(store, root, "t");
+        let landing = Landing::open(&cfg).await.unwrap();
         let policy = Policy::default();
         let rec = |dev: &str, seqs, at| WalRecord {
             received_at_us: T0_US + at,
@@ -602,25 +600,8 @@ mod tests {
             .find(|c| c.device_id.as_str() == "a")
             .unwrap();
         assert_eq!(a.seqs.ranges(), &[(1, 20)]);
-        assert_eq!(
-            files(&data),
-            after_first,
-            "replay must rewrite identical files"
-        );
-        let raw_rows: usize = after_first
-            .iter()
-            .filter(|(p, _)| p.to_string_lossy().contains("/raw/"))
-            .map(|(p, _)| {
-                let f = std::fs::File::open(p).unwrap();
-                parquet::file::reader::SerializedFileReader::new(f)
-                    .map(|r| {
-                        parquet::file::reader::FileReader::metadata(&r)
-                            .file_metadata()
-                            .num_rows() as usize
-                    })
-                    .unwrap()
-            })
-            .sum();
+        assert_eq!(files(&data), after_first, "replay must not write anything");
+        let raw_rows = landed_in(&landing).await.1.len();
         assert_eq!(
             raw_rows, 26,
             "10 + 5 + 10 new + 1 new, the redelivery deduplicated"
@@ -630,35 +611,31 @@ mod tests {
     /// `(reason, topic)` of every dead letter and `(device, seq)` of every raw row.
     type Landed = (Vec<(String, String)>, Vec<(String, u64)>);
 
-    /// What landed under `root`, read back from Parquet.
-    fn landed(root: &Path) -> Landed {
-        use arrow::array::{Array, StringArray, UInt64Array};
+    /// What the landing's tables hold (their current snapshots), read back.
+    async fn landed_in(landing: &Landing) -> Landed {
+        use arrow::array::AsArray;
         let (mut dead, mut raw) = (Vec::new(), Vec::new());
-        for (p, bytes) in files(root) {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                bytes::Bytes::from(bytes),
-            )
-            .unwrap()
-            .build()
-            .unwrap();
-            for b in reader {
-                let b = b.unwrap();
-                let col = |n: &str| b.column_by_name(n).unwrap().clone();
-                if p.to_string_lossy().contains("/deadletter/") {
-                    let reason = col("reason");
-                    let topic = col("topic");
-                    let reason = reason.as_any().downcast_ref::<StringArray>().unwrap();
-                    let topic = topic.as_any().downcast_ref::<StringArray>().unwrap();
-                    for i in 0..b.num_rows() {
-                        dead.push((reason.value(i).to_string(), topic.value(i).to_string()));
-                    }
-                } else if p.to_string_lossy().contains("/raw/") {
-                    let dev = col("device_id");
-                    let seq = col("seq");
-                    let dev = dev.as_any().downcast_ref::<StringArray>().unwrap();
-                    let seq = seq.as_any().downcast_ref::<UInt64Array>().unwrap();
-                    for i in 0..b.num_rows() {
-                        raw.push((dev.value(i).to_string(), seq.value(i)));
+        for (table, is_raw) in [(landing.deadletter(), false), (landing.raw(), true)] {
+            for f in table.snapshot().await.unwrap().files() {
+                for b in table.read_file(&f, None).await.unwrap() {
+                    let col = |n: &str| b.column_by_name(n).unwrap().clone();
+                    if is_raw {
+                        let (dev, seq) = (col("device_id"), col("seq"));
+                        let seq = seq.as_primitive::<arrow::datatypes::Int64Type>();
+                        for i in 0..b.num_rows() {
+                            raw.push((
+                                dev.as_string::<i32>().value(i).to_string(),
+                                seq.value(i) as u64,
+                            ));
+                        }
+                    } else {
+                        let (reason, topic) = (col("reason"), col("topic"));
+                        for i in 0..b.num_rows() {
+                            dead.push((
+                                reason.as_string::<i32>().value(i).to_string(),
+                                topic.as_string::<i32>().value(i).to_string(),
+                            ));
+                        }
                     }
                 }
             }
@@ -676,8 +653,7 @@ mod tests {
         std::fs::create_dir_all(&wal_dir).unwrap();
         let mut cfg = CollectorConfig::new("t", data.clone(), wal_dir.clone());
         cfg.mqtt.host = Some("unused".into());
-        let (store, root) = open_store(&cfg).unwrap();
-        let landing = Landing::new(store, root, "t");
+        let landing = Landing::open(&cfg).await.unwrap();
         let rec = |dev: &str, seqs, at| WalRecord {
             received_at_us: T0_US + at,
             topic: format!("gridmeter/v1/{dev}/readings"),
@@ -696,7 +672,7 @@ mod tests {
             .unwrap();
         assert_eq!(next, 2);
         assert!(!state.devices["good"].seen.is_empty());
-        let (dead, raw) = landed(&data);
+        let (dead, raw) = landed_in(&landing).await;
         assert_eq!(
             dead,
             vec![(

@@ -46,13 +46,16 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// `(reason, topic, payload bytes, detail)` per dead letter, read by pyarrow.
+/// `(reason, topic, payload bytes, detail)` per dead letter, read by the Python deltalake package.
 fn dead_letters(root: &Path) -> Vec<(String, String, usize, String)> {
     let out = python(&format!(
         r#"
-import glob, pyarrow.parquet as pq
-for f in sorted(glob.glob("{}/deadletter/**/*.parquet", recursive=True)):
-    for r in pq.read_table(f, partitioning=None).to_pylist():
+import os
+from deltalake import DeltaTable
+p = "{}/deadletter"
+rows = DeltaTable(p).to_pyarrow_table().sort_by("received_at").to_pylist() if os.path.isdir(p + "/_delta_log") else []
+if True:
+    for r in rows:
         print(r["reason"], r["topic"], len(r["payload"]), r["detail"].replace("\t", " ").replace("\n", " "), sep="\t")
 "#,
         root.display()

@@ -144,10 +144,12 @@ async fn malformed_payloads_are_dead_lettered_and_neighbours_survive() {
 fn dead_letters(root: &std::path::Path) -> String {
     python(&format!(
         r#"
-import glob, pyarrow.parquet as pq
-for f in sorted(glob.glob("{}/deadletter/**/*.parquet", recursive=True)):
-    t = pq.read_table(f, partitioning=None)
-    for r in t.to_pylist():
+import os
+from deltalake import DeltaTable
+p = "{}/deadletter"
+rows = DeltaTable(p).to_pyarrow_table().sort_by("received_at").to_pylist() if os.path.isdir(p + "/_delta_log") else []
+if True:
+    for r in rows:
         print(r["reason"], r["topic"], len(r["payload"]), r["detail"].replace("\t", " ").replace("\n", " ")[:200], sep="\t")
 "#,
         root.display()

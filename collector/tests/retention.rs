@@ -1,26 +1,43 @@
-//! Dead-letter retention through the binary: `deadletter prune --older-than 90d` deletes
-//! the partitions received more than 90 days ago and nothing else.
+//! Dead-letter retention through the binary: `deadletter prune --older-than 90d` removes
+//! the partitions received more than 90 days ago, and nothing else, from the Delta table.
 
 use std::process::Command;
 
+use gridmeter_core::store::DataRoot;
 use gridmeter_core::testkit::Pki;
+use gridmeter_tables::deadletter::{self, DeadRow};
+use gridmeter_tables::parquet_io::Profile;
+use gridmeter_tables::Root;
 
-#[test]
-fn prune_deletes_old_dead_letter_partitions_only() {
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_old_dead_letter_partitions_only() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), &[]).unwrap();
     let data = dir.path().join("data");
     let today = chrono::Utc::now().date_naive();
     let day = |n: u64| today - chrono::Days::new(n);
-    let mut files = Vec::new();
-    for n in [400, 92, 91, 90, 1, 0] {
-        let p = data.join(format!("deadletter/date={}/c1-{n:016}.parquet", day(n)));
-        files.push((n, p));
-    }
-    let raw = data.join(format!("raw/date={}/c1-0-0.parquet", day(400)));
-    for p in files.iter().map(|(_, p)| p).chain([&raw]) {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, b"PAR1").unwrap();
+    let root = Root::open(&DataRoot::Local(data.clone())).unwrap();
+    let table = deadletter::open(&root).await.unwrap();
+    for (i, n) in [400u64, 92, 91, 90, 1, 0].into_iter().enumerate() {
+        let at = day(n)
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros();
+        let rows = [DeadRow {
+            received_at_us: at,
+            topic: "gridmeter/v1/x/readings".into(),
+            reason: "bad_json".into(),
+            detail: format!("{n} days old"),
+            payload: bytes::Bytes::from_static(b"{"),
+        }];
+        let files = deadletter::plan(&format!("c1-{n:016}"), &rows).unwrap();
+        table
+            .append_once("collector/c1", i as i64 + 1, files, Profile::Standard, "")
+            .await
+            .unwrap();
     }
     let conf = dir.path().join("collector.toml");
     std::fs::write(
@@ -48,27 +65,30 @@ fn prune_deletes_old_dead_letter_partitions_only() {
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    // The details left in the table, read by the Python deltalake package.
+    let left = || {
+        common::python(&format!(
+            "{}\nt = table({:?}, 'deadletter')\nprint(sorted(t.column('detail').to_pylist()) if t is not None else [])",
+            common::READ_TABLE,
+            data.display().to_string()
+        ))
+    };
+    let all = left();
     let dry = run(&["--dry-run"]);
     assert!(
-        dry.contains("would delete 3 partitions (3 files); kept 3"),
+        dry.contains("would remove 3 partitions (3 files); kept 3"),
         "{dry}"
     );
-    assert!(
-        files.iter().all(|(_, p)| p.exists()),
-        "a dry run deletes nothing"
-    );
+    assert_eq!(left(), all, "a dry run removes nothing");
     let out = run(&[]);
     assert!(
-        out.contains(&format!("deleted deadletter/date={}/", day(400))),
+        out.contains(&format!("removed deadletter/date={}/", day(400))),
         "{out}"
     );
     assert!(
-        out.contains("deleted 3 partitions (3 files); kept 3"),
+        out.contains("removed 3 partitions (3 files); kept 3"),
         "{out}"
     );
-    for (n, p) in &files {
-        assert_eq!(p.exists(), *n <= 90, "{n} days old: {}", p.display());
-    }
-    assert!(raw.exists(), "only dead letters are pruned");
-    assert!(run(&[]).contains("deleted 0 partitions"));
+    assert_eq!(left(), "['0 days old', '1 days old', '90 days old']");
+    assert!(run(&[]).contains("removed 0 partitions"));
 }

@@ -193,7 +193,7 @@ impl Quality {
 
     pub const GOOD: Quality = Quality(0);
 
-    pub fn bits(self) -> u16 {
+    pub const fn bits(self) -> u16 {
         self.0
     }
     /// Flags from their bit pattern; unknown bits are an error.

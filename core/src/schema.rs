@@ -1,9 +1,16 @@
-//! Arrow schemas of the tables under `<data_root>/` (see ARCHITECTURE.md).
+//! Arrow schemas of the tables under `<data_root>/` (see ARCHITECTURE.md and docs/tables.md).
 //!
-//! Timestamps are `Timestamp(Microsecond, "UTC")`; exact values are `Decimal128(38, 9)`
-//! ([`crate::decimal::to_scaled_i128`]). These schemas are the contract between the collector
-//! (writes raw, gaps, dead letters), the aggregator (reads raw, writes usage) and the billing
-//! export (reads usage and raw).
+//! Every table is a Delta Lake table. The functions here give the columns of its data files;
+//! a partitioned table adds the partition column [`partition_date`] (kept in the Delta log,
+//! not in the files), which readers of the table (Spark, DuckDB's `delta_scan`, polars, …)
+//! see as the last column ([`with_partition`]).
+//!
+//! Timestamps are `Timestamp(Microsecond, "UTC")` (Delta `timestamp`); exact values are
+//! `Decimal128(38, 9)` ([`crate::decimal::to_scaled_i128`]); sequence numbers are `Int64`
+//! (Delta `long`: Delta has no unsigned types, so seqs above 2^63 - 1 are refused at the
+//! collector). These schemas are the contract between the collector (writes raw, gaps, dead
+//! letters), the aggregator (reads raw, writes usage) and the billing export (reads usage and
+//! raw).
 
 use std::sync::Arc;
 
@@ -17,12 +24,28 @@ pub fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// `<data_root>/raw/date=YYYY-MM-DD/*.parquet`: one row per accepted reading, exactly once
-/// per `(device_id, seq)`.
+/// The partition column of the partitioned tables: a UTC date (`raw`: of `ts`; `deadletter`:
+/// of `received_at`; the usage tables: of `window_start`).
+pub const PARTITION_DATE: &str = "date";
+
+/// The [`PARTITION_DATE`] column: Delta `date`.
+pub fn partition_date() -> Field {
+    Field::new(PARTITION_DATE, DataType::Date32, false)
+}
+
+/// The columns a reader of a partitioned table sees: the file columns, then the partition.
+pub fn with_partition(files: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = files.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(partition_date());
+    Arc::new(Schema::new(fields))
+}
+
+/// Table `raw` (partitioned by the event date of `ts`): one row per accepted reading, exactly
+/// once per `(device_id, seq)` once compacted (readers dedup on read before that).
 pub fn raw() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("device_id", DataType::Utf8, false),
-        Field::new("seq", DataType::UInt64, false),
+        Field::new("seq", DataType::Int64, false),
         Field::new("ts", ts_type(), false),
         Field::new("channel", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
@@ -34,20 +57,21 @@ pub fn raw() -> SchemaRef {
     ]))
 }
 
-/// `<data_root>/gaps/*.parquet`: seq ranges known to be lost (reported by agents) or not
+/// Table `gaps` (not partitioned): seq ranges known to be lost (reported by agents) or not
 /// yet seen (detected by the collector).
 pub fn gaps() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("device_id", DataType::Utf8, false),
-        Field::new("from_seq", DataType::UInt64, false),
-        Field::new("to_seq", DataType::UInt64, false),
+        Field::new("from_seq", DataType::Int64, false),
+        Field::new("to_seq", DataType::Int64, false),
         // buffer_full, buffer_corrupt (agent) or missing (collector)
         Field::new("reason", DataType::Utf8, false),
         Field::new("recorded_at", ts_type(), false),
     ]))
 }
 
-/// `<data_root>/deadletter/date=YYYY-MM-DD/*.parquet`: what could not be accepted, with why.
+/// Table `deadletter` (partitioned by the date of `received_at`): what could not be
+/// accepted, with why.
 pub fn dead_letter() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("received_at", ts_type(), false),
@@ -61,11 +85,13 @@ pub fn dead_letter() -> SchemaRef {
     ]))
 }
 
-/// `<data_root>/usage/<window>/…`: one row per (device_id, channel, window_start, revision),
-/// written by the aggregator. `usage` is set for counter and delta channels; `min`, `max`,
-/// `avg` (time-weighted) and `last` for gauges. `flags` is a comma-separated, sorted list of
-/// quality flags (gap, interpolated, rollover, reset, late, estimated, clock_suspect).
-/// The latest `revision` of a key is the current one; earlier ones are kept for audit.
+/// Tables `usage_history_<window>` (one row per (device_id, channel, window_start, revision):
+/// every revision, the audit record) and `usage_<window>` (the current revision of every
+/// key, one row per key), written by the aggregator, partitioned by the date of
+/// `window_start`. `usage` is set for counter and delta channels; `min`, `max`, `avg`
+/// (time-weighted) and `last` for gauges. `flags` is a comma-separated, sorted list of flag
+/// names (`gridmeter_tables::Flags`: clock_suspect, estimated, gap, interpolated, late, reset,
+/// rollover).
 pub fn usage() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("device_id", DataType::Utf8, false),

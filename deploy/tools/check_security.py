@@ -15,8 +15,9 @@ deploy/k8s/
   - each S3 user mounts only its own credential Secret, configs name the secret by file;
   - the collector container does not mount the Secret holding every replica's key.
 deploy/k8s/s3-bucket-policy.json, evaluated (explicit deny > allow > implicit deny):
-  - the collector can only write raw/, gaps/, deadletter/; the aggregator reads raw/ and
-    usage/ and writes usage/ only; billing only reads; nobody deletes but the compactor;
+  - the collector can only write (and read) raw/, gaps/, deadletter/; the aggregator reads
+    raw/, usage_*/ and _state/ and writes usage_*/ and _state/ only; billing only reads raw/
+    and usage_15m/; nobody deletes but the compactor (compact, vacuum);
     plain-HTTP requests are refused.
 
 Usage: deploy/tools/check_security.py [--root DIR]
@@ -111,11 +112,13 @@ WORKLOADS = {
     "gridmeter-agent": {"egress": {("pod", "emqx", 8883)}, "ingress": {9101}},
     "gridmeter-collector": {"egress": {("pod", "emqx", 8883), ("ip", None, 443)}, "ingress": {9102}},
     "gridmeter-aggregator": {"egress": {("ip", None, 443)}, "ingress": {9103}},
+    "gridmeter-aggregator-shards": {"egress": {("ip", None, 443)}, "ingress": {9103}},
     "gridmeter-billing": {"egress": {("ip", None, 443)}, "ingress": set()},
 }
 S3_SECRET = {
     "gridmeter-collector": "gridmeter-s3-collector",
     "gridmeter-aggregator": "gridmeter-s3-aggregator",
+    "gridmeter-aggregator-shards": "gridmeter-s3-aggregator",
     "gridmeter-billing": "gridmeter-s3-billing",
 }
 
@@ -192,7 +195,7 @@ def check_k8s(k8s):
         pod = tmpl.get("spec") or {}
         text = json.dumps(pod)
         for other_name, secret in S3_SECRET.items():
-            if secret in text and other_name != name:
+            if secret in text and secret != S3_SECRET.get(name):
                 fail(f"k8s: {name} uses {secret}")
         if name in S3_SECRET and S3_SECRET[name] not in text:
             fail(f"k8s: {name} does not use its S3 credential {S3_SECRET[name]}")
@@ -262,12 +265,15 @@ def check_bucket_policy(path):
     tls = {"aws:SecureTransport": "true"}
     cases = []  # (who, action, resource, extra ctx, expected)
     for who, can_put, can_get, can_delete, can_list in [
-        ("collector", {"raw", "gaps", "deadletter"}, set(), set(), set()),
-        ("aggregator", {"usage"}, {"raw", "usage"}, set(), {"raw", "usage"}),
-        ("billing", set(), {"raw", "usage"}, set(), {"raw", "usage"}),
-        ("compactor", {"raw"}, {"raw"}, {"raw"}, {"raw"}),
+        ("collector", {"raw", "gaps", "deadletter"}, {"raw", "gaps", "deadletter"}, set(),
+         {"raw", "gaps", "deadletter"}),
+        ("aggregator", {"usage_15m", "usage_history_1d", "_state"},
+         {"raw", "usage_15m", "usage_history_1d", "_state"}, set(),
+         {"raw", "usage_15m", "usage_history_1d", "_state"}),
+        ("billing", set(), {"raw", "usage_15m"}, set(), {"raw", "usage_15m"}),
+        ("compactor", *[{"raw", "gaps", "deadletter", "usage_15m", "usage_history_1d"}] * 4),
     ]:
-        for table in ("raw", "gaps", "deadletter", "usage", "exports"):
+        for table in ("raw", "gaps", "deadletter", "usage_15m", "usage_history_1d", "_state", "exports"):
             key = f"{table}/date=2026-10-01/x.parquet"
             cases.append((who, "s3:PutObject", obj(key), {}, table in can_put))
             cases.append((who, "s3:GetObject", obj(key), {}, table in can_get))

@@ -508,14 +508,25 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     for (currency, total) in &export.totals {
         println!("  {currency} {total}");
     }
-    println!("outputs:");
-    println!("  raw readings   {}", out.join("data/raw").display());
-    println!("  usage tables   {}", out.join("data/usage").display());
+    let data = out.join("data");
+    let data = data.canonicalize().unwrap_or(data);
+    println!("outputs (Delta Lake tables, docs/tables.md):");
+    println!("  raw readings   {}", data.join("raw").display());
+    println!(
+        "  usage tables   {} (current), {} (every revision)",
+        data.join("usage_15m").display(),
+        data.join("usage_history_15m").display()
+    );
     if let Some(dir) = &export.run_dir {
         println!("  billing export {}", dir.display());
     }
     println!("  configs        {}", cfg_dir.display());
-    println!("  dead letters   {}", out.join("data/deadletter").display());
+    println!("  dead letters   {}", data.join("deadletter").display());
+    println!("query them with DuckDB:");
+    println!(
+        "  duckdb -c \"INSTALL delta; LOAD delta; SELECT device_id, channel, any_value(unit) AS unit, sum(usage) AS usage FROM delta_scan('{}') GROUP BY ALL ORDER BY ALL\"",
+        data.join("usage_1d").display()
+    );
     if args.hold {
         println!(
             "metrics: http://{collector_metrics}/metrics (collector), http://{agent_metrics}/metrics (agent {}); Ctrl-C to stop",

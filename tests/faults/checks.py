@@ -1,73 +1,124 @@
-"""Independent checks over what the pipeline wrote: DuckDB/pyarrow readers, not our Rust code.
+"""Independent checks over what the pipeline wrote: not our Rust code, but the Python
+deltalake package (reading each Delta table through its log) and DuckDB's delta extension
+(`delta_scan`, duckdb 1.4.4 in its own virtualenv: scripts/duckdb_delta.py).
 
-- `exactly_once`: every (device_id, seq) an agent produced is in the raw landing exactly
-  once, except seqs the agent reported lost (gap records with reason buffer_full /
-  buffer_corrupt), and no seq is both landed and reported lost.
-- `reconcile_usage`: per (device, channel) counter, the sum of the current usage rows
-  equals the consumption curve's difference over the span they cover, recomputed here from
-  the raw registers with the rules documented in aggregator/src/series.rs (rollover,
-  reset, negative step; linear interpolation at a clamped boundary, rounded half-to-even
-  to 9 places), in exact rational arithmetic.
+- `exactly_once`: every (device_id, seq) an agent produced is in `raw` exactly once, except
+  seqs the agent reported lost (gap records with reason buffer_full / buffer_corrupt), and no
+  seq is both landed and reported lost.
+- `reconcile_usage`: per (device, channel) counter, the sum of the rows of `usage_<window>`
+  (the current table: one row per key, no window function) equals the consumption curve's
+  difference over the span they cover, recomputed here from the raw registers with the rules
+  documented in aggregator/src/series.rs (rollover, reset, negative step; linear
+  interpolation at a clamped boundary, rounded half-to-even to 9 places), in exact rational
+  arithmetic.
+- `readers_agree`: `raw`, `usage_<w>` and `usage_history_<w>` read by both readers hold the
+  same rows (every column, as text), and `usage_<w>` is the latest revision of every key of
+  `usage_history_<w>`.
+
+Tables are on a local data root or on S3 (a moto endpoint): `Tables(root)` or
+`Tables("s3://bucket/prefix", endpoint)`.
 """
 
+import os
+import sys
 from decimal import Decimal
 from fractions import Fraction
+from urllib.parse import urlparse
 
 import duckdb
-from pathlib import Path
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import duckdb_delta  # noqa: E402
 
 LOSS_REASONS = ("buffer_full", "buffer_corrupt")
 
 
-def _con():
-    return duckdb.connect()
+class Tables:
+    """The Delta tables under a data root: a local directory or s3://bucket/prefix."""
+
+    def __init__(self, root, endpoint=None):
+        self.root = str(root).rstrip("/")
+        self.endpoint = endpoint
+
+    def uri(self, name):
+        return f"{self.root}/{name}"
+
+    def storage_options(self):
+        if not self.endpoint:
+            return None
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                "AWS_ALLOW_HTTP": "true"}
+
+    def arrow(self, name):
+        """The table's current snapshot as a pyarrow table, or None if there is no table."""
+        try:
+            return DeltaTable(self.uri(name), storage_options=self.storage_options()).to_pyarrow_table()
+        except TableNotFoundError:
+            return None
+
+    def con(self, *names):
+        """A DuckDB connection with the named tables registered (read by deltalake)."""
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        for n in names:
+            t = self.arrow(n)
+            if t is not None:
+                con.register(n, t)
+        return con, {n for n in names if n in [r[0] for r in con.execute("SHOW TABLES").fetchall()]}
+
+    def duck_secret(self):
+        """Setup SQL for delta_scan on the moto endpoint."""
+        if not self.endpoint:
+            return None
+        host = urlparse(self.endpoint).netloc
+        return ("CREATE SECRET s3 (TYPE s3, KEY_ID 'testing', SECRET 'testing', REGION 'us-east-1', "
+                f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)")
 
 
-def raw_glob(root):
-    return f"{root}/raw/**/*.parquet"
-
-
-def landed_counts(root, files=None):
-    """{device: (rows, distinct seqs)} of the raw landing."""
-    src = files if files is not None else raw_glob(root)
-    try:
-        rows = _con().execute(
-            "SELECT device_id, count(*), count(DISTINCT seq) FROM read_parquet(?, union_by_name=true) GROUP BY 1",
-            [src]).fetchall()
-    except duckdb.IOException:
+def landed_counts(tables):
+    """{device: (rows, distinct seqs)} of the raw table."""
+    con, have = tables.con("raw")
+    if "raw" not in have:
         return {}
+    rows = con.execute("SELECT device_id, count(*), count(DISTINCT seq) FROM raw GROUP BY 1").fetchall()
     return {d: (n, k) for d, n, k in rows}
 
 
-def lost_seqs(root, files=None):
+def lost_seqs(tables):
     """{device: set(seq)} reported lost by agents."""
-    src = files if files is not None else f"{root}/gaps/*.parquet"
-    try:
-        rows = _con().execute(
-            "SELECT device_id, from_seq, to_seq, reason FROM read_parquet(?)", [src]).fetchall()
-    except duckdb.IOException:
+    con, have = tables.con("gaps")
+    if "gaps" not in have:
         return {}
     out = {}
-    for d, a, b, reason in rows:
+    for d, a, b, reason in con.execute("SELECT device_id, from_seq, to_seq, reason FROM gaps").fetchall():
         if reason in LOSS_REASONS:
             out.setdefault(d, set()).update(range(a, b + 1))
     return out
 
 
-def exactly_once(root, produced, raw_files=None, gap_files=None):
+def raw_dates(tables):
+    """The date partitions of raw, as YYYY-MM-DD."""
+    con, have = tables.con("raw")
+    if "raw" not in have:
+        return []
+    return [str(d) for (d,) in con.execute("SELECT DISTINCT date FROM raw ORDER BY 1").fetchall()]
+
+
+def exactly_once(tables, produced):
     """Returns a list of problems (empty = pass). `produced`: {device: highest seq}."""
     problems = []
-    src = raw_files if raw_files is not None else raw_glob(root)
-    con = _con()
-    dups = con.execute(
-        "SELECT device_id, seq, count(*) c FROM read_parquet(?, union_by_name=true) "
-        "GROUP BY ALL HAVING c > 1 LIMIT 5", [src]).fetchall()
+    con, have = tables.con("raw")
+    if "raw" not in have:
+        return ["no raw table"]
+    dups = con.execute("SELECT device_id, seq, count(*) c FROM raw GROUP BY ALL HAVING c > 1 LIMIT 5").fetchall()
     if dups:
         problems.append(f"duplicates in raw: {dups}")
-    lost = lost_seqs(root, gap_files)
+    lost = lost_seqs(tables)
     landed = {}
-    for d, seq in con.execute("SELECT DISTINCT device_id, seq FROM read_parquet(?, union_by_name=true)",
-                              [src]).fetchall():
+    for d, seq in con.execute("SELECT DISTINCT device_id, seq FROM raw").fetchall():
         landed.setdefault(d, set()).add(seq)
     for d, n in produced.items():
         want = set(range(1, n + 1))
@@ -137,24 +188,22 @@ def curve_at(curve, t):
     return c0 + _round9((c1 - c0) * Fraction(t - t0, t1 - t0))
 
 
-def reconcile_usage(root, window, register_max, default_register_max):
+def reconcile_usage(tables, window, register_max, default_register_max):
     """Returns (problems, series checked)."""
-    con = _con()
-    if not list(Path(root, "usage", window).glob("*.parquet")):
+    cur = f"usage_{window}"
+    con, have = tables.con(cur, "raw")
+    if cur not in have:
         return [], 0
     usage = con.execute(
         f"SELECT device_id, channel, epoch_us(window_start), epoch_us(window_end), CAST(usage AS VARCHAR) "
-        f"FROM read_parquet('{root}/usage/{window}/*.parquet') WHERE kind = 'counter' "
-        "QUALIFY row_number() OVER (PARTITION BY device_id, channel, window_start ORDER BY revision DESC) = 1"
-    ).fetchall()
+        f"FROM {cur} WHERE kind = 'counter'").fetchall()
     per = {}
     for d, ch, s, e, u in usage:
         per.setdefault((d, ch), []).append((s, e, Fraction(Decimal(u)) if u is not None else Fraction(0)))
     raw = {}
     for d, ch, t, v in con.execute(
-            f"SELECT DISTINCT ON (device_id, seq) device_id, channel, epoch_us(ts), CAST(value AS VARCHAR) "
-            f"FROM read_parquet('{raw_glob(root)}', union_by_name=true) WHERE kind = 'counter' "
-            "ORDER BY device_id, seq, received_at").fetchall():
+            "SELECT DISTINCT ON (device_id, seq) device_id, channel, epoch_us(ts), CAST(value AS VARCHAR) "
+            "FROM raw WHERE kind = 'counter' ORDER BY device_id, seq, received_at").fetchall():
         raw.setdefault((d, ch), []).append((t, Fraction(Decimal(v))))
     problems = []
     for key, rows in sorted(per.items()):
@@ -177,9 +226,58 @@ def reconcile_usage(root, window, register_max, default_register_max):
     return problems, len(per)
 
 
-def current_rows(root, window):
-    """Current usage rows (latest revision per key) without computed_at, sorted, as tuples."""
-    return _con().execute(
-        f"SELECT * EXCLUDE (computed_at) FROM read_parquet('{root}/usage/{window}/*.parquet') "
-        "QUALIFY row_number() OVER (PARTITION BY device_id, channel, window_start ORDER BY revision DESC) = 1 "
-        "ORDER BY device_id, channel, window_start").fetchall()
+def current_rows(tables, window):
+    """Rows of usage_<window> without computed_at, sorted, as tuples."""
+    con, have = tables.con(f"usage_{window}")
+    if f"usage_{window}" not in have:
+        return []
+    return con.execute(
+        f"SELECT * EXCLUDE (computed_at) FROM usage_{window} ORDER BY device_id, channel, window_start").fetchall()
+
+
+# Every column as text, in a fixed order (the payload of dead letters is left out).
+_TEXT = {
+    "raw": "device_id, seq::VARCHAR, ts::VARCHAR, channel, kind, unit, value::VARCHAR, quality, "
+           "received_at::VARCHAR, date::VARCHAR",
+    "usage": "device_id, channel, kind, unit, \"window\", window_start::VARCHAR, window_end::VARCHAR, "
+             "usage::VARCHAR, \"min\"::VARCHAR, \"max\"::VARCHAR, avg::VARCHAR, \"last\"::VARCHAR, "
+             "readings::VARCHAR, first_ts::VARCHAR, last_ts::VARCHAR, coverage::VARCHAR, flags, "
+             "revision::VARCHAR, computed_at::VARCHAR, date::VARCHAR",
+}
+
+
+def readers_agree(tables, windows=("15m",)):
+    """Returns (problems, {table: rows}): deltalake and delta_scan read the same rows."""
+    problems, sizes = [], {}
+    names = ["raw"] + [t for w in windows for t in (f"usage_{w}", f"usage_history_{w}")]
+    con, have = tables.con(*names)
+    for name in names:
+        if name not in have:
+            problems.append(f"{name}: no table")
+            continue
+        cols = _TEXT["raw" if name == "raw" else "usage"]
+        ours = con.execute(f"SELECT {cols} FROM {name} ORDER BY ALL").fetchall()
+        theirs = duckdb_delta.query(f"SELECT {cols} FROM delta_scan('{tables.uri(name)}') ORDER BY ALL",
+                                    tables.duck_secret())
+        norm = lambda rows: [tuple(None if v is None else str(v) for v in r) for r in rows]
+        a, b = norm(ours), norm(theirs)
+        sizes[name] = len(a)
+        if a != b:
+            diff = [r for r in a if r not in set(b)][:2] + [r for r in b if r not in set(a)][:2]
+            problems.append(f"{name}: deltalake read {len(a)} rows, delta_scan {len(b)}; e.g. {diff}")
+        elif not a and name == "raw":
+            problems.append(f"{name}: empty")
+    for w in windows:
+        cur, hist = f"usage_{w}", f"usage_history_{w}"
+        if cur in have and hist in have:
+            bad = con.execute(
+                f"""SELECT count(*) FROM (
+                      SELECT * EXCLUDE (date) FROM {hist}
+                      QUALIFY row_number() OVER (PARTITION BY device_id, channel, window_start ORDER BY revision DESC) = 1
+                    ) h FULL JOIN (SELECT * EXCLUDE (date) FROM {cur}) c
+                    USING (device_id, channel, window_start)
+                    WHERE h.revision IS DISTINCT FROM c.revision OR h.usage IS DISTINCT FROM c.usage
+                       OR h.avg IS DISTINCT FROM c.avg OR h.flags IS DISTINCT FROM c.flags""").fetchone()[0]
+            if bad:
+                problems.append(f"{cur}: {bad} keys differ from the latest revision in {hist}")
+    return problems, sizes

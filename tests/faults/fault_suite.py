@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """gridmeter fault-injection suite: real Mosquitto (mTLS + ACL), real agent/collector/
-aggregator binaries, real SQLite buffers, Parquet read back with DuckDB/pyarrow.
+aggregator binaries, real SQLite buffers, the Delta tables read back by the Python deltalake
+package and DuckDB's delta extension.
 
     python3 tests/faults/fault_suite.py --short          # CI (a few minutes)
     python3 tests/faults/fault_suite.py --soak --minutes 20
@@ -10,10 +11,13 @@ Tests:
   chaos      agents, collector kill -9 + restart, broker restart while agents buffer, the
              collector's data root failing writes (as root too) for a while; afterwards every
              produced (device_id, seq) is in raw exactly once or in an agent gap record, the
-             collector stopped acking during the outage, and 1m/15m usage reconciles to raw.
+             collector stopped acking during the outage, 1m/15m usage reconciles to raw, and
+             the Python deltalake package and DuckDB's delta_scan read the same raw,
+             usage_15m and usage_history_15m.
   s3         the collector landing in a real S3 server (moto) behind a relay that answers
-             503 for a while: it stops acking, then catches up; objects read back with boto3 +
-             pyarrow, exactly once; the aggregator on the same bucket: 1m usage reconciles.
+             503 for a while: it stops acking, then catches up; the tables read from the
+             bucket through their Delta logs, exactly once; the aggregator on the same bucket:
+             1m usage reconciles; both readers agree on raw, usage_1m, usage_history_1m.
   broker_kill  SIGKILL of Mosquitto (shipped autosave_interval 60) while agents publish and the
              collector is offline, with the persistence file kept and deleted: every seq lands
              exactly once and the agents' buffers drain (delivery confirmations).
@@ -29,7 +33,6 @@ Prints `N passed, M failed`; exits non-zero on any failure.
 """
 
 import argparse
-import io
 import os
 import random
 import shutil
@@ -111,10 +114,10 @@ def drain(work, pki, port, agents, timeout):
     return produced
 
 
-def wait_landed(root, produced, timeout, raw_files=None, gap_files=None):
+def wait_landed(tables, produced, timeout):
     def done():
-        counts = checks.landed_counts(root, raw_files() if raw_files else None)
-        lost = checks.lost_seqs(root, gap_files() if gap_files else None)
+        counts = checks.landed_counts(tables)
+        lost = checks.lost_seqs(tables)
         return all(counts.get(d, (0, 0))[1] + len(lost.get(d, ())) >= n for d, n in produced.items())
 
     h.wait_until(done, timeout, "every produced seq to land", interval=2)
@@ -209,11 +212,12 @@ def test_chaos(args, rng, work):
     log(f"{events} faults injected; draining agents")
     produced = drain(work, pki, broker.port, agents, 240)
     log(f"produced per device: {produced}")
-    wait_landed(root, produced, 180)
+    tables = checks.Tables(root)
+    wait_landed(tables, produced, 180)
     collector.stop()
     broker.stop()
-    expect(checks.exactly_once(root, produced), "exactly once")
-    lost = checks.lost_seqs(root)
+    expect(checks.exactly_once(tables, produced), "exactly once")
+    lost = checks.lost_seqs(tables)
     log(f"readings lost and accounted for in gap records: { {d: len(s) for d, s in lost.items()} }")
     bad = [o[1:] for o in outages if not o[0]]
     if bad:
@@ -222,11 +226,14 @@ def test_chaos(args, rng, work):
         raise Failure("hh-small (4 kB budget, 10 steps/s) lost nothing during the broker outage: the gap path was not exercised")
     aggregator(work, root, ["1m", "15m"])
     for w in ("1m", "15m"):
-        problems, n = checks.reconcile_usage(root, w, REGISTER_MAX, DEFAULT_REGISTER_MAX)
+        problems, n = checks.reconcile_usage(tables, w, REGISTER_MAX, DEFAULT_REGISTER_MAX)
         log(f"usage {w}: {n} counter series reconciled")
         expect(problems, f"usage {w} vs raw")
-    if checks.reconcile_usage(root, "1m", REGISTER_MAX, DEFAULT_REGISTER_MAX)[1] == 0:
+    if checks.reconcile_usage(tables, "1m", REGISTER_MAX, DEFAULT_REGISTER_MAX)[1] == 0:
         raise Failure("no 1m usage rows: nothing reconciled")
+    problems, sizes = checks.readers_agree(tables, ("1m", "15m"))
+    log(f"deltalake and DuckDB delta_scan read the same rows: {sizes}")
+    expect(problems, "the two independent readers")
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,11 +268,12 @@ def test_broker_kill(args, rng, work):
         collector.start()
         produced = drain(w, pki, broker.port, agents, 240)
         log(f"produced per device: {produced}")
-        wait_landed(w / "data", produced, 120)
+        tables = checks.Tables(w / "data")
+        wait_landed(tables, produced, 120)
         collector.stop()
         broker.stop()
-        expect(checks.exactly_once(w / "data", produced), "exactly once after the broker power cut")
-        lost = checks.lost_seqs(w / "data")
+        expect(checks.exactly_once(tables, produced), "exactly once after the broker power cut")
+        lost = checks.lost_seqs(tables)
         if any(lost.values()):
             raise Failure(f"seqs reported lost although nothing was dropped: { {d: len(s) for d, s in lost.items()} }")
 
@@ -301,11 +309,11 @@ def test_collector_disk(args, rng, work):
         time.sleep(3)  # the last flush
         collector.stop()
         broker.stop()
-        dates = sorted(x.name.split("=", 1)[1] for x in (root / "raw").glob("date=*"))
-        for dt in dates:
+        tables = checks.Tables(root)
+        for dt in checks.raw_dates(tables):
             subprocess.run([h.bin_path("gridmeter-collector"), "--config", str(w / "collector.toml"), "compact",
                             "--date", dt], check=True, capture_output=True, timeout=300)
-        problems = checks.exactly_once(root, produced)
+        problems = checks.exactly_once(tables, produced)
         missing = [p for p in problems if "neither landed nor in a gap record" in p]
         if mode == "landed":
             expect(problems, "exactly once after losing the collector's disk (confirm_after = landed)")
@@ -326,7 +334,6 @@ def s3_objects(client, bucket, prefix):
 
 def test_s3(args, rng, work):
     """Collector on a real S3 server (moto) that fails for a while."""
-    import pyarrow.parquet as pq
 
     moto = h.Moto(work).start()
     s3 = moto.client()
@@ -372,46 +379,28 @@ def test_s3(args, rng, work):
         covered = (int(started // 60) + 2) * 60 + 1
         time.sleep(max(0.0, covered - time.time()))
         produced = drain(work, pki, broker.port, agents, 240)
-        dl = work / "s3copy"
-
-        def download():
-            shutil.rmtree(dl, ignore_errors=True)
-            for k in s3_objects(s3, BUCKET, "gm/"):
-                if k.endswith(".parquet") and (k.startswith("gm/raw/") or k.startswith("gm/gaps/")):
-                    p = dl / k
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    p.write_bytes(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())
-            return sorted(str(p) for p in (dl / "gm" / "raw").rglob("*.parquet")) if (dl / "gm" / "raw").exists() else []
-
-        def gap_files():
-            g = dl / "gm" / "gaps"
-            return sorted(str(p) for p in g.glob("*.parquet")) if g.exists() else []
-
-        wait_landed(dl / "gm", produced, 180, raw_files=download, gap_files=gap_files)
+        # Read straight from the bucket, through the tables' Delta logs.
+        tables = checks.Tables(f"s3://{BUCKET}/gm", moto.endpoint())
+        wait_landed(tables, produced, 180)
         collector.stop()
-        files = download()
-        # An independent reader: pyarrow over the bytes S3 returned.
-        total = sum(pq.read_table(io.BytesIO(Path(f).read_bytes())).num_rows for f in files)
-        log(f"{len(files)} raw objects in S3, {total} rows, produced {produced}")
-        expect(checks.exactly_once(dl / "gm", produced, raw_files=files, gap_files=gap_files() or None), "S3 exactly once")
+        raw_files = [k for k in s3_objects(s3, BUCKET, "gm/raw/") if k.endswith(".parquet") and "_delta_log" not in k]
+        log(f"{len(raw_files)} raw data files in S3, produced {produced}")
+        expect(checks.exactly_once(tables, produced), "S3 exactly once")
         broker.stop()
         # The aggregator on the same bucket (straight to moto): usage committed next to raw,
-        # downloaded and reconciled with the raw register differences by DuckDB.
-        aggregator(work, None, ["1m"], s3=h.object_store_toml(BUCKET, moto.endpoint()))
-        keys = s3_objects(s3, BUCKET, "gm/usage/")
-        if "gm/usage/_state/aggregator.json" not in keys:
+        # read back from S3 and reconciled with the raw register differences.
+        aggregator(work, None, ["1m", "15m"], s3=h.object_store_toml(BUCKET, moto.endpoint()))
+        keys = s3_objects(s3, BUCKET, "gm/")
+        if "gm/_state/aggregator.json" not in keys:
             raise Failure(f"no aggregator state in S3: {keys[:10]}")
-        for k in keys:
-            rel = k[len("gm/"):]
-            if k.endswith(".parquet") and not any(c.startswith(("_", ".")) for c in rel.split("/")):
-                p = dl / "gm" / rel
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())
-        problems, n = checks.reconcile_usage(dl / "gm", "1m", REGISTER_MAX, DEFAULT_REGISTER_MAX)
+        problems, n = checks.reconcile_usage(tables, "1m", REGISTER_MAX, DEFAULT_REGISTER_MAX)
         log(f"usage 1m from S3: {n} counter series reconciled")
         expect(problems, "S3 usage 1m vs raw")
         if n == 0:
             raise Failure("no 1m usage rows in S3: nothing reconciled")
+        problems, sizes = checks.readers_agree(tables, ("1m",))
+        log(f"on S3, deltalake and DuckDB delta_scan read the same rows: {sizes}")
+        expect(problems, "the two independent readers on S3")
     finally:
         proxy.close()
 
@@ -443,17 +432,17 @@ def shared_run(work, collectors, devices, sims, until_readings):
     produced = {d: a.counters()[0] for d, a in agents.items()}
     for a in agents.values():
         a.proc.stop()
-    wait_landed(root, produced, 180)
+    tables = checks.Tables(root)
+    wait_landed(tables, produced, 180)
     shares = [(h.metrics(p) or {}).get("gridmeter_collector_readings_accepted_total", 0) for p in ports]
     for p in procs:
         p.stop()
     broker.stop()
     if collectors > 1:
-        dates = sorted(x.name.split("=", 1)[1] for x in (root / "raw").glob("date=*"))
-        for dt in dates:
+        for dt in checks.raw_dates(tables):
             subprocess.run([h.bin_path("gridmeter-collector"), "--config", str(work / "c1.toml"), "compact", "--date", dt],
                            check=True, capture_output=True, timeout=300)
-    expect(checks.exactly_once(root, produced), f"exactly once with {collectors} collector(s)")
+    expect(checks.exactly_once(tables, produced), f"exactly once with {collectors} collector(s)")
     aggregator(work, root, ["15m", "1h"], lateness="2h")
     return root, shares, produced
 
@@ -479,16 +468,20 @@ def test_shared(args, rng, work):
     if min(shares) == 0:
         log("note: one collector of the shared group got no messages (broker chose one subscriber)")
     for w in ("15m", "1h"):
-        a, b = checks.current_rows(one, w), checks.current_rows(two, w)
+        a, b = checks.current_rows(checks.Tables(one), w), checks.current_rows(checks.Tables(two), w)
         if not a:
             raise Failure(f"no {w} usage rows in the single-collector run")
         if a != b:
             diff = [x for x in a if x not in set(b)][:3] + [x for x in b if x not in set(a)][:3]
             raise Failure(f"{w} usage differs: {len(a)} vs {len(b)} rows; e.g. {diff}")
         log(f"usage {w}: {len(a)} current rows identical")
-        problems, n = checks.reconcile_usage(one, w, REGISTER_MAX, DEFAULT_REGISTER_MAX)
+        problems, n = checks.reconcile_usage(checks.Tables(one), w, REGISTER_MAX, DEFAULT_REGISTER_MAX)
         expect(problems, f"usage {w} vs raw")
         log(f"usage {w}: {n} counter series reconcile with raw")
+    for root in (one, two):
+        problems, sizes = checks.readers_agree(checks.Tables(root), ("15m", "1h"))
+        log(f"deltalake and DuckDB delta_scan read the same rows: {sizes}")
+        expect(problems, "the two independent readers")
 
 
 TESTS = {"chaos": test_chaos, "broker_kill": test_broker_kill, "collector_disk": test_collector_disk,

@@ -2,7 +2,8 @@
 # duplicate delivery) for 3 meters over 2026-10-24..2026-10-28 UTC, Europe/Berlin customers.
 import os, random
 from decimal import Decimal
-import pyarrow as pa, pyarrow.parquet as pq
+import pyarrow as pa
+from deltalake import write_deltalake
 random.seed(7)
 ts_t = pa.timestamp("us", tz="UTC"); dec_t = pa.decimal128(38, 9)
 start = 1792800000 * 1_000_000  # 2026-10-24T00:00:00Z
@@ -25,10 +26,10 @@ for r in rows:
 for day, rs in by_day.items():
     import datetime
     d = datetime.date(1970, 1, 1) + datetime.timedelta(days=int(day))
-    os.makedirs(f"data/raw/date={d}", exist_ok=True)
-    pq.write_table(pa.table({
-        "device_id": [r[0] for r in rs], "seq": pa.array([r[1] for r in rs], pa.uint64()),
+    write_deltalake("data/raw", pa.table({
+        "device_id": [r[0] for r in rs], "seq": pa.array([r[1] for r in rs], pa.int64()),
         "ts": pa.array([r[2] for r in rs], pa.int64()).cast(ts_t),
         "channel": ["energy_import"] * len(rs), "kind": ["counter"] * len(rs), "unit": ["Wh"] * len(rs),
         "value": pa.array([r[3] for r in rs], dec_t), "quality": [""] * len(rs),
-        "received_at": pa.array([r[4] for r in rs], pa.int64()).cast(ts_t)}), f"data/raw/date={d}/c1-0.parquet")
+        "received_at": pa.array([r[4] for r in rs], pa.int64()).cast(ts_t),
+        "date": pa.array([d] * len(rs), pa.date32())}), partition_by=["date"], mode="append")

@@ -1,4 +1,5 @@
-//! Test fixtures: usage and raw Parquet written per `gridmeter_core::schema::{usage, raw}`.
+//! Test fixtures: usage and raw rows committed to the `usage_15m` and `raw` Delta tables
+//! (schemas `gridmeter_core::schema::{usage, raw}`, through the shared table layer).
 
 #![allow(dead_code)]
 
@@ -8,11 +9,9 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
 };
 use chrono::{DateTime, Duration, Utc};
 use gridmeter_core::decimal::to_scaled_i128;
-use parquet::arrow::ArrowWriter;
 use rust_decimal::Decimal;
 
 pub fn d(s: &str) -> Decimal {
@@ -131,15 +130,64 @@ fn ts(v: &[i64]) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(v.to_vec()).with_timezone("UTC"))
 }
 
-fn write(path: &Path, batch: RecordBatch) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+/// Runs `f` with the table `spec` under the local data root `root`, on a runtime of its own.
+fn with_table<T: Send>(
+    root: &Path,
+    spec: gridmeter_tables::TableSpec,
+    f: impl FnOnce(gridmeter_tables::Table) -> futures::future::BoxFuture<'static, T> + Send,
+) -> T {
+    let root = root.to_path_buf();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let root =
+                    gridmeter_tables::Root::open(&gridmeter_core::store::DataRoot::Local(root))
+                        .unwrap();
+                let table = gridmeter_tables::Table::open(&root, spec).await.unwrap();
+                f(table).await
+            })
+        })
+        .join()
+        .unwrap()
+    })
 }
 
-/// Writes `rows` to `<root>/usage/15m/<name>.parquet`.
+/// Commits `batch` as one data file `path` of `spec`'s table. Writing a path again replaces
+/// the file (its new `add` supersedes the old one, as in a rewrite).
+fn commit(
+    root: &Path,
+    spec: gridmeter_tables::TableSpec,
+    path: String,
+    date: chrono::NaiveDate,
+    batch: RecordBatch,
+) {
+    with_table(root, spec, move |table| {
+        Box::pin(async move {
+            let file = gridmeter_tables::delta::NewFile {
+                path: path.clone(),
+                date: Some(date),
+                batch,
+                tags: vec![],
+            };
+            table
+                .append_once(
+                    &format!("test/{path}"),
+                    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+                    vec![file],
+                    gridmeter_tables::parquet_io::Profile::Standard,
+                    "",
+                )
+                .await
+                .unwrap();
+        })
+    })
+}
+
+/// Commits `rows` (all of one day) to `<root>/usage_15m` as `date=<day>/<name>.parquet`.
 pub fn write_usage(root: &Path, name: &str, rows: &[UsageRow]) {
     let s = |f: &dyn Fn(&UsageRow) -> String| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
@@ -184,14 +232,20 @@ pub fn write_usage(root: &Path, name: &str, rows: &[UsageRow]) {
         ],
     )
     .unwrap();
-    write(
-        &root.join("usage/15m").join(format!("{name}.parquet")),
+    let date = rows
+        .first()
+        .map(|r| r.start.date_naive())
+        .unwrap_or_default();
+    commit(
+        root,
+        gridmeter_tables::usage::current_spec("15m"),
+        format!("date={date}/{name}.parquet"),
+        date,
         batch,
     );
 }
 
-/// Writes `rows` to `<root>/raw/date=<date>/<name>.parquet`.
-pub fn write_raw(root: &Path, date: &str, name: &str, rows: &[RawRow]) {
+fn raw_batch(rows: &[RawRow]) -> RecordBatch {
     let s = |f: &dyn Fn(&RawRow) -> String| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
@@ -199,8 +253,8 @@ pub fn write_raw(root: &Path, date: &str, name: &str, rows: &[RawRow]) {
         gridmeter_core::schema::raw(),
         vec![
             s(&|r| r.device.clone()),
-            Arc::new(UInt64Array::from(
-                rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.seq as i64).collect::<Vec<_>>(),
             )),
             ts(&rows
                 .iter()
@@ -218,13 +272,41 @@ pub fn write_raw(root: &Path, date: &str, name: &str, rows: &[RawRow]) {
         ],
     )
     .unwrap();
-    write(
-        &root
-            .join("raw")
-            .join(format!("date={date}"))
-            .join(format!("{name}.parquet")),
-        batch,
+    batch
+}
+
+/// Commits `rows` to `<root>/raw` as `date=<date>/<name>.parquet`.
+pub fn write_raw(root: &Path, date: &str, name: &str, rows: &[RawRow]) {
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+    commit(
+        root,
+        gridmeter_tables::raw::spec(),
+        format!("date={date}/{name}.parquet"),
+        day,
+        raw_batch(rows),
     );
+}
+
+/// Writes `rows` as the data file `date=<date>/<name>.parquet` of `<root>/raw` without
+/// committing it (a collector that crashed before its commit): no reader may see it.
+pub fn write_raw_uncommitted(root: &Path, date: &str, name: &str, rows: &[RawRow]) {
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+    let batch = raw_batch(rows);
+    let path = format!("date={date}/{name}.parquet");
+    with_table(root, gridmeter_tables::raw::spec(), move |table| {
+        Box::pin(async move {
+            table
+                .write_file(
+                    &path,
+                    Some(day),
+                    &batch,
+                    gridmeter_tables::parquet_io::Profile::Standard,
+                    &[],
+                )
+                .await
+                .unwrap();
+        })
+    });
 }
 
 pub fn config(root: &Path, registry: &str, tariffs: &str) -> gridmeter_billing::ExportConfig {

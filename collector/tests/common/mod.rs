@@ -261,6 +261,11 @@ pub struct CollectorProcess {
 
 impl CollectorProcess {
     pub fn spawn(config: &Path, log: &Path) -> CollectorProcess {
+        CollectorProcess::spawn_with(config, log, &[])
+    }
+
+    /// [`CollectorProcess::spawn`] with extra environment variables.
+    pub fn spawn_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> CollectorProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -270,6 +275,7 @@ impl CollectorProcess {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,rumqttd=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -333,12 +339,16 @@ impl Drop for CollectorProcess {
     }
 }
 
-/// Runs a python3 snippet (pyarrow) and returns its stdout. Fails the test if python3 or
-/// pyarrow is missing: CI installs them.
+/// Runs a python3 snippet (pyarrow, deltalake) and returns its stdout. Fails the test if
+/// python3 or the packages are missing: CI installs them.
 pub fn python(script: &str) -> String {
     let out = Command::new("python3")
         .arg("-c")
-        .arg(script)
+        // Leave without interpreter teardown: the deltalake package's runtime threads can
+        // abort a normal exit ("terminate called without an active exception").
+        .arg(format!(
+            "{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n"
+        ))
         .output()
         .expect("python3 is required (with pyarrow) as the independent Parquet reader");
     assert!(
@@ -349,14 +359,18 @@ pub fn python(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A Python `table(root, name)` that reads a Delta table with the `deltalake` package (an
+/// independent reader of the log and the files), `None` when it does not exist or is empty.
 pub const READ_TABLE: &str = r#"
-import glob, sys
-import pyarrow.parquet as pq, pyarrow as pa
+import os, sys
+import pyarrow as pa
+from deltalake import DeltaTable
 def table(root, sub):
-    files = sorted(glob.glob(f"{root}/{sub}/**/*.parquet", recursive=True))
-    if not files:
+    path = f"{root}/{sub}"
+    if not os.path.isdir(f"{path}/_delta_log"):
         return None
-    return pa.concat_tables([pq.read_table(f, partitioning=None) for f in files])
+    t = DeltaTable(path).to_pyarrow_table()
+    return t if t.num_rows else None
 "#;
 
 /// (rows, distinct (device_id, seq)) in `<root>/raw`, read by pyarrow.

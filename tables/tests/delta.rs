@@ -1,0 +1,247 @@
+//! The Delta machinery against a real local directory, read back by the Python `deltalake`
+//! package (an independent reader).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::DateTime;
+use gridmeter_core::store::DataRoot;
+use gridmeter_core::{Channel, Kind, Quality, Reading};
+use gridmeter_tables::raw::{self, RawRow};
+use gridmeter_tables::usage::{UsageRow, UsageTables};
+use gridmeter_tables::{Flags, Root};
+
+fn reading_rows(device: &str, seqs: std::ops::RangeInclusive<u64>, received: i64) -> Vec<RawRow> {
+    let id: Arc<str> = Arc::from(device);
+    seqs.map(|seq| RawRow {
+        device_id: id.clone(),
+        reading: Reading {
+            seq,
+            ts: DateTime::from_timestamp(1_795_000_000 + seq as i64 * 60, 0).unwrap(),
+            channel: Channel::new("energy_import").unwrap(),
+            kind: Kind::Counter,
+            unit: "Wh".into(),
+            value: rust_decimal::Decimal::new(seq as i64, 3),
+            quality: Quality::GOOD,
+        },
+        received_at_us: received,
+    })
+    .collect()
+}
+
+fn python(script: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        // Leave without interpreter teardown: the deltalake package's runtime threads can
+        // abort a normal exit ("terminate called without an active exception").
+        .arg(format!(
+            "{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n"
+        ))
+        .output()
+        .expect("python3 with the deltalake package is required (CI installs it)");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// (rows, distinct (device, seq)) of `raw` as the Python deltalake package reads it.
+fn py_counts(dir: &std::path::Path) -> String {
+    python(&format!(
+        "from deltalake import DeltaTable\nt = DeltaTable({:?}).to_pyarrow_table()\nk = set(zip(t.column('device_id').to_pylist(), t.column('seq').to_pylist()))\nprint(t.num_rows, len(k), sorted(set(str(d) for d in t.column('date').to_pylist())))",
+        dir.join("raw").display().to_string()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_exactly_once_and_concurrent_writers_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(&DataRoot::Local(dir.path().to_path_buf())).unwrap();
+    let table = raw::open(&root).await.unwrap();
+    let rows = reading_rows("a", 1..=100, 5);
+    let files = || raw::plan("c1-0000000000000001", &rows).unwrap();
+    let first = table
+        .append_once(
+            "collector/c1",
+            1,
+            files(),
+            gridmeter_tables::parquet_io::Profile::Raw,
+            "",
+        )
+        .await
+        .unwrap();
+    assert!(first.version.is_some());
+    // A replay of the same segment: the transaction id is found, nothing is written.
+    let again = table
+        .append_once(
+            "collector/c1",
+            1,
+            files(),
+            gridmeter_tables::parquet_io::Profile::Raw,
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.version, None);
+    // Two writers at once, 20 segments each, in separate runtimes (real concurrency).
+    let threads: Vec<_> = ["c2", "c3"]
+        .into_iter()
+        .map(|c| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let table = raw::open(&root).await.unwrap();
+                    let mut retries = 0;
+                    for seg in 1..=20u64 {
+                        let rows = reading_rows(c, seg * 10 - 9..=seg * 10, 7);
+                        let f = raw::plan(&format!("{c}-{seg:016}"), &rows).unwrap();
+                        let r = table
+                            .append_once(
+                                &format!("collector/{c}"),
+                                seg as i64,
+                                f,
+                                gridmeter_tables::parquet_io::Profile::Raw,
+                                "",
+                            )
+                            .await
+                            .unwrap();
+                        assert!(r.version.is_some());
+                        retries += r.retries;
+                    }
+                    retries
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let out = py_counts(dir.path());
+    assert!(out.starts_with("500 500 "), "{out}");
+    let snap = table.snapshot().await.unwrap();
+    assert_eq!(snap.txn_version("collector/c2").await.unwrap(), Some(20));
+    assert_eq!(snap.txn_version("collector/c3").await.unwrap(), Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_removes_cross_collector_duplicates_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(&DataRoot::Local(dir.path().to_path_buf())).unwrap();
+    let table = raw::open(&root).await.unwrap();
+    let p = gridmeter_tables::parquet_io::Profile::Raw;
+    // The same readings landed by two collectors (a republish on a shared subscription).
+    let a = reading_rows("m", 1..=50, 100);
+    let b = reading_rows("m", 26..=80, 50);
+    table
+        .append_once("collector/c1", 1, raw::plan("c1-1", &a).unwrap(), p, "")
+        .await
+        .unwrap();
+    table
+        .append_once("collector/c2", 1, raw::plan("c2-1", &b).unwrap(), p, "")
+        .await
+        .unwrap();
+    assert!(py_counts(dir.path()).starts_with("105 80 "));
+    let date = table.snapshot().await.unwrap().files()[0].date.unwrap();
+    let stats = raw::compact_date(&table, date).await.unwrap();
+    assert_eq!((stats.rows_in, stats.rows_out), (105, 80));
+    assert!(py_counts(dir.path()).starts_with("80 80 "));
+    // The earliest received copy won: seqs 26..=50 came from c2 (received at 50).
+    let snap = table.snapshot().await.unwrap();
+    let mut received = Vec::new();
+    for f in snap.files() {
+        for b in table.read_file(&f, None).await.unwrap() {
+            received.extend(raw::identities(&b).unwrap());
+        }
+    }
+    assert!(received
+        .iter()
+        .filter(|(_, s, _)| (26..=50).contains(s))
+        .all(|(_, _, r)| *r == 50));
+    // Compacting again changes nothing.
+    let again = raw::compact_date(&table, date).await.unwrap();
+    assert_eq!(
+        (again.files_in, again.rows_out, again.files_out),
+        (1, 80, 0)
+    );
+}
+
+fn usage_row(device: &str, start: i64, usage: i128, revision: i64) -> UsageRow {
+    UsageRow {
+        device_id: device.into(),
+        channel: "energy_import".into(),
+        kind: "counter".into(),
+        unit: "Wh".into(),
+        window: "15m".into(),
+        window_start: start,
+        window_end: start + 900_000_000,
+        usage: Some(usage),
+        min: None,
+        max: None,
+        avg: None,
+        last: None,
+        readings: 3,
+        first_ts: Some(start),
+        last_ts: Some(start + 1),
+        coverage: 1_000_000_000,
+        flags: if revision > 1 {
+            Flags::LATE
+        } else {
+            Flags::NONE
+        },
+        revision,
+        computed_at: 7,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_revisions_replace_the_current_row_and_stay_in_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(&DataRoot::Local(dir.path().to_path_buf())).unwrap();
+    let t = UsageTables::open(&root, "15m").await.unwrap();
+    let day = 1_795_046_400_000_000i64; // a UTC midnight
+    let run1: Vec<UsageRow> = (0..4)
+        .flat_map(|i| ["a", "b"].map(|d| usage_row(d, day + i * 900_000_000, 10, 1)))
+        .collect();
+    assert_eq!(t.next_version("aggregator").await.unwrap(), 1);
+    t.commit("aggregator", 1, run1.clone()).await.unwrap();
+    // Run 2 revises one window of "a" and adds a new one.
+    let run2 = vec![
+        usage_row("a", day, 11, 2),
+        usage_row("a", day + 4 * 900_000_000, 5, 1),
+    ];
+    assert_eq!(t.next_version("aggregator").await.unwrap(), 2);
+    let c = t.commit("aggregator", 2, run2).await.unwrap();
+    assert_eq!(c.rewritten, 1);
+    // Committing run 2 again (a retry) is a no-op.
+    let again = t
+        .commit("aggregator", 2, vec![usage_row("a", day, 99, 2)])
+        .await
+        .unwrap();
+    assert_eq!((again.history, again.current), (None, None));
+    let cur = t.current_rows(None, None).await.unwrap();
+    assert_eq!(cur.len(), 9);
+    assert_eq!(
+        cur[&("a".into(), "energy_import".into(), day)].usage,
+        Some(11)
+    );
+    let devices: HashSet<String> = ["b".to_string()].into_iter().collect();
+    assert_eq!(
+        t.current_rows(Some(&devices), Some(day + 900_000_000))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let out = python(&format!(
+        "from deltalake import DeltaTable\nh = DeltaTable({h:?}).to_pyarrow_table()\nc = DeltaTable({c:?}).to_pyarrow_table()\nprint(h.num_rows, c.num_rows, sorted(c.column('revision').to_pylist())[-1])",
+        h = dir.path().join("usage_history_15m").display().to_string(),
+        c = dir.path().join("usage_15m").display().to_string(),
+    ));
+    assert_eq!(out, "10 9 2");
+}

@@ -58,7 +58,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{watch, Notify};
 
-use crate::buffer::{Buffer, OutBatch};
+use crate::buffer::{Buffer, BufferError, OutBatch};
 use crate::config::{AgentConfig, WireEncoding};
 use crate::metrics::AgentMetrics;
 use crate::sources::meta::MetaBoard;
@@ -457,11 +457,15 @@ impl Forwarder {
         }
         let buffer = self.buffer.clone();
         if !self.config.mqtt.require_confirmation && !refused {
-            return tokio::task::spawn_blocking(move || lock(&buffer).ack(&f.batch))
-                .await
-                .map_err(|e| AgentError::Task(e.to_string()))?
-                .map(|()| self.metrics.confirmed.inc_by(n))
-                .map_err(AgentError::from);
+            let confirmed = self.metrics.confirmed.clone();
+            return tokio::task::spawn_blocking(move || {
+                lock(&buffer).ack(&f.batch)?;
+                confirmed.inc_by(n);
+                Ok::<_, BufferError>(())
+            })
+            .await
+            .map_err(|e| AgentError::Task(e.to_string()))?
+            .map_err(AgentError::from);
         }
         let (runs, gap_ids) = (f.batch.runs(), f.batch.gap_ids());
         let resends = lock(&self.buffer).published(&runs, &gap_ids, Instant::now());
@@ -488,10 +492,16 @@ impl Forwarder {
         };
         self.metrics.confirmations.inc();
         let buffer = self.buffer.clone();
-        let done = tokio::task::spawn_blocking(move || lock(&buffer).confirm(&c))
-            .await
-            .map_err(|e| AgentError::Task(e.to_string()))??;
-        self.metrics.confirmed.inc_by(done.readings);
+        let confirmed = self.metrics.confirmed.clone();
+        // The counter moves with the delete, in the same task: whoever sees the buffer
+        // shrink sees the confirmations counted, even if this future is dropped meanwhile.
+        let done = tokio::task::spawn_blocking(move || {
+            let done = lock(&buffer).confirm(&c)?;
+            confirmed.inc_by(done.readings);
+            Ok::<_, BufferError>(done)
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))??;
         if let Some(t) = done.first_sent {
             self.metrics
                 .confirmation_latency

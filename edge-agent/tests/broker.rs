@@ -58,7 +58,11 @@ async fn broker_outage_is_backfilled_oldest_first() {
     wait_for(
         Duration::from_secs(30),
         "buffer drained (confirmed)",
-        || metric(&registry, "gridmeter_agent_buffer_rows", None) == 0.0,
+        || {
+            metric(&registry, "gridmeter_agent_buffer_rows", None) == 0.0
+                && metric(&registry, "gridmeter_agent_readings_confirmed_total", None)
+                    == total as f64
+        },
     )
     .await;
     stop_tx.send(()).unwrap();

@@ -308,6 +308,17 @@ impl CollectorConfig {
         }
     }
 
+    /// Everything the collector subscribes to: [`Self::topic_filter`], and every device's
+    /// retained metadata (never shared: a broker sends retained messages only to plain
+    /// subscriptions, so every collector of a group receives them; their `devices` writes
+    /// converge, see `gridmeter_tables::devices`).
+    pub fn topic_filters(&self) -> Vec<String> {
+        vec![
+            self.topic_filter(),
+            gridmeter_core::wire::meta::META_TOPIC_FILTER.to_string(),
+        ]
+    }
+
     /// `max_backfill` in µs (the default where it does not parse; validation reports it).
     pub fn max_backfill_us(&self) -> i64 {
         humantime::parse_duration(&self.max_backfill)

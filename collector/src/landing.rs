@@ -1,5 +1,5 @@
-//! The landing: the `raw`, `gaps` and `deadletter` Delta tables under the data root (a local
-//! directory or S3), through the shared table layer (`gridmeter_tables`).
+//! The landing: the `raw`, `gaps`, `deadletter` and `devices` Delta tables under the data
+//! root (a local directory or S3), through the shared table layer (`gridmeter_tables`).
 //!
 //! A sealed WAL segment is landed as at most one commit per table, each with the Delta
 //! transaction id `(collector/<collector_id>, segment)`. Landing a segment again (replay
@@ -12,6 +12,7 @@
 //! | raw | `raw/date=YYYY-MM-DD/<collector>-<segment:016>-<part>.parquet` (event date of `ts`) |
 //! | dead letters | `deadletter/date=YYYY-MM-DD/<collector>-<segment:016>.parquet` (date of `received_at`) |
 //! | gaps | `gaps/<collector>-<segment:016>.parquet` |
+//! | devices | `devices/<collector>-<version:020>.parquet`: the whole table, rewritten when a metadata document changes it (`gridmeter_tables::devices`) |
 //!
 //! A commit that returned is durable (fsync'd on a local directory, a completed PUT on S3),
 //! so "landed" — what the confirmations to the devices promise — means "committed".
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use gridmeter_core::store::DataRoot;
 use gridmeter_tables::parquet_io::Profile;
-use gridmeter_tables::{deadletter, gaps, raw, Root, Table};
+use gridmeter_tables::{deadletter, devices, gaps, raw, Root, Table};
 
 use crate::config::CollectorConfig;
 use crate::process::SegmentOutput;
@@ -44,6 +45,7 @@ pub struct Landing {
     raw: Arc<Table>,
     gaps: Arc<Table>,
     dead: Arc<Table>,
+    devices: Arc<devices::Writer>,
     collector_id: String,
 }
 
@@ -67,6 +69,7 @@ impl Landing {
             raw: Arc::new(Table::lazy(&root, raw::spec())?),
             gaps: Arc::new(Table::lazy(&root, gaps::spec())?),
             dead: Arc::new(Table::lazy(&root, deadletter::spec())?),
+            devices: Arc::new(devices::Writer::new(&root, collector_id)?),
             root,
             collector_id: collector_id.to_string(),
         })
@@ -92,42 +95,81 @@ impl Landing {
         format!("collector/{}", self.collector_id)
     }
 
+    /// The `devices` table.
+    pub fn devices(&self) -> &Table {
+        self.devices.table()
+    }
+
     /// Commits every row of a segment, exactly once; returns the bytes of data written (0
-    /// for what had been committed before).
+    /// for what had been committed before). The segment's metadata documents are merged
+    /// into `devices` (idempotent: a replay finds nothing newer to write).
     pub async fn write_segment(
         &self,
         segment: u64,
         out: &SegmentOutput,
-    ) -> Result<u64, LandingError> {
+    ) -> Result<(u64, devices::Upserted), LandingError> {
         let name = format!("{}-{segment:016}", self.collector_id);
         let version = i64::try_from(segment)
             .map_err(|_| LandingError::Config(format!("segment {segment} is above 2^63 - 1")))?;
-        let app = self.app_id();
-        let mut bytes = 0;
-        // Dead letters and gaps first, raw last: a crash in between replays the segment,
-        // and each table skips what it holds already.
-        for (table, files, profile) in [
-            (
+        // Dead letters, gaps and devices first, raw last: a crash in between replays the
+        // segment, and each table skips what it holds already.
+        let mut bytes = self
+            .append(
                 &self.dead,
+                segment,
+                version,
                 deadletter::plan(&name, &out.dead)?,
                 Profile::Standard,
-            ),
-            (&self.gaps, gaps::plan(&name, &out.gaps)?, Profile::Standard),
-            (&self.raw, raw::plan(&name, &out.raw)?, Profile::Raw),
-        ] {
-            let r = table
-                .append_once(&app, version, files, profile, CRASH_AFTER_DATA_FILES)
-                .await?;
-            bytes += r.bytes;
-            if r.retries > 0 {
-                tracing::debug!(
-                    table = table.name(),
-                    segment,
-                    retries = r.retries,
-                    "commit retried after concurrent commits"
-                );
-            }
+            )
+            .await?;
+        bytes += self
+            .append(
+                &self.gaps,
+                segment,
+                version,
+                gaps::plan(&name, &out.gaps)?,
+                Profile::Standard,
+            )
+            .await?;
+        let updated = self.devices.upsert(&out.devices).await?;
+        bytes += self
+            .append(
+                &self.raw,
+                segment,
+                version,
+                raw::plan(&name, &out.raw)?,
+                Profile::Raw,
+            )
+            .await?;
+        Ok((bytes, updated))
+    }
+
+    /// Appends one table's files of a segment exactly once; returns the bytes written.
+    async fn append(
+        &self,
+        table: &Table,
+        segment: u64,
+        version: i64,
+        files: Vec<gridmeter_tables::delta::NewFile>,
+        profile: Profile,
+    ) -> Result<u64, LandingError> {
+        let r = table
+            .append_once(
+                &self.app_id(),
+                version,
+                files,
+                profile,
+                CRASH_AFTER_DATA_FILES,
+            )
+            .await?;
+        if r.retries > 0 {
+            tracing::debug!(
+                table = table.name(),
+                segment,
+                retries = r.retries,
+                "commit retried after concurrent commits"
+            );
         }
-        Ok(bytes)
+        Ok(r.bytes)
     }
 }

@@ -32,6 +32,7 @@ pub struct Metrics {
     /// Recomputed periodically from scratch (reset, then one observation per device).
     pub device_last_seen_age_seconds: HistogramVec,
     pub bytes_written: IntCounter,
+    pub devices_updated: IntCounter,
     pub write_errors: IntCounter,
     pub deadletter: IntCounterVec,
     pub wal_bytes: IntGauge,
@@ -125,6 +126,10 @@ impl Metrics {
                 "gridmeter_collector_bytes_written_total",
                 "Bytes written to the WAL and the object store",
             )?,
+            devices_updated: counter(
+                "gridmeter_collector_devices_updated_total",
+                "Devices whose rows in the devices table a metadata document changed",
+            )?,
             write_errors: counter(
                 "gridmeter_collector_write_errors_total",
                 "Failed writes to the WAL or the object store (retried)",
@@ -150,6 +155,7 @@ impl Metrics {
         registry.register(Box::new(m.messages_received.clone()))?;
         registry.register(Box::new(m.messages_rejected.clone()))?;
         registry.register(Box::new(m.readings_received.clone()))?;
+        registry.register(Box::new(m.devices_updated.clone()))?;
         registry.register(Box::new(m.readings_accepted.clone()))?;
         registry.register(Box::new(m.readings_rejected.clone()))?;
         registry.register(Box::new(m.readings_duplicate.clone()))?;

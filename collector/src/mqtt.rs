@@ -71,8 +71,8 @@ pub fn network_options() -> rumqttc::NetworkOptions {
 pub struct Session {
     pub eventloop: EventLoop,
     pub client: AsyncClient,
-    /// What it subscribes to (plain or shared).
-    pub filter: String,
+    /// What it subscribes to: the readings (plain or shared) and the devices' metadata.
+    pub filters: Vec<String>,
     /// The certificate files, reloaded before every reconnect.
     pub tls: ClientTls,
 }
@@ -92,7 +92,7 @@ pub async fn drive(
     let Session {
         mut eventloop,
         client,
-        filter,
+        filters,
         mut tls,
     } = session;
     let mut backoff = Duration::from_millis(200);
@@ -127,10 +127,13 @@ pub async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 metrics.connected.set(1);
                 backoff = Duration::from_millis(200);
-                tracing::info!(session_present = ack.session_present, %filter, "connected to broker");
-                // Subscribing again is harmless and covers a broker that lost its session.
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!("subscribe {filter}: {e}");
+                tracing::info!(session_present = ack.session_present, filters = ?filters, "connected to broker");
+                // Subscribing again is harmless, covers a broker that lost its session, and
+                // has the broker send the retained metadata documents again.
+                for filter in &filters {
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!("subscribe {filter}: {e}");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {

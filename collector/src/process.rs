@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gridmeter_core::text::clip;
-use gridmeter_core::wire::{self, json, Limits};
+use gridmeter_core::wire::{self, json, meta, Limits};
 use gridmeter_core::{Batch, DeviceId, Quality, Reading};
 
 use gridmeter_core::wire::confirm::SeqRanges;
@@ -19,6 +19,7 @@ use crate::wal::WalRecord;
 
 /// The rows of the three tables the collector writes (types of the shared table layer).
 pub use gridmeter_tables::deadletter::DeadRow;
+pub use gridmeter_tables::devices::Received as DeviceDoc;
 pub use gridmeter_tables::gaps::GapRow;
 pub use gridmeter_tables::raw::RawRow;
 
@@ -28,6 +29,9 @@ pub struct SegmentOutput {
     pub raw: Vec<RawRow>,
     pub dead: Vec<DeadRow>,
     pub gaps: Vec<GapRow>,
+    /// Device metadata documents received (retained `gridmeter/v1/{id}/meta` messages), for
+    /// the `devices` table.
+    pub devices: Vec<DeviceDoc>,
     /// Every seq and gap record the segment's messages carried that is now recorded (landed
     /// new, a duplicate of one landed, or dead-lettered with its seq): what becomes durable
     /// with this segment and is confirmed to the devices ([`crate::confirm`]).
@@ -40,12 +44,15 @@ pub const MAX_SEGMENT_DEAD_BYTES: usize = 32 * 1024 * 1024;
 impl SegmentOutput {
     /// Whether the segment produced no rows (it may still have seqs to confirm).
     pub fn is_empty(&self) -> bool {
-        self.raw.is_empty() && self.dead.is_empty() && self.gaps.is_empty()
+        self.raw.is_empty()
+            && self.dead.is_empty()
+            && self.gaps.is_empty()
+            && self.devices.is_empty()
     }
 
-    /// Rows of the three tables together.
+    /// Rows of the tables together (a metadata document counts as one).
     pub fn rows(&self) -> usize {
-        self.raw.len() + self.dead.len() + self.gaps.len()
+        self.raw.len() + self.dead.len() + self.gaps.len() + self.devices.len()
     }
 
     /// Bytes of dead-letter payloads and details held.
@@ -173,6 +180,9 @@ pub fn process(
     state.clock_us = state.clock_us.max(rec.received_at_us);
     if let Some(m) = metrics {
         m.messages_received.inc();
+    }
+    if let Some(device) = meta::device_from_meta_topic(&rec.topic) {
+        return process_meta(rec, &device, policy, out, metrics);
     }
     let decoded = match wire::decode_for_topic(&rec.topic, &rec.payload, &policy.limits) {
         Ok(d) => d,
@@ -392,6 +402,32 @@ pub fn process(
     gaps.extend(&durable_gaps);
 }
 
+/// A device's metadata document: kept for the `devices` table, or dead-lettered as
+/// `bad_metadata` with why.
+fn process_meta(
+    rec: &WalRecord,
+    device: &DeviceId,
+    policy: &Policy,
+    out: &mut SegmentOutput,
+    metrics: Option<&Metrics>,
+) {
+    match meta::decode(&rec.payload, device) {
+        Ok(meta) => out.devices.push(DeviceDoc {
+            meta,
+            received_at_us: rec.received_at_us,
+        }),
+        Err(e) => {
+            let reason = "bad_metadata";
+            if let Some(m) = metrics {
+                m.messages_rejected.with_label_values(&[reason]).inc();
+                m.deadletter.with_label_values(&[reason]).inc();
+            }
+            out.dead
+                .push(dead_row(rec, reason, &e.to_string(), &rec.payload, policy));
+        }
+    }
+}
+
 /// [`process`], isolated: if processing the message panics, everything it did to `state`
 /// and `out` is undone and the message goes to the dead letters as `processing_failed`, so
 /// one poison message can neither stop ingest nor, replayed from the WAL, crash-loop the
@@ -403,7 +439,12 @@ pub fn process_isolated(
     out: &mut SegmentOutput,
     metrics: Option<&Metrics>,
 ) {
-    let lens = (out.raw.len(), out.dead.len(), out.gaps.len());
+    let lens = (
+        out.raw.len(),
+        out.dead.len(),
+        out.gaps.len(),
+        out.devices.len(),
+    );
     let clock = state.clock_us;
     // Only the topic's device can be changed: a payload naming another is refused first.
     let device = wire::device_from_topic(&rec.topic)
@@ -424,6 +465,7 @@ pub fn process_isolated(
     out.raw.truncate(lens.0);
     out.dead.truncate(lens.1);
     out.gaps.truncate(lens.2);
+    out.devices.truncate(lens.3);
     state.clock_us = clock.max(rec.received_at_us);
     match before {
         Some((d, Some(s))) => {

@@ -7,6 +7,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use gridmeter_core::config::{Problems, Validate};
+use gridmeter_tables::devices::Upserted;
 use prometheus::Registry;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -139,7 +140,7 @@ pub async fn run(
     let session = mqtt::Session {
         eventloop,
         client: client.clone(),
-        filter: config.topic_filter(),
+        filters: config.topic_filters(),
         tls,
     };
     let mqtt_task = tokio::spawn(mqtt::drive(
@@ -249,8 +250,9 @@ fn land_sealed(
             &s.out,
             s.state.clone(),
         )) {
-            Ok(bytes) => {
+            Ok((bytes, devices)) => {
                 metrics.bytes_written.inc_by(bytes);
+                metrics.devices_updated.inc_by(devices.devices as u64);
                 metrics.wal_bytes.sub(s.wal_bytes as i64);
                 return s.out.durable;
             }
@@ -275,8 +277,8 @@ async fn land_segment(
     segment: u64,
     out: &SegmentOutput,
     state: DedupState,
-) -> Result<u64, CollectorError> {
-    let bytes = landing.write_segment(segment, out).await?;
+) -> Result<(u64, Upserted), CollectorError> {
+    let written = landing.write_segment(segment, out).await?;
     checkpoint::store(
         wal_dir,
         &Checkpoint {
@@ -290,7 +292,7 @@ async fn land_segment(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(wal_err(&path)(e)),
     }
-    Ok(bytes)
+    Ok(written)
 }
 
 /// Replays the WAL segments newer than the checkpoint and lands them; returns the state,

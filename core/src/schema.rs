@@ -85,6 +85,31 @@ pub fn dead_letter() -> SchemaRef {
     ]))
 }
 
+/// Table `devices` (not partitioned): the physical meters behind each device's channels,
+/// one row per meter of the device's latest metadata document (`crate::wire::meta`).
+pub fn devices() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        // Position of the meter in the device's document, from 0.
+        Field::new("meter", DataType::Int32, false),
+        // The agent's source and its protocol (modbus_tcp, sunspec, mbus, ...).
+        Field::new("source", DataType::Utf8, false),
+        Field::new("protocol", DataType::Utf8, false),
+        Field::new("address", DataType::Utf8, true),
+        Field::new("manufacturer", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("serial", DataType::Utf8, true),
+        Field::new("firmware", DataType::Utf8, true),
+        // Comma-separated names of the channels this meter's readings arrive on (channel
+        // names never hold a comma), in the document's order.
+        Field::new("channels", DataType::Utf8, false),
+        Field::new("agent_version", DataType::Utf8, true),
+        // When the device last changed its document, and when the collector received it.
+        Field::new("meta_ts", ts_type(), false),
+        Field::new("received_at", ts_type(), false),
+    ]))
+}
+
 /// Tables `usage_history_<window>` (one row per (device_id, channel, window_start, revision):
 /// every revision, the audit record) and `usage_<window>` (the current revision of every
 /// key, one row per key), written by the aggregator, partitioned by the date of

@@ -1,5 +1,5 @@
 //! gridmeter-tables: the Delta Lake tables under a data root, shared by the collector (writes
-//! `raw`, `gaps`, `deadletter`), the aggregator (reads `raw`, writes the usage tables) and the
+//! `raw`, `gaps`, `deadletter`, `devices`), the aggregator (reads `raw`, writes the usage tables) and the
 //! billing export (reads `usage_15m` and `raw`). These three never depend on each other; what
 //! they agree on is here:
 //!
@@ -7,7 +7,7 @@
 //! - the Delta machinery: snapshots, data files with statistics, commits with transaction
 //!   ids for exactly-once, conflict handling, vacuum ([`delta`]);
 //! - typed rows and their readers and writers for every table ([`raw`], [`gaps`],
-//!   [`deadletter`], [`usage`]), including dedup on read ([`raw::dedup`]);
+//!   [`deadletter`], [`devices`], [`usage`]), including dedup on read ([`raw::dedup`]);
 //! - the flags of readings and usage rows, one bit scheme ([`flags`]);
 //! - the counter rules (register maximum, meter swaps) ([`counter`]);
 //! - which aggregator shard owns a device ([`shard`]);
@@ -20,6 +20,7 @@
 pub mod counter;
 pub mod deadletter;
 pub mod delta;
+pub mod devices;
 pub mod failpoint;
 pub mod flags;
 pub mod gaps;

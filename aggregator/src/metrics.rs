@@ -1,8 +1,10 @@
 //! The aggregator's Prometheus metrics (names from the metrics catalogue; the only label is
 //! the window table name, a handful of values).
 
+use gridmeter_tables::usage::UsageRow;
+use gridmeter_tables::Flags;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -18,6 +20,21 @@ pub struct Metrics {
     pub last_success: Gauge,
     /// Devices held back because one of their series could not be aggregated.
     pub devices_held: IntGauge,
+    /// Validation failures recorded, by rule.
+    pub exceptions: IntCounterVec,
+    /// Usage rows written, by window table.
+    pub rows_written: IntCounterVec,
+    /// Usage rows written flagged estimated, by window table and method.
+    pub estimated_rows: IntCounterVec,
+    /// Usage rows written flagged edited, by window table.
+    pub edited_rows: IntCounterVec,
+    /// Share of the usage written by the last commit of a window table that is estimated
+    /// (sum of |usage| of estimated rows / sum of |usage|).
+    pub estimated_share: GaugeVec,
+}
+
+fn vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable!())
 }
 
 impl Metrics {
@@ -73,6 +90,64 @@ impl Metrics {
                 "Devices whose aggregation is held back (a series failed or would create too many windows); see usage/_state/aggregator.json",
             )
             .unwrap_or_else(|_| unreachable!()),
+            exceptions: vec(
+                "gridmeter_aggregator_exceptions_total",
+                "Validation failures recorded in the exceptions table",
+                &["rule"],
+            ),
+            rows_written: vec(
+                "gridmeter_aggregator_rows_written_total",
+                "Usage rows written (new or revised)",
+                &["window"],
+            ),
+            estimated_rows: vec(
+                "gridmeter_aggregator_estimated_rows_total",
+                "Usage rows written flagged estimated, by estimation method (none: a device-estimated reading or a decrease)",
+                &["window", "method"],
+            ),
+            edited_rows: vec(
+                "gridmeter_aggregator_edited_rows_total",
+                "Usage rows written flagged edited",
+                &["window"],
+            ),
+            estimated_share: GaugeVec::new(
+                Opts::new(
+                    "gridmeter_aggregator_estimated_share",
+                    "Share of the usage written by the last commit that is estimated (0..1)",
+                ),
+                &["window"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        }
+    }
+
+    /// Counts the rows one commit of `window` writes (rows, estimated by method, edited,
+    /// estimated share).
+    pub fn observe_written(&self, window: &str, rows: &[UsageRow]) {
+        let (mut all, mut est) = (0f64, 0f64);
+        let mut edited = 0;
+        for r in rows {
+            let flags = r.flags;
+            let u = r.usage.map_or(0.0, |u| (u as f64 / 1e9).abs());
+            all += u;
+            if flags.contains(Flags::ESTIMATED) {
+                est += u;
+                self.estimated_rows
+                    .with_label_values(&[window, flags.method().unwrap_or("none")])
+                    .inc();
+            }
+            if flags.contains(Flags::EDITED) {
+                edited += 1;
+            }
+        }
+        self.rows_written
+            .with_label_values(&[window])
+            .inc_by(rows.len() as u64);
+        self.edited_rows.with_label_values(&[window]).inc_by(edited);
+        if all > 0.0 {
+            self.estimated_share
+                .with_label_values(&[window])
+                .set(est / all);
         }
     }
 
@@ -88,6 +163,11 @@ impl Metrics {
         registry.register(Box::new(m.commit_errors.clone()))?;
         registry.register(Box::new(m.last_success.clone()))?;
         registry.register(Box::new(m.devices_held.clone()))?;
+        registry.register(Box::new(m.exceptions.clone()))?;
+        registry.register(Box::new(m.rows_written.clone()))?;
+        registry.register(Box::new(m.estimated_rows.clone()))?;
+        registry.register(Box::new(m.edited_rows.clone()))?;
+        registry.register(Box::new(m.estimated_share.clone()))?;
         Ok(m)
     }
 }

@@ -447,3 +447,66 @@ fn vee_config_lists_every_problem() {
         assert!(all.contains(what), "{what} missing from:\n{all}");
     }
 }
+
+/// The H0 quarter-hour values of `[from, from + days)` as demandlib computes them (the
+/// reference implementation of the BDEW profiles), one per line.
+fn demandlib_h0(from: &str, quarters: usize) -> Vec<f64> {
+    let script = format!(
+        "import warnings\nwarnings.simplefilter = lambda *a, **k: None\nwarnings.filterwarnings('ignore')\n\
+         import demandlib.bdew as bdew\nimport pandas as pd\n\
+         p = bdew.ElecSlp(2026).get_profile({{'h0': 1.0}})['h0']\n\
+         start = p.index.get_loc(pd.Timestamp('{from}'))\n\
+         for v in p.iloc[start:start + {quarters}]:\n    print(repr(float(v)))\n"
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 with demandlib");
+    assert!(
+        out.status.success(),
+        "demandlib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_without_history_follows_the_bdew_h0_profile_of_demandlib() {
+    let dir = tempfile::tempdir().unwrap();
+    // A week without readings across the winter/transition change (2026-03-21), for a
+    // household with no history: the 1000 Wh it used are spread by H0.
+    let t0 = 1_773_792_000_000_000; // 2026-03-18T00:00:00Z, a Wednesday
+    let t1 = t0 + 7 * DAY;
+    let mut raw = vec![reading("hh-9", 1, t0, 0)];
+    let (after, _) = quarters("hh-9", 2, t1, 16, 1000, |_| 1);
+    raw.extend(after);
+    write_raw(dir.path(), "c1", &raw);
+    let cfg = config(
+        dir.path(),
+        "[[vee.classes]]\nname = \"household\"\ndevices = [\"hh-*\"]\nstandard_profile = \"H0\"\n",
+    );
+    gridmeter_aggregator::run_once(&cfg, &Metrics::unregistered())
+        .await
+        .unwrap();
+    let q = rows(&cfg, "15m").await;
+    let reference = demandlib_h0("2026-03-18 00:00", 7 * 96);
+    let total_ref: f64 = reference.iter().sum();
+    let mut total = 0;
+    for (k, want) in reference.iter().enumerate() {
+        let r = &q[&(t0 + k as i64 * Q)];
+        assert_eq!(r.flags.method(), Some("standard_profile"));
+        let got = r.usage.unwrap() as f64 / 1e9;
+        let expected = 1000.0 * want / total_ref;
+        assert!(
+            (got - expected).abs() < 1e-6,
+            "quarter {k}: {got} Wh, demandlib says {expected}"
+        );
+        total += r.usage.unwrap();
+    }
+    assert_eq!(total, 1000 * ONE);
+}

@@ -597,19 +597,19 @@ async fn recompute(
 ) -> Result<(), Error> {
     let specs = config.window_specs();
     let base_us = specs.iter().map(|s| s.size_us).min().unwrap_or(DAY_US);
-    let (context_us, needs_from): (i64, Box<dyn Fn(&SeriesData, i64) -> i64 + Sync>) =
-        match &config.vee {
-            None => (0, Box::new(|_: &SeriesData, from: i64| from)),
-            Some(v) => {
-                let ctx = vee::rules_context_us(v, base_us);
-                (
-                    ctx,
-                    Box::new(move |s: &SeriesData, from: i64| {
-                        vee::needs_from(config, v, inputs, s, from, ctx)
-                    }),
-                )
-            }
-        };
+    type NeedsFrom<'a> = Box<dyn Fn(&SeriesData, i64) -> i64 + Sync + 'a>;
+    let (context_us, needs_from): (i64, NeedsFrom) = match &config.vee {
+        None => (0, Box::new(|_: &SeriesData, from: i64| from)),
+        Some(v) => {
+            let ctx = vee::rules_context_us(v, base_us);
+            (
+                ctx,
+                Box::new(move |s: &SeriesData, from: i64| {
+                    vee::needs_from(config, v, inputs, s, from, ctx)
+                }),
+            )
+        }
+    };
     let series = load_with_context(ctx, files, ranges, context_us, needs_from.as_ref()).await?;
     let computed_at = Utc::now().timestamp_micros();
     let outcomes: Vec<Outcome> = parallel::flat_map(&series, |(s, from)| {
@@ -709,7 +709,7 @@ async fn recompute(
             .iter()
             .filter(|r| r.flags.contains(Flags::ESTIMATED))
             .count();
-        metrics.observe_written(&spec.name, &changed);
+        let written = metrics::Written::of(&changed);
         let timer = metrics.commit_duration.start_timer();
         let version = tables.next_version(app).await?;
         if spec.size_us == base_us && !failures.is_empty() {
@@ -736,6 +736,7 @@ async fn recompute(
             }
         };
         timer.observe_duration();
+        metrics.observe_written(&spec.name, &written);
         metrics.commits.with_label_values(&[&spec.name]).inc();
         metrics
             .revisions

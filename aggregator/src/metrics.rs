@@ -121,33 +121,23 @@ impl Metrics {
         }
     }
 
-    /// Counts the rows one commit of `window` writes (rows, estimated by method, edited,
-    /// estimated share).
-    pub fn observe_written(&self, window: &str, rows: &[UsageRow]) {
-        let (mut all, mut est) = (0f64, 0f64);
-        let mut edited = 0;
-        for r in rows {
-            let flags = r.flags;
-            let u = r.usage.map_or(0.0, |u| (u as f64 / 1e9).abs());
-            all += u;
-            if flags.contains(Flags::ESTIMATED) {
-                est += u;
-                self.estimated_rows
-                    .with_label_values(&[window, flags.method().unwrap_or("none")])
-                    .inc();
-            }
-            if flags.contains(Flags::EDITED) {
-                edited += 1;
-            }
+    /// Records what one commit of `window` wrote ([`Written::of`]), once it committed.
+    pub fn observe_written(&self, window: &str, w: &Written) {
+        for (method, n) in &w.estimated_by_method {
+            self.estimated_rows
+                .with_label_values(&[window, method])
+                .inc_by(*n);
         }
         self.rows_written
             .with_label_values(&[window])
-            .inc_by(rows.len() as u64);
-        self.edited_rows.with_label_values(&[window]).inc_by(edited);
-        if all > 0.0 {
+            .inc_by(w.rows);
+        self.edited_rows
+            .with_label_values(&[window])
+            .inc_by(w.edited);
+        if w.usage > 0.0 {
             self.estimated_share
                 .with_label_values(&[window])
-                .set(est / all);
+                .set(w.estimated_usage / w.usage);
         }
     }
 
@@ -169,5 +159,41 @@ impl Metrics {
         registry.register(Box::new(m.edited_rows.clone()))?;
         registry.register(Box::new(m.estimated_share.clone()))?;
         Ok(m)
+    }
+}
+
+/// What one commit writes, for the metrics (floating point: monitoring only).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    pub rows: u64,
+    pub edited: u64,
+    pub estimated_by_method: std::collections::BTreeMap<&'static str, u64>,
+    /// Sum of |usage|, in units.
+    pub usage: f64,
+    /// Sum of |usage| of the estimated rows.
+    pub estimated_usage: f64,
+}
+
+impl Written {
+    /// The figures of `rows`.
+    pub fn of(rows: &[UsageRow]) -> Written {
+        let mut w = Written {
+            rows: rows.len() as u64,
+            ..Default::default()
+        };
+        for r in rows {
+            let u = r.usage.map_or(0.0, |u| (u as f64 / 1e9).abs());
+            w.usage += u;
+            if r.flags.contains(Flags::ESTIMATED) {
+                w.estimated_usage += u;
+                *w.estimated_by_method
+                    .entry(r.flags.method().unwrap_or("none"))
+                    .or_default() += 1;
+            }
+            if r.flags.contains(Flags::EDITED) {
+                w.edited += 1;
+            }
+        }
+        w
     }
 }

@@ -260,9 +260,9 @@ pub fn keep_mask(points: &[Point], failures: &[Failure]) -> Vec<bool> {
             continue;
         }
         let hi = points.partition_point(|p| p.ts <= f.end);
-        for k in left..hi {
+        for (k, kept) in keep.iter_mut().enumerate().take(hi).skip(left) {
             if k > 0 && k + 1 < n {
-                keep[k] = false;
+                *kept = false;
             }
         }
     }

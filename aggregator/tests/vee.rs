@@ -188,10 +188,23 @@ async fn spike_is_caught_recorded_and_replaced() {
         dir.path(),
         "[[vee.rules]]\nrule = \"spike\"\nfactor = \"10\"\ntrailing = 96\naction = \"estimate\"\nseverity = \"critical\"\n[[vee.rules]]\nrule = \"negative\"\n",
     );
-    let s = gridmeter_aggregator::run_once(&cfg, &Metrics::unregistered())
+    let metrics = Metrics::unregistered();
+    let s = gridmeter_aggregator::run_once(&cfg, &metrics)
         .await
         .unwrap();
     assert_eq!(s.exceptions.get("spike"), Some(&1), "{s:?}");
+    assert_eq!(metrics.exceptions.with_label_values(&["spike"]).get(), 1);
+    assert_eq!(metrics.exceptions.with_label_values(&["negative"]).get(), 1);
+    assert_eq!(
+        metrics
+            .estimated_rows
+            .with_label_values(&["15m", "linear"])
+            .get(),
+        2
+    );
+    assert_eq!(metrics.rows_written.with_label_values(&["15m"]).get(), 184);
+    let share = metrics.estimated_share.with_label_values(&["15m"]).get();
+    assert!((share - 2.0 / 184.0).abs() < 1e-12, "{share}");
     assert_eq!(s.exceptions.get("negative"), Some(&1), "{s:?}");
     let q = rows(&cfg, "15m").await;
     let spike = &q[&(BASE + 149 * Q)];

@@ -166,7 +166,7 @@ fn day_type(day_start: i64) -> (usize, usize) {
     let md = (d.month(), d.day());
     let period = if md >= (11, 1) || md <= (3, 20) {
         0
-    } else if (md >= (5, 15)) && (md <= (9, 14)) {
+    } else if ((5, 15)..=(9, 14)).contains(&md) {
         2
     } else {
         1

@@ -958,12 +958,16 @@ pub async fn vacuum(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EditRequest {
+    /// The device.
     pub device_id: String,
+    /// Its channel (a counter).
     pub channel: String,
     /// The window size the value refers to (default `15m`, the table billing reads).
     #[serde(default = "default_edit_window")]
     pub window: String,
+    /// Start of the first window edited (aligned to `window`).
     pub from: DateTime<Utc>,
+    /// End of the last window edited (aligned to `window`).
     pub to: DateTime<Utc>,
     /// The usage of every window in `[from, to)`.
     #[serde(default)]
@@ -971,7 +975,9 @@ pub struct EditRequest {
     /// The factor every window's usage in `[from, to)` is multiplied by.
     #[serde(default)]
     pub scale: Option<rust_decimal::Decimal>,
+    /// Why (recorded in the `edits` table).
     pub reason: String,
+    /// Who asks for it (recorded).
     pub who: String,
 }
 
@@ -983,6 +989,7 @@ fn default_edit_window() -> String {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EditsFile {
+    /// The edits, applied in file order.
     pub edits: Vec<EditRequest>,
 }
 

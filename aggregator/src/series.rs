@@ -188,8 +188,11 @@ pub trait Shape: Send + Sync {
 /// An edited window: `adj` is added to the curve, linearly over `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CurveEdit {
+    /// Window start, µs.
     pub start: i64,
+    /// Window end, µs.
     pub end: i64,
+    /// New usage minus old usage (scaled).
     pub adj: i128,
 }
 
@@ -197,10 +200,15 @@ pub struct CurveEdit {
 /// curve): windows of `size_us` in `[from, to)` get `Set(value)` or `Scale(factor)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EditSpec {
+    /// First window start, µs.
     pub from: i64,
+    /// End of the last window, µs.
     pub to: i64,
+    /// The size of the windows edited, µs.
     pub size_us: i64,
+    /// Each window's new usage (scaled).
     pub set: Option<i128>,
+    /// The factor each window's usage is multiplied by (scaled).
     pub scale: Option<i128>,
 }
 

@@ -22,26 +22,42 @@ use crate::series::{div_round, Point, WindowValues, ONE};
 /// A rule as it applies to one series (parameters scaled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedRule {
+    /// Which rule.
     pub rule: Rule,
+    /// Whether a failure is replaced by an estimate (`action = "estimate"`).
     pub estimate: bool,
+    /// `info`, `warning` or `critical`.
     pub severity: String,
+    /// Lower limit (scaled).
     pub min: Option<i128>,
+    /// Upper limit (scaled).
     pub max: Option<i128>,
+    /// Spike factor (scaled).
     pub factor: Option<i128>,
+    /// Spike: trailing intervals of the median.
     pub trailing: usize,
+    /// Stuck: hours without change.
     pub hours: i64,
+    /// Timestamp gap: the longest step allowed, µs.
     pub max_gap_us: i64,
 }
 
 /// One failed interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// Interval start, µs.
     pub start: i64,
+    /// Interval end, µs.
     pub end: i64,
+    /// The rule that failed.
     pub rule: Rule,
+    /// The value it looked at (scaled).
     pub observed: Option<i128>,
+    /// The limit it broke (scaled).
     pub threshold: Option<i128>,
+    /// Whether the value is replaced by an estimate.
     pub estimate: bool,
+    /// As configured.
     pub severity: String,
 }
 
@@ -95,15 +111,6 @@ pub fn context_us(rules: &[ResolvedRule], base_us: i64) -> i64 {
         })
         .max()
         .unwrap_or(0)
-}
-
-/// The lower middle of the values (integer, deterministic).
-fn median(values: &mut [i128]) -> Option<i128> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable();
-    Some(values[(values.len() - 1) / 2])
 }
 
 /// The failures of `rules` in `windows` (the base intervals of a series, in time order) of a
@@ -177,15 +184,31 @@ pub fn evaluate(
             (Rule::ImplausibleRollover, _) => {}
             (Rule::Spike, _) => {
                 let factor = r.factor.unwrap_or(10 * ONE);
+                // The usages of the trailing intervals, kept sorted as the window slides.
+                let mut sorted: Vec<i128> = Vec::with_capacity(r.trailing + 1);
                 for (i, w) in windows.iter().enumerate() {
+                    if i > r.trailing {
+                        if let Some(old) = windows[i - r.trailing - 1].usage {
+                            if let Ok(k) = sorted.binary_search(&old) {
+                                sorted.remove(k);
+                            }
+                        }
+                    }
+                    if i > 0 {
+                        if let Some(prev) = windows[i - 1].usage {
+                            let k = sorted.partition_point(|x| *x < prev);
+                            sorted.insert(k, prev);
+                        }
+                    }
                     let Some(u) = w.usage else { continue };
-                    let from = i.saturating_sub(r.trailing);
-                    let mut trailing: Vec<i128> =
-                        windows[from..i].iter().filter_map(|w| w.usage).collect();
-                    if trailing.len() < 4.min(r.trailing) {
+                    if sorted.len() < 4.min(r.trailing) {
                         continue;
                     }
-                    let Some(m) = median(&mut trailing).filter(|m| *m > 0) else {
+                    let Some(m) = sorted
+                        .get((sorted.len().max(1) - 1) / 2)
+                        .copied()
+                        .filter(|m| *m > 0)
+                    else {
                         continue;
                     };
                     let threshold = div_round(m * factor, ONE);

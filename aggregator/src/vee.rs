@@ -110,8 +110,11 @@ pub fn needs_from(
 
 /// The prepared series with VEE, the readings it was prepared from, and the failures.
 pub struct Planned {
+    /// The readings kept (those a rule replaces are left out).
     pub points: Vec<Point>,
+    /// The estimation plan.
     pub vee: series::Vee,
+    /// The failures of the intervals in `[from, to)`.
     pub failures: Vec<Failure>,
 }
 
@@ -167,16 +170,24 @@ pub fn plan(
             .class_of(&s.device_id)
             .and_then(|c| c.standard_profile.as_deref())
             .and_then(StandardProfile::from_name);
-        let base = Prepared::new(&points, params);
-        let step = |j: usize| base.step_usage(j);
         let long = plan.max_interpolation_us.max(params.max_gap_us);
-        for j in 1..points.len() {
+        let shaped = |j: usize| {
             let (t0, t1) = (points[j - 1].ts, points[j].ts);
-            if t1 - t0 > long && t1 > from && t0 < to {
+            t1 - t0 > long && t1 > from && t0 < to
+        };
+        let open_end = inputs
+            .open_end_until
+            .is_some_and(|u| points.last().is_some_and(|l| l.ts < u));
+        // The curve of the kept readings, only when a profile needs it.
+        let base =
+            (open_end || (1..points.len()).any(shaped)).then(|| Prepared::new(&points, params));
+        let step = |j: usize| base.as_ref().map_or(0, |b| b.step_usage(j));
+        for j in 1..points.len() {
+            if shaped(j) {
                 if let Some(shape) = estimation::gap_shape(
                     &points,
                     step,
-                    t0,
+                    points[j - 1].ts,
                     vee.profile_weeks,
                     params.max_gap_us,
                     standard,

@@ -76,7 +76,9 @@ impl EditAction {
 pub struct EditRow {
     /// 1, 2, 3…: the order edits are applied in.
     pub edit_id: i64,
+    /// The device.
     pub device_id: String,
+    /// Its channel.
     pub channel: String,
     /// The window size the edit's value refers to (`15m`).
     pub window: String,
@@ -87,7 +89,9 @@ pub struct EditRow {
     pub action: EditAction,
     /// Usage per window (set) or factor (scale), scaled by 10^9.
     pub value: i128,
+    /// Why.
     pub reason: String,
+    /// Who asked for it.
     pub who: String,
     /// When the edit was recorded, µs.
     pub at: i64,

@@ -117,11 +117,15 @@ impl Rule {
 /// One validation failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExceptionRow {
+    /// The device.
     pub device_id: String,
+    /// Its channel.
     pub channel: String,
     /// The window table (`15m`): the smallest configured window size.
     pub window: String,
+    /// The interval's start, µs.
     pub window_start: i64,
+    /// The interval's end, µs.
     pub window_end: i64,
     /// [`Rule::name`].
     pub rule: String,

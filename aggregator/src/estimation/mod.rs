@@ -215,6 +215,7 @@ fn table() -> &'static Table {
 /// weight times `usage / weight` of a reference span of the meter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StandardShape {
+    /// Which profile.
     pub profile: StandardProfile,
     /// (usage, profile weight) of a reference span: the scale of `expected`.
     pub scale: Option<(i128, i128)>,
@@ -268,7 +269,9 @@ impl Shape for StandardShape {
 /// A constant rate: `usage` over `span_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlatShape {
+    /// Usage (scaled) over `span_us`.
     pub usage: i128,
+    /// The span, µs.
     pub span_us: i64,
 }
 

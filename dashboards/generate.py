@@ -366,6 +366,21 @@ def usage():
         ("gridmeter:collector_readings_accepted:rate5m", "accepted by collectors"),
         (f"sum(rate(gridmeter_aggregator_readings_processed_total[{R}]))", "processed by aggregator"),
     ], w=24, unit="rps", description="Over time the two should match: every landed reading is aggregated.")
+    b.row("Validation, estimation, editing (VEE)")
+    b.panel("timeseries", "Exceptions by rule", [
+        ("sum by (rule) (increase(gridmeter_aggregator_exceptions_total[1h]))", "{{rule}}"),
+    ], w=8, description="Validation failures recorded in the exceptions table per hour, by rule "
+                        "(aggregator/README.md, Validation).")
+    b.panel("timeseries", "Estimated share of usage", [
+        ("max by (window) (gridmeter_aggregator_estimated_share)", "{{window}}"),
+    ], w=8, unit="percentunit", thresholds=[(0.05, "orange"), (0.2, "red")],
+        description="Share of the usage written by the last commit of each window table that is "
+                    "estimated (gaps, open end, replaced values).")
+    b.panel("timeseries", "Estimated and edited rows", [
+        ("sum by (method) (increase(gridmeter_aggregator_estimated_rows_total{window=\"15m\"}[1h]))",
+         "estimated: {{method}}"),
+        ("sum(increase(gridmeter_aggregator_edited_rows_total{window=\"15m\"}[1h]))", "edited"),
+    ], w=8, description="15-minute rows written per hour flagged estimated (by method) or edited.")
     return b
 
 

@@ -6,7 +6,11 @@
 //!    first/last ts, min/max and last-minus-first register) in DuckDB on the same files (the
 //!    table's files as its Delta log lists them), in the same run (python3 + duckdb, same
 //!    number of threads);
-//! 4. one late reading for one device: time of the restatement (`run_once`).
+//! 4. one late reading for one device: time of the restatement (`run_once`);
+//! 5. VEE on: the same raw (a copy of the table) aggregated with `[vee]` (every rule
+//!    configured, the households' H0 standard load profile for long gaps); 1 % of the
+//!    meters have a 4-hour gap at midday, estimated by the profile. Time against the VEE-off
+//!    run of step 2 and DuckDB of step 3, same run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -124,6 +128,10 @@ fn main() {
                 state ^= state >> 7;
                 state ^= state << 17;
                 *v += (state % 20_000) as i128 * 1_000_000; // 0..20 Wh, 3 decimals
+                                                            // 1 % of the meters do not report from 10:00 to 14:00.
+                if d % 100 == 7 && (600..840).contains(&minute) {
+                    continue;
+                }
                 ts.push(BASE + minute * MIN + (d as i64 % 60) * 1_000_000);
                 di.push(d);
                 seqs.push(minute + 1);
@@ -133,7 +141,20 @@ fn main() {
         let b = batch(&devices, ts, di, seqs, vs);
         write(&rt, &dir, &format!("bench-{hour:02}"), b);
     }
-    let readings = n_devices as u64 * 1440;
+    let readings = n_devices as u64 * 1440 - (n_devices as u64).div_ceil(100) * 240;
+    // The same raw table for the VEE run (copied before any usage table exists).
+    let vee_dir = dir.with_file_name(format!(
+        "{}-vee",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
+    ));
+    let _ = std::fs::remove_dir_all(&vee_dir);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&vee_dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     eprintln!("generated {readings} readings in {:?}", t0.elapsed());
 
     let mut cfg = AggregatorConfig::new(&dir);
@@ -208,6 +229,59 @@ print("DUCK", time.time() - t)
     let late = t.elapsed().as_secs_f64();
     eprintln!("late restatement: {late:.3}s {s:?}");
 
+    // 5. VEE on, same raw.
+    let mut vee_cfg = cfg.clone();
+    vee_cfg.data_root = Some(vee_dir.clone());
+    vee_cfg.vee = Some(
+        gridmeter_core::config::parse::<AggregatorConfig>(
+            r#"data_root = "/unused"
+[vee]
+max_interpolation = "2h"
+profile_weeks = 4
+[[vee.classes]]
+name = "household"
+devices = ["meter-*"]
+standard_profile = "H0"
+[[vee.rules]]
+rule = "high_limit"
+max = "400"
+action = "estimate"
+[[vee.rules]]
+rule = "low_limit"
+min = "0"
+[[vee.rules]]
+rule = "spike"
+factor = "10"
+action = "estimate"
+[[vee.rules]]
+rule = "stuck"
+class = "household"
+hours = 3
+[[vee.rules]]
+rule = "negative"
+action = "estimate"
+[[vee.rules]]
+rule = "implausible_rollover"
+max = "1000"
+[[vee.rules]]
+rule = "timestamp_gap"
+max_gap = "30m"
+"#,
+            "bench",
+        )
+        .unwrap()
+        .vee
+        .unwrap(),
+    );
+    let t = Instant::now();
+    let s = rt
+        .block_on(gridmeter_aggregator::run_once(&vee_cfg, &metrics))
+        .unwrap();
+    let vee = t.elapsed().as_secs_f64();
+    eprintln!("aggregator with VEE: {vee:.2}s {s:?}");
+    let estimated_15m = s.estimated.get("15m").copied().unwrap_or(0);
+    let exceptions: usize = s.exceptions.values().sum();
+
     println!("readings: {readings}");
     println!("cores: {cores}");
     println!("aggregator_s: {agg:.3}");
@@ -223,4 +297,9 @@ print("DUCK", time.time() - t)
     );
     println!("ratio_aggregator_over_duckdb: {:.2}", agg / duck);
     println!("late_restatement_device_day_s: {late:.3}");
+    println!("vee_s: {vee:.3}");
+    println!("ratio_vee_over_vee_off: {:.2}", vee / agg);
+    println!("ratio_vee_over_duckdb: {:.2}", vee / duck);
+    println!("vee_estimated_15m_rows: {estimated_15m}");
+    println!("vee_exceptions: {exceptions}");
 }

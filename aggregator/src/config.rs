@@ -56,6 +56,295 @@ pub struct AggregatorConfig {
     /// millions of windows.
     #[serde(default = "default_max_windows_per_series")]
     pub max_windows_per_series: u64,
+    /// Validation, estimation and editing (`[vee]`); without it usage is computed as before
+    /// (no rules, linear across every gap, no method flags).
+    #[serde(default)]
+    pub vee: Option<VeeConfig>,
+}
+
+/// `[vee]`: validation rules per channel or device class, and how gaps are estimated
+/// (aggregator/README.md, "Validation, estimation, editing").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VeeConfig {
+    /// Gaps up to this long are interpolated linearly; longer ones are shaped by a profile
+    /// (default `2h`).
+    #[serde(default = "default_max_interpolation")]
+    pub max_interpolation: String,
+    /// Weeks of the meter's own history the profile is built from (default 4).
+    #[serde(default = "default_profile_weeks")]
+    pub profile_weeks: u32,
+    /// Device classes, matched in order (first match wins).
+    #[serde(default)]
+    pub classes: Vec<DeviceClass>,
+    /// Validation rules.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_max_interpolation() -> String {
+    "2h".into()
+}
+fn default_profile_weeks() -> u32 {
+    4
+}
+
+/// A class of devices (households, businesses…).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceClass {
+    pub name: String,
+    /// Device ids; an entry ending in `*` matches every id with that prefix.
+    pub devices: Vec<String>,
+    /// The standard load profile for gaps without own history: `H0` (households) or `G0`
+    /// (businesses), BDEW.
+    #[serde(default)]
+    pub standard_profile: Option<String>,
+}
+
+impl DeviceClass {
+    /// Whether `device` belongs to the class.
+    pub fn matches(&self, device: &str) -> bool {
+        self.devices.iter().any(|d| match d.strip_suffix('*') {
+            Some(prefix) => device.starts_with(prefix),
+            None => d == device,
+        })
+    }
+}
+
+/// One validation rule (`[[vee.rules]]`). Which parameters a rule takes:
+/// `high_limit` max; `low_limit` min; `spike` factor, trailing; `stuck` hours; `negative`
+/// (none); `implausible_rollover` max; `timestamp_gap` max_gap; `gauge_range` min and/or max.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The rule's name (`gridmeter_tables::exceptions::Rule`).
+    pub rule: String,
+    /// Only devices of this class (default: every device).
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Only this channel (default: every channel).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// `flag` (default: keep the value, flag it, record the exception) or `estimate` (also
+    /// replace it by an estimate).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// `info`, `warning` (default) or `critical`, recorded with the exception.
+    #[serde(default)]
+    pub severity: Option<String>,
+    #[serde(default)]
+    pub min: Option<Decimal>,
+    #[serde(default)]
+    pub max: Option<Decimal>,
+    /// Spike: an interval above `factor` × the trailing median.
+    #[serde(default)]
+    pub factor: Option<Decimal>,
+    /// Spike: how many trailing intervals the median is taken over (default 96).
+    #[serde(default)]
+    pub trailing: Option<u32>,
+    /// Stuck: hours without register change.
+    #[serde(default)]
+    pub hours: Option<u32>,
+    /// Timestamp gap: readings further apart than this (default: `max_gap`).
+    #[serde(default)]
+    pub max_gap: Option<String>,
+}
+
+const RULE_PARAMS: [(&str, &[&str], &[&str]); 8] = [
+    ("high_limit", &["max"], &[]),
+    ("low_limit", &["min"], &[]),
+    ("spike", &["factor"], &["trailing"]),
+    ("stuck", &["hours"], &[]),
+    ("negative", &[], &[]),
+    ("implausible_rollover", &["max"], &[]),
+    ("timestamp_gap", &[], &["max_gap"]),
+    ("gauge_range", &[], &["min", "max"]),
+];
+
+impl RuleConfig {
+    fn set_params(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (name, set) in [
+            ("min", self.min.is_some()),
+            ("max", self.max.is_some()),
+            ("factor", self.factor.is_some()),
+            ("trailing", self.trailing.is_some()),
+            ("hours", self.hours.is_some()),
+            ("max_gap", self.max_gap.is_some()),
+        ] {
+            if set {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// Whether failures are replaced by an estimate.
+    pub fn estimates(&self) -> bool {
+        self.action.as_deref() == Some("estimate")
+    }
+
+    fn validate(&self, key: &str, classes: &[DeviceClass], p: &mut Problems) {
+        let Some((_, required, optional)) = RULE_PARAMS.iter().find(|(n, _, _)| *n == self.rule)
+        else {
+            p.push(
+                format!("{key}.rule"),
+                format!(
+                    "unknown rule {} (known: {})",
+                    gridmeter_core::text::excerpt(&self.rule),
+                    RULE_PARAMS.map(|r| r.0).join(", ")
+                ),
+            );
+            return;
+        };
+        let set = self.set_params();
+        for r in required.iter() {
+            if !set.contains(r) {
+                p.push(
+                    format!("{key}.{r}"),
+                    format!("is required by rule {}", self.rule),
+                );
+            }
+        }
+        for s in &set {
+            if !required.contains(s) && !optional.contains(s) {
+                p.push(
+                    format!("{key}.{s}"),
+                    format!("is not a parameter of rule {}", self.rule),
+                );
+            }
+        }
+        if self.rule == "gauge_range" && self.min.is_none() && self.max.is_none() {
+            p.push(key, "rule gauge_range needs min or max");
+        }
+        for (name, d) in [
+            ("min", self.min),
+            ("max", self.max),
+            ("factor", self.factor),
+        ] {
+            if let Some(d) = d {
+                if gridmeter_core::decimal::to_scaled_i128(d).is_none() {
+                    p.push(format!("{key}.{name}"), "has more than 9 decimal places");
+                }
+            }
+        }
+        if self.factor.is_some_and(|f| f <= Decimal::ONE) {
+            p.push(format!("{key}.factor"), "must be above 1");
+        }
+        if let (Some(lo), Some(hi)) = (self.min, self.max) {
+            if lo > hi {
+                p.push(key, "min is above max");
+            }
+        }
+        if self.trailing == Some(0) {
+            p.push(format!("{key}.trailing"), "must be positive");
+        }
+        if self.hours == Some(0) {
+            p.push(format!("{key}.hours"), "must be positive");
+        }
+        if let Some(g) = &self.max_gap {
+            match parse_duration_us(g) {
+                Err(e) => p.push(format!("{key}.max_gap"), e),
+                Ok(us) if us <= 0 => p.push(format!("{key}.max_gap"), "must be positive"),
+                Ok(_) => {}
+            }
+        }
+        match self.action.as_deref() {
+            None | Some("flag") => {}
+            Some("estimate") if matches!(self.rule.as_str(), "timestamp_gap" | "gauge_range") => p
+                .push(
+                    format!("{key}.action"),
+                    format!(
+                        "rule {} can only flag (its windows are estimated already or are gauges)",
+                        self.rule
+                    ),
+                ),
+            Some("estimate") => {}
+            Some(other) => p.push(
+                format!("{key}.action"),
+                format!(
+                    "{} is not flag or estimate",
+                    gridmeter_core::text::excerpt(other)
+                ),
+            ),
+        }
+        if let Some(s) = &self.severity {
+            if !matches!(s.as_str(), "info" | "warning" | "critical") {
+                p.push(
+                    format!("{key}.severity"),
+                    format!(
+                        "{} is not info, warning or critical",
+                        gridmeter_core::text::excerpt(s)
+                    ),
+                );
+            }
+        }
+        if let Some(c) = &self.class {
+            if !classes.iter().any(|k| &k.name == c) {
+                p.push(
+                    format!("{key}.class"),
+                    format!(
+                        "{} is not a class of [[vee.classes]]",
+                        gridmeter_core::text::excerpt(c)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl VeeConfig {
+    /// Steps longer than this are shaped by a profile.
+    pub fn max_interpolation_us(&self) -> i64 {
+        parse_duration_us(&self.max_interpolation).unwrap_or(2 * 3_600_000_000)
+    }
+
+    /// The class of `device`, if any.
+    pub fn class_of(&self, device: &str) -> Option<&DeviceClass> {
+        self.classes.iter().find(|c| c.matches(device))
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        match parse_duration_us(&self.max_interpolation) {
+            Err(e) => p.push("vee.max_interpolation", e),
+            Ok(us) if us < 0 => p.push("vee.max_interpolation", "must not be negative"),
+            Ok(_) => {}
+        }
+        if self.profile_weeks == 0 || self.profile_weeks > 52 {
+            p.push("vee.profile_weeks", "must be 1 to 52");
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            let key = format!("vee.classes[{i}]");
+            if c.name.is_empty() {
+                p.push(format!("{key}.name"), "must not be empty");
+            }
+            if self.classes[..i].iter().any(|k| k.name == c.name) {
+                p.push(format!("{key}.name"), "is listed twice");
+            }
+            if c.devices.is_empty()
+                || c.devices
+                    .iter()
+                    .any(|d| d.is_empty() || d == "*" && c.devices.len() > 1)
+            {
+                p.push(
+                    format!("{key}.devices"),
+                    "needs device ids or prefixes ending in *",
+                );
+            }
+            if let Some(sp) = &c.standard_profile {
+                if crate::estimation::StandardProfile::from_name(sp).is_none() {
+                    p.push(
+                        format!("{key}.standard_profile"),
+                        format!("{} is not H0 or G0", gridmeter_core::text::excerpt(sp)),
+                    );
+                }
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            r.validate(&format!("vee.rules[{i}]"), &self.classes, p);
+        }
+    }
 }
 
 fn default_max_windows_per_series() -> u64 {
@@ -117,6 +406,7 @@ impl AggregatorConfig {
             meter_swaps: Vec::new(),
             metrics_listen: None,
             max_windows_per_series: default_max_windows_per_series(),
+            vee: None,
         }
     }
 
@@ -216,6 +506,9 @@ impl Validate for AggregatorConfig {
             &self.meter_swaps,
             p,
         );
+        if let Some(v) = &self.vee {
+            v.validate(p);
+        }
     }
 }
 

@@ -11,23 +11,30 @@
 //!   when the tables already hold what raw says.
 //! - [`current`]: the current row of every key.
 //! - [`migrate`]: converts a data root in the pre-Delta layout.
+//! - With `[vee]`: validation rules ([`validation`], failures to the `exceptions` table),
+//!   estimation of long gaps by profile and of the open end ([`estimation`], [`close`]), and
+//!   billing-team edits ([`edit`], the `edits` table), all applied at every computation
+//!   ([`vee`]).
 //!
 //! The semantics of a window (counter interpolation, rollover, reset, coverage, gauges)
 //! are in [`series`]; the tables and their commit protocol in `gridmeter_tables`.
 
 pub mod config;
+pub mod estimation;
 pub mod metrics;
 mod parallel;
 pub mod raw;
 pub mod series;
 pub mod state;
+pub mod validation;
+pub mod vee;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use gridmeter_core::store::DataRoot;
-use gridmeter_tables::usage::UsageTables;
-use gridmeter_tables::{Root, Shard, Table};
+use gridmeter_tables::usage::{Key, UsageTables};
+use gridmeter_tables::{Flags, Root, Shard, Table};
 
 pub use config::AggregatorConfig;
 pub use gridmeter_tables::usage::UsageRow;
@@ -82,6 +89,10 @@ pub struct RunSummary {
     /// too many windows): nothing of theirs was written, their watermark did not advance,
     /// and the next run retries them. Everyone else was processed.
     pub held: BTreeMap<String, String>,
+    /// Validation failures recorded in the `exceptions` table, per rule.
+    pub exceptions: BTreeMap<String, usize>,
+    /// Rows written flagged `estimated`, per window table.
+    pub estimated: BTreeMap<String, usize>,
 }
 
 /// Which windows of a device to recompute.
@@ -314,6 +325,7 @@ async fn run_once_inner(
         .inc_by(summary.readings_processed);
     metrics.late_readings.inc_by(summary.late_readings);
     let watermarks: HashMap<String, i64> = ranges.iter().map(|(d, r)| (d.clone(), r.to)).collect();
+    let inputs = run_inputs(config, &opened).await?;
     recompute(
         config,
         &opened,
@@ -323,6 +335,7 @@ async fn run_once_inner(
         &ranges,
         &watermarks,
         true,
+        &inputs,
         metrics,
         &mut summary,
     )
@@ -372,6 +385,37 @@ pub async fn rebuild(
     to: DateTime<Utc>,
     metrics: &Metrics,
 ) -> Result<RunSummary, Error> {
+    rebuild_devices(config, None, from, to, None, metrics).await
+}
+
+/// Estimates every counter that has not reported up to `until` (the period end) from its
+/// last reading to `until` (flagged `estimated,method_open_end`), and computes every other
+/// device's windows up to `until`, so the period can be billed. When the actual readings
+/// arrive, the next run replaces the estimates by a new revision. Needs `[vee]`.
+pub async fn close(
+    config: &AggregatorConfig,
+    until: DateTime<Utc>,
+    metrics: &Metrics,
+) -> Result<RunSummary, Error> {
+    if config.vee.is_none() {
+        return Err(Error::Config(
+            "close estimates the open end: configure [vee] first".into(),
+        ));
+    }
+    let to = until.timestamp_micros();
+    rebuild_devices(config, None, until, until, Some(to), metrics).await
+}
+
+/// [`rebuild`] of some devices (all when `None`); with `open_end_until`, windows go up to
+/// that time with the open end estimated ([`close`]).
+async fn rebuild_devices(
+    config: &AggregatorConfig,
+    only: Option<&HashSet<String>>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    open_end_until: Option<i64>,
+    metrics: &Metrics,
+) -> Result<RunSummary, Error> {
     check(config)?;
     let opened = open(config).await?;
     let app = app_id(Shard::ALL);
@@ -382,13 +426,22 @@ pub async fn rebuild(
     let snapshot = opened.raw.snapshot().await?;
     let all_files = raw::raw_files(&opened.raw, &snapshot);
     let lateness = config.lateness_us();
-    let times = raw::device_times(&ctx, &all_files).await?;
+    let mut times = raw::device_times(&ctx, &all_files).await?;
+    if let Some(only) = only {
+        times.retain(|d, _| only.contains(d));
+    }
     let mut ranges = HashMap::new();
     let mut watermarks = HashMap::new();
     let (from, to) = (from.timestamp_micros(), to.timestamp_micros());
     for (device, t) in times {
         if let Some(max) = t.max_trusted {
-            watermarks.insert(device.clone(), max - lateness);
+            // Closing a period: from the device's watermark (its first window not final) to
+            // the period end.
+            let (wm, from) = match open_end_until {
+                Some(until) => (until, align_day((max - lateness).min(until))),
+                None => (max - lateness, from),
+            };
+            watermarks.insert(device.clone(), wm);
             ranges.insert(
                 device,
                 DeviceRange {
@@ -403,6 +456,8 @@ pub async fn rebuild(
         files_processed: all_files.len(),
         ..Default::default()
     };
+    let mut inputs = run_inputs(config, &opened).await?;
+    inputs.open_end_until = open_end_until;
     recompute(
         config,
         &opened,
@@ -412,6 +467,7 @@ pub async fn rebuild(
         &ranges,
         &watermarks,
         false,
+        &inputs,
         metrics,
         &mut summary,
     )
@@ -448,12 +504,14 @@ async fn load_with_context(
     ctx: &datafusion::prelude::SessionContext,
     files: &[RawFile],
     ranges: &HashMap<String, DeviceRange>,
+    context_us: i64,
+    needs_from: &(dyn Fn(&SeriesData, i64) -> i64 + Sync),
 ) -> Result<Vec<(SeriesData, i64)>, Error> {
     let lowest = |r: &DeviceRange| r.earliest_new.map_or(r.from, |t| r.from.min(align_day(t)));
     let Some(min_lo) = ranges.values().map(lowest).min() else {
         return Ok(Vec::new());
     };
-    let cut = day_of(min_lo) - chrono::Days::new(1);
+    let cut = day_of(min_lo - context_us) - chrono::Days::new(1);
     let (early, late): (Vec<RawFile>, Vec<RawFile>) =
         files.iter().cloned().partition(|f| f.date < cut);
     let devices: HashSet<String> = ranges.keys().cloned().collect();
@@ -478,7 +536,10 @@ async fn load_with_context(
                 r.from.min(align_day(prev))
             }
         };
-        let enough = s.points.first().is_some_and(|p| p.ts <= from);
+        let enough = s
+            .points
+            .first()
+            .is_some_and(|p| p.ts <= needs_from(s, from));
         Some((from, enough))
     };
     let need_more: HashSet<String> = series
@@ -530,11 +591,26 @@ async fn recompute(
     ranges: &HashMap<String, DeviceRange>,
     watermarks: &HashMap<String, i64>,
     mark_late: bool,
+    inputs: &vee::RunInputs,
     metrics: &Metrics,
     summary: &mut RunSummary,
 ) -> Result<(), Error> {
-    let series = load_with_context(ctx, files, ranges).await?;
     let specs = config.window_specs();
+    let base_us = specs.iter().map(|s| s.size_us).min().unwrap_or(DAY_US);
+    type NeedsFrom<'a> = Box<dyn Fn(&SeriesData, i64) -> i64 + Sync + 'a>;
+    let (context_us, needs_from): (i64, NeedsFrom) = match &config.vee {
+        None => (0, Box::new(|_: &SeriesData, from: i64| from)),
+        Some(v) => {
+            let ctx = vee::rules_context_us(v, base_us);
+            (
+                ctx,
+                Box::new(move |s: &SeriesData, from: i64| {
+                    vee::needs_from(config, v, inputs, s, from, ctx)
+                }),
+            )
+        }
+    };
+    let series = load_with_context(ctx, files, ranges, context_us, needs_from.as_ref()).await?;
     let computed_at = Utc::now().timestamp_micros();
     let outcomes: Vec<Outcome> = parallel::flat_map(&series, |(s, from)| {
         let Some(range) = ranges.get(&s.device_id) else {
@@ -545,7 +621,7 @@ async fn recompute(
         // One series' failure (a panic, e.g. an arithmetic overflow on absurd values, or
         // too many windows) holds back its device only.
         let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            series_rows(config, &specs, s, *from, to, computed_at)
+            series_rows(config, &specs, inputs, s, *from, to, computed_at)
         }));
         let failed = |why: String| {
             vec![Outcome::Held(
@@ -557,9 +633,14 @@ async fn recompute(
             )]
         };
         match rows {
-            Ok(Ok(rows)) => rows
+            Ok(Ok((rows, failures))) => rows
                 .into_iter()
                 .map(|(wi, r)| Outcome::Row(wi, r))
+                .chain(
+                    failures
+                        .into_iter()
+                        .map(|f| Outcome::Failure(s.device_id.clone(), s.channel.clone(), f)),
+                )
                 .collect(),
             Ok(Err(why)) => failed(why),
             Err(panic) => {
@@ -576,9 +657,14 @@ async fn recompute(
         }
     });
     let mut computed = Vec::with_capacity(outcomes.len());
+    let mut failures: HashMap<Key, Vec<validation::Failure>> = HashMap::new();
     for o in outcomes {
         match o {
             Outcome::Row(wi, row) => computed.push((wi, row)),
+            Outcome::Failure(device, channel, f) => failures
+                .entry((device, channel, f.start))
+                .or_default()
+                .push(f),
             Outcome::Held(device, reason) => {
                 tracing::error!(device = %device, "device held back: {reason}");
                 summary.held.entry(device).or_insert(reason);
@@ -619,8 +705,29 @@ async fn recompute(
         }
         let revisions = changed.iter().filter(|r| r.revision > 1).count();
         let n = changed.len();
+        let estimated = changed
+            .iter()
+            .filter(|r| r.flags.contains(Flags::ESTIMATED))
+            .count();
+        let written = metrics::Written::of(&changed);
         let timer = metrics.commit_duration.start_timer();
         let version = tables.next_version(app).await?;
+        if spec.size_us == base_us && !failures.is_empty() {
+            // Before the usage commit, with its version: a retry after a crash in between
+            // finds them committed and adds nothing twice.
+            let rows = exception_rows(&changed, &failures, computed_at);
+            if !rows.is_empty() {
+                for r in &rows {
+                    *summary.exceptions.entry(r.rule.clone()).or_default() += 1;
+                    metrics.exceptions.with_label_values(&[&r.rule]).inc();
+                }
+                let table = gridmeter_tables::exceptions::open(&opened.root).await?;
+                gridmeter_tables::exceptions::append(&table, app, version, rows).await?;
+            }
+        }
+        if estimated > 0 {
+            *summary.estimated.entry(spec.name.clone()).or_default() += estimated;
+        }
         let committed = match tables.commit(app, version, changed).await {
             Ok(c) => c,
             Err(e) => {
@@ -629,6 +736,7 @@ async fn recompute(
             }
         };
         timer.observe_duration();
+        metrics.observe_written(&spec.name, &written);
         metrics.commits.with_label_values(&[&spec.name]).inc();
         metrics
             .revisions
@@ -655,28 +763,89 @@ async fn recompute(
     Ok(())
 }
 
-/// What computing one series gave: a row for a window table, or its device held back.
-/// Nearly every value is a row, so rows are not boxed (that would allocate per row).
+/// The exceptions of the base-window rows written in this run: one per failure of a row
+/// that is new or revised (with the row's revision).
+fn exception_rows(
+    changed: &[UsageRow],
+    failures: &HashMap<Key, Vec<validation::Failure>>,
+    detected_at: i64,
+) -> Vec<gridmeter_tables::exceptions::ExceptionRow> {
+    let mut out = Vec::new();
+    for r in changed {
+        let Some(fs) = failures.get(&r.key()) else {
+            continue;
+        };
+        for f in fs {
+            out.push(gridmeter_tables::exceptions::ExceptionRow {
+                device_id: r.device_id.clone(),
+                channel: r.channel.clone(),
+                window: r.window.clone(),
+                window_start: f.start,
+                window_end: f.end,
+                rule: f.rule.name().to_string(),
+                severity: f.severity.clone(),
+                observed: f.observed,
+                threshold: f.threshold,
+                action: if f.estimate { "estimate" } else { "flag" }.to_string(),
+                revision: r.revision,
+                detected_at,
+            });
+        }
+    }
+    out
+}
+
+/// The edits (when `[vee]` is configured and the `edits` table exists) for this run.
+async fn run_inputs(config: &AggregatorConfig, opened: &Opened) -> Result<vee::RunInputs, Error> {
+    if config.vee.is_none() {
+        return Ok(vee::RunInputs::default());
+    }
+    match Table::open_existing(&opened.root, gridmeter_tables::edits::spec()).await? {
+        Some(t) => Ok(vee::RunInputs::with_edits(
+            &gridmeter_tables::edits::read_all(&t).await?,
+        )),
+        None => Ok(vee::RunInputs::default()),
+    }
+}
+
+/// What computing one series gave: a row for a window table, a validation failure, or its
+/// device held back. Nearly every value is a row, so rows are not boxed (that would
+/// allocate per row).
 #[allow(clippy::large_enum_variant)]
 enum Outcome {
     Row(usize, UsageRow),
+    Failure(String, String, validation::Failure),
     Held(String, String),
 }
 
-/// The rows of one series for every window size, or why it cannot be aggregated.
+/// The rows of one series for every window size and its validation failures (of windows
+/// of the smallest size), or why it cannot be aggregated.
+#[allow(clippy::type_complexity)]
 fn series_rows(
     config: &AggregatorConfig,
     specs: &[WindowSpec],
+    inputs: &vee::RunInputs,
     s: &SeriesData,
     from: i64,
     to: i64,
     computed_at: i64,
-) -> Result<Vec<(usize, UsageRow)>, String> {
+) -> Result<(Vec<(usize, UsageRow)>, Vec<validation::Failure>), String> {
     if let Some(problem) = &s.problem {
         return Err(problem.clone());
     }
     let params = params_for(config, s);
-    let prepared = Prepared::new(&s.points, &params);
+    let base_us = specs.iter().map(|s| s.size_us).min().unwrap_or(DAY_US);
+    let planned = config
+        .vee
+        .as_ref()
+        .map(|v| vee::plan(config, v, inputs, s, &params, base_us, from, to));
+    let (prepared, failures) = match &planned {
+        Some(p) => (
+            Prepared::with_vee(&p.points, &params, p.vee.clone()),
+            p.failures.clone(),
+        ),
+        None => (Prepared::new(&s.points, &params), Vec::new()),
+    };
     for spec in specs {
         let n = prepared.window_count(spec.size_us, from, to);
         if n > u128::from(config.max_windows_per_series) {
@@ -700,7 +869,7 @@ fn series_rows(
             out.push((wi, to_row(s, spec, w, computed_at)));
         }
     }
-    Ok(out)
+    Ok((out, failures))
 }
 
 fn to_row(
@@ -766,6 +935,8 @@ pub async fn vacuum(
         gridmeter_tables::gaps::spec(),
         gridmeter_tables::deadletter::spec(),
     ];
+    specs.push(gridmeter_tables::exceptions::spec());
+    specs.push(gridmeter_tables::edits::spec());
     for w in config.window_specs() {
         specs.push(gridmeter_tables::usage::history_spec(&w.name));
         specs.push(gridmeter_tables::usage::current_spec(&w.name));
@@ -780,4 +951,214 @@ pub async fn vacuum(
         }
     }
     Ok(out)
+}
+
+/// One edit as the billing team asks for it (`gridmeter-aggregator edit`, or an entry of a
+/// reviewed edits file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequest {
+    /// The device.
+    pub device_id: String,
+    /// Its channel (a counter).
+    pub channel: String,
+    /// The window size the value refers to (default `15m`, the table billing reads).
+    #[serde(default = "default_edit_window")]
+    pub window: String,
+    /// Start of the first window edited (aligned to `window`).
+    pub from: DateTime<Utc>,
+    /// End of the last window edited (aligned to `window`).
+    pub to: DateTime<Utc>,
+    /// The usage of every window in `[from, to)`.
+    #[serde(default)]
+    pub set: Option<rust_decimal::Decimal>,
+    /// The factor every window's usage in `[from, to)` is multiplied by.
+    #[serde(default)]
+    pub scale: Option<rust_decimal::Decimal>,
+    /// Why (recorded in the `edits` table).
+    pub reason: String,
+    /// Who asks for it (recorded).
+    pub who: String,
+}
+
+fn default_edit_window() -> String {
+    "15m".into()
+}
+
+/// A reviewed edits file: `[[edits]]` entries ([`EditRequest`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditsFile {
+    /// The edits, applied in file order.
+    pub edits: Vec<EditRequest>,
+}
+
+impl gridmeter_core::config::Validate for EditsFile {
+    fn validate(&self, p: &mut gridmeter_core::config::Problems) {
+        for (i, e) in self.edits.iter().enumerate() {
+            e.check(&format!("edits[{i}]"), None, p);
+        }
+    }
+}
+
+const MAX_EDIT_TEXT: usize = 1_000;
+
+impl EditRequest {
+    /// Every problem of the edit (against the configured windows when given).
+    pub fn check(
+        &self,
+        key: &str,
+        config: Option<&AggregatorConfig>,
+        p: &mut gridmeter_core::config::Problems,
+    ) {
+        for (name, v) in [
+            ("device_id", &self.device_id),
+            ("channel", &self.channel),
+            ("reason", &self.reason),
+            ("who", &self.who),
+        ] {
+            if v.trim().is_empty() {
+                p.push(format!("{key}.{name}"), "must not be empty");
+            } else if v.len() > MAX_EDIT_TEXT {
+                p.push(
+                    format!("{key}.{name}"),
+                    format!("is longer than {MAX_EDIT_TEXT} bytes"),
+                );
+            }
+        }
+        match config::parse_duration_us(&self.window) {
+            Err(e) => p.push(format!("{key}.window"), e),
+            Ok(size) => {
+                if let Some(c) = config {
+                    if !c.windows.contains(&self.window) {
+                        p.push(
+                            format!("{key}.window"),
+                            format!("{:?} is not a configured window", self.window),
+                        );
+                    }
+                }
+                for (name, t) in [("from", self.from), ("to", self.to)] {
+                    if size > 0 && t.timestamp_micros().rem_euclid(size) != 0 {
+                        p.push(
+                            format!("{key}.{name}"),
+                            format!("is not aligned to {} windows", self.window),
+                        );
+                    }
+                }
+            }
+        }
+        if self.from >= self.to {
+            p.push(format!("{key}.to"), "must be after from");
+        }
+        match (self.set, self.scale) {
+            (Some(_), Some(_)) | (None, None) => p.push(key, "needs exactly one of set and scale"),
+            (Some(d), None) | (None, Some(d)) => {
+                if gridmeter_core::decimal::to_scaled_i128(d).is_none() {
+                    p.push(key, "value has more than 9 decimal places");
+                }
+                if self.scale.is_some_and(|f| f < rust_decimal::Decimal::ZERO) {
+                    p.push(format!("{key}.scale"), "must not be negative");
+                }
+            }
+        }
+    }
+}
+
+/// Records `requests` in the `edits` table (with who, why and when) and recomputes the
+/// devices' windows from the first edited day: the edited windows get a new revision
+/// flagged `edited`. Every problem of every request is reported before anything is
+/// written. Needs `[vee]`.
+pub async fn edit(
+    config: &AggregatorConfig,
+    requests: &[EditRequest],
+    metrics: &Metrics,
+) -> Result<(Vec<gridmeter_tables::edits::EditRow>, RunSummary), Error> {
+    check(config)?;
+    if config.vee.is_none() {
+        return Err(Error::Config(
+            "edits are applied by the VEE stage: configure [vee] first".into(),
+        ));
+    }
+    let mut p = gridmeter_core::config::Problems::new();
+    for (i, r) in requests.iter().enumerate() {
+        r.check(&format!("edits[{i}]"), Some(config), &mut p);
+    }
+    if !p.is_empty() {
+        return Err(Error::Config(p.iter().collect::<Vec<_>>().join("; ")));
+    }
+    let Some(from) = requests.iter().map(|r| r.from).min() else {
+        return Ok((Vec::new(), RunSummary::default()));
+    };
+    let to = requests.iter().map(|r| r.to).max().unwrap_or(from);
+    let root = Root::open(&DataRoot::choose(
+        config.data_root.as_deref(),
+        config.object_store.as_ref(),
+    )?)?;
+    let table = gridmeter_tables::edits::open(&root).await?;
+    let at = Utc::now().timestamp_micros();
+    let rows: Vec<gridmeter_tables::edits::EditRow> = requests
+        .iter()
+        .map(|r| {
+            let (action, value) = match (r.set, r.scale) {
+                (Some(v), _) => (gridmeter_tables::edits::EditAction::Set, v),
+                (None, Some(f)) => (gridmeter_tables::edits::EditAction::Scale, f),
+                (None, None) => (
+                    gridmeter_tables::edits::EditAction::Scale,
+                    rust_decimal::Decimal::ONE,
+                ),
+            };
+            gridmeter_tables::edits::EditRow {
+                edit_id: 0,
+                device_id: r.device_id.clone(),
+                channel: r.channel.clone(),
+                window: r.window.clone(),
+                from: r.from.timestamp_micros(),
+                to: r.to.timestamp_micros(),
+                action,
+                value: gridmeter_core::decimal::to_scaled_i128(value).unwrap_or(0),
+                reason: r.reason.clone(),
+                who: r.who.clone(),
+                at,
+            }
+        })
+        .collect();
+    let recorded = gridmeter_tables::edits::append(&table, rows).await?;
+    for e in &recorded {
+        tracing::info!(edit = e.edit_id, device = %e.device_id, channel = %e.channel, who = %e.who, "edit recorded");
+    }
+    let devices: HashSet<String> = requests.iter().map(|r| r.device_id.clone()).collect();
+    let from =
+        DateTime::<Utc>::from_timestamp_micros(align_day(from.timestamp_micros())).unwrap_or(from);
+    let to = DateTime::<Utc>::from_timestamp_micros(align_day(to.timestamp_micros()) + DAY_US)
+        .unwrap_or(to);
+    let summary = rebuild_devices(config, Some(&devices), from, to, None, metrics).await?;
+    Ok((recorded, summary))
+}
+
+/// Every row of the `exceptions` table (none when it does not exist yet).
+pub async fn exceptions(
+    config: &AggregatorConfig,
+) -> Result<Vec<gridmeter_tables::exceptions::ExceptionRow>, Error> {
+    let root = Root::open(&DataRoot::choose(
+        config.data_root.as_deref(),
+        config.object_store.as_ref(),
+    )?)?;
+    match Table::open_existing(&root, gridmeter_tables::exceptions::spec()).await? {
+        Some(t) => Ok(gridmeter_tables::exceptions::read_all(&t).await?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Every row of the `edits` table, in id order (none when it does not exist yet).
+pub async fn edits(
+    config: &AggregatorConfig,
+) -> Result<Vec<gridmeter_tables::edits::EditRow>, Error> {
+    let root = Root::open(&DataRoot::choose(
+        config.data_root.as_deref(),
+        config.object_store.as_ref(),
+    )?)?;
+    match Table::open_existing(&root, gridmeter_tables::edits::spec()).await? {
+        Some(t) => Ok(gridmeter_tables::edits::read_all(&t).await?),
+        None => Ok(Vec::new()),
+    }
 }

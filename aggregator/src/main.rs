@@ -45,6 +45,51 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Close a period: estimate counters that stopped reporting from their last reading to
+    /// UNTIL (flagged estimated,method_open_end) so the period can be billed; the next run
+    /// after their readings arrive revises the estimates. Needs [vee].
+    Close {
+        /// The period end: date (YYYY-MM-DD, UTC midnight) or RFC 3339 time.
+        #[arg(long)]
+        until: String,
+    },
+    /// Set or scale the usage of a device channel's windows, with a reason and who asks;
+    /// recorded in the edits table and applied as a new revision flagged edited (kept by
+    /// every later run and rebuild). Either the flags below or --file with a reviewed
+    /// [[edits]] TOML file.
+    Edit {
+        /// A reviewed edits file ([[edits]] entries with the fields of the flags below).
+        #[arg(long, conflicts_with_all = ["device", "channel", "from", "to", "set", "scale", "reason", "who"])]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        channel: Option<String>,
+        /// The window size the value refers to.
+        #[arg(long, default_value = "15m")]
+        window: String,
+        /// First window start (date or RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the last window (date or RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// The usage of every window in [from, to).
+        #[arg(long)]
+        set: Option<rust_decimal::Decimal>,
+        /// The factor every window's usage in [from, to) is multiplied by.
+        #[arg(long)]
+        scale: Option<rust_decimal::Decimal>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who asks for the edit (recorded).
+        #[arg(long)]
+        who: Option<String>,
+    },
+    /// Print the exceptions table (validation failures) as CSV.
+    Exceptions,
+    /// Print the edits table (the audit trail of edits) as CSV.
+    Edits,
     /// Print the current rows (one per key) of one window's usage table as CSV.
     Current {
         #[arg(long, default_value = "15m")]
@@ -87,6 +132,15 @@ fn ts(v: Option<i64>) -> String {
     v.and_then(DateTime::<Utc>::from_timestamp_micros)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         .unwrap_or_default()
+}
+
+/// A CSV field, quoted (with `"` doubled) when it holds a comma, a quote or a line break.
+fn csv_text(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 fn write_csv(rows: &[UsageRow]) -> Result<()> {
@@ -211,6 +265,108 @@ async fn run() -> Result<()> {
             }
             let s = gridmeter_aggregator::rebuild(&cfg, from, to, &Metrics::unregistered()).await?;
             println!("rows {:?} revisions {:?}", s.rows_written, s.revisions);
+        }
+        Command::Close { until } => {
+            let until = parse_time(&until)?;
+            let s = gridmeter_aggregator::close(&cfg, until, &Metrics::unregistered()).await?;
+            println!(
+                "rows {:?} estimated {:?} revisions {:?}",
+                s.rows_written, s.estimated, s.revisions
+            );
+        }
+        Command::Edit {
+            file,
+            device,
+            channel,
+            window,
+            from,
+            to,
+            set,
+            scale,
+            reason,
+            who,
+        } => {
+            let requests = match file {
+                Some(path) => {
+                    gridmeter_core::config::load::<gridmeter_aggregator::EditsFile>(&path)?.edits
+                }
+                None => {
+                    let need = |v: Option<String>, name: &str| {
+                        v.with_context(|| format!("--{name} is required (or --file)"))
+                    };
+                    vec![gridmeter_aggregator::EditRequest {
+                        device_id: need(device, "device")?,
+                        channel: need(channel, "channel")?,
+                        window,
+                        from: parse_time(&need(from, "from")?)?,
+                        to: parse_time(&need(to, "to")?)?,
+                        set,
+                        scale,
+                        reason: need(reason, "reason")?,
+                        who: need(who, "who")?,
+                    }]
+                }
+            };
+            let (recorded, s) =
+                gridmeter_aggregator::edit(&cfg, &requests, &Metrics::unregistered()).await?;
+            for e in &recorded {
+                println!(
+                    "edit {} recorded: {} {} {}",
+                    e.edit_id,
+                    e.device_id,
+                    e.channel,
+                    e.action.name()
+                );
+            }
+            println!("rows {:?} revisions {:?}", s.rows_written, s.revisions);
+        }
+        Command::Exceptions => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            writeln!(out, "device_id,channel,window,window_start,window_end,rule,severity,observed,threshold,action,revision,detected_at")?;
+            for e in gridmeter_aggregator::exceptions(&cfg).await? {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{},{},{}",
+                    e.device_id,
+                    e.channel,
+                    e.window,
+                    ts(Some(e.window_start)),
+                    ts(Some(e.window_end)),
+                    e.rule,
+                    e.severity,
+                    dec(e.observed),
+                    dec(e.threshold),
+                    e.action,
+                    e.revision,
+                    ts(Some(e.detected_at)),
+                )?;
+            }
+            out.flush()?;
+        }
+        Command::Edits => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            writeln!(
+                out,
+                "edit_id,device_id,channel,window,from,to,action,value,reason,who,at"
+            )?;
+            for e in gridmeter_aggregator::edits(&cfg).await? {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{},{}",
+                    e.edit_id,
+                    e.device_id,
+                    e.channel,
+                    e.window,
+                    ts(Some(e.from)),
+                    ts(Some(e.to)),
+                    e.action.name(),
+                    dec(Some(e.value)),
+                    csv_text(&e.reason),
+                    csv_text(&e.who),
+                    ts(Some(e.at)),
+                )?;
+            }
+            out.flush()?;
         }
         Command::Current { window } => {
             let rows = gridmeter_aggregator::current(&cfg, &window).await?;

@@ -1,8 +1,10 @@
 //! The aggregator's Prometheus metrics (names from the metrics catalogue; the only label is
 //! the window table name, a handful of values).
 
+use gridmeter_tables::usage::UsageRow;
+use gridmeter_tables::Flags;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -18,6 +20,21 @@ pub struct Metrics {
     pub last_success: Gauge,
     /// Devices held back because one of their series could not be aggregated.
     pub devices_held: IntGauge,
+    /// Validation failures recorded, by rule.
+    pub exceptions: IntCounterVec,
+    /// Usage rows written, by window table.
+    pub rows_written: IntCounterVec,
+    /// Usage rows written flagged estimated, by window table and method.
+    pub estimated_rows: IntCounterVec,
+    /// Usage rows written flagged edited, by window table.
+    pub edited_rows: IntCounterVec,
+    /// Share of the usage written by the last commit of a window table that is estimated
+    /// (sum of |usage| of estimated rows / sum of |usage|).
+    pub estimated_share: GaugeVec,
+}
+
+fn vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable!())
 }
 
 impl Metrics {
@@ -73,6 +90,54 @@ impl Metrics {
                 "Devices whose aggregation is held back (a series failed or would create too many windows); see usage/_state/aggregator.json",
             )
             .unwrap_or_else(|_| unreachable!()),
+            exceptions: vec(
+                "gridmeter_aggregator_exceptions_total",
+                "Validation failures recorded in the exceptions table",
+                &["rule"],
+            ),
+            rows_written: vec(
+                "gridmeter_aggregator_rows_written_total",
+                "Usage rows written (new or revised)",
+                &["window"],
+            ),
+            estimated_rows: vec(
+                "gridmeter_aggregator_estimated_rows_total",
+                "Usage rows written flagged estimated, by estimation method (none: a device-estimated reading or a decrease)",
+                &["window", "method"],
+            ),
+            edited_rows: vec(
+                "gridmeter_aggregator_edited_rows_total",
+                "Usage rows written flagged edited",
+                &["window"],
+            ),
+            estimated_share: GaugeVec::new(
+                Opts::new(
+                    "gridmeter_aggregator_estimated_share",
+                    "Share of the usage written by the last commit that is estimated (0..1)",
+                ),
+                &["window"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        }
+    }
+
+    /// Records what one commit of `window` wrote ([`Written::of`]), once it committed.
+    pub fn observe_written(&self, window: &str, w: &Written) {
+        for (method, n) in &w.estimated_by_method {
+            self.estimated_rows
+                .with_label_values(&[window, method])
+                .inc_by(*n);
+        }
+        self.rows_written
+            .with_label_values(&[window])
+            .inc_by(w.rows);
+        self.edited_rows
+            .with_label_values(&[window])
+            .inc_by(w.edited);
+        if w.usage > 0.0 {
+            self.estimated_share
+                .with_label_values(&[window])
+                .set(w.estimated_usage / w.usage);
         }
     }
 
@@ -88,6 +153,47 @@ impl Metrics {
         registry.register(Box::new(m.commit_errors.clone()))?;
         registry.register(Box::new(m.last_success.clone()))?;
         registry.register(Box::new(m.devices_held.clone()))?;
+        registry.register(Box::new(m.exceptions.clone()))?;
+        registry.register(Box::new(m.rows_written.clone()))?;
+        registry.register(Box::new(m.estimated_rows.clone()))?;
+        registry.register(Box::new(m.edited_rows.clone()))?;
+        registry.register(Box::new(m.estimated_share.clone()))?;
         Ok(m)
+    }
+}
+
+/// What one commit writes, for the metrics (floating point: monitoring only).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written {
+    pub rows: u64,
+    pub edited: u64,
+    pub estimated_by_method: std::collections::BTreeMap<&'static str, u64>,
+    /// Sum of |usage|, in units.
+    pub usage: f64,
+    /// Sum of |usage| of the estimated rows.
+    pub estimated_usage: f64,
+}
+
+impl Written {
+    /// The figures of `rows`.
+    pub fn of(rows: &[UsageRow]) -> Written {
+        let mut w = Written {
+            rows: rows.len() as u64,
+            ..Default::default()
+        };
+        for r in rows {
+            let u = r.usage.map_or(0.0, |u| (u as f64 / 1e9).abs());
+            w.usage += u;
+            if r.flags.contains(Flags::ESTIMATED) {
+                w.estimated_usage += u;
+                *w.estimated_by_method
+                    .entry(r.flags.method().unwrap_or("none"))
+                    .or_default() += 1;
+            }
+            if r.flags.contains(Flags::EDITED) {
+                w.edited += 1;
+            }
+        }
+        w
     }
 }

@@ -36,6 +36,24 @@
 //! a gap get the interpolated share, flagged `gap` and `estimated`). Delta and gauge
 //! series have a row for every window that holds at least one reading.
 //!
+//! # Estimation (VEE)
+//!
+//! With a [`Vee`] plan ([`Prepared::with_vee`]) the curve between two readings can have
+//! another shape than a straight line, and can go on past the last reading:
+//! - a step longer than `max_gap` and at most `max_interpolation` stays linear, flagged
+//!   `estimated,method_linear`;
+//! - a longer step with a [`Shape`] (a cumulative weight `W`, nondecreasing): the value at
+//!   `t` is `C_i + round(step * W(t_i, t) / W(t_i, t_{i+1}))` (half-to-even). At
+//!   `t = t_{i+1}` the ratio is exactly 1, so `C(t_{i+1}) = C_{i+1}`: the register total
+//!   between the two readings is kept to the last digit and windows still telescope. Flagged
+//!   `estimated` and the shape's method (`method_history`, `method_standard_profile`);
+//! - open end: past the last reading up to `until`, `C(t) = C_last + round(E(t_last, t))`
+//!   with `E` the expected usage of the shape, flagged `estimated,method_open_end`;
+//! - edits: each edited window `[a, b)` adds `adj = new - old` to the curve, linearly inside
+//!   the window and fully after it (`C'(t) = C(t) + sum of adj * clamp((t - a) / (b - a))`),
+//!   so every window size sees the edit and windows after it are unchanged; flagged
+//!   `edited`.
+//!
 //! # Coverage
 //!
 //! The time between two consecutive readings at most `max_gap` apart is covered; coverage is
@@ -148,6 +166,72 @@ pub fn mul_div_round(a: i128, b: i64, c: i64) -> i128 {
     q * b + div_round(r * b, c)
 }
 
+/// `a * b / c` rounded half-to-even for large `b <= c` (cumulative weights): both are
+/// shifted right until `c` fits 62 bits, which keeps `b == c` exact and the result
+/// nondecreasing in `b`; `c > 0`, `0 <= b <= c`.
+pub fn mul_div_round_wide(a: i128, b: i128, c: i128) -> i128 {
+    let shift = (128 - c.leading_zeros()).saturating_sub(62);
+    mul_div_round(a, (b >> shift) as i64, (c >> shift).max(1) as i64)
+}
+
+/// A cumulative weight over time: `cum(t0, t)` is the weight of `[t0, t]`, nondecreasing in
+/// `t`, 0 at `t = t0`; `expected(t0, t)` the usage (scaled) it expects over `[t0, t]`.
+pub trait Shape: Send + Sync {
+    /// The weight of `[t0, t]` (any unit; only ratios are used).
+    fn cum(&self, t0: i64, t: i64) -> i128;
+    /// The usage expected over `[t0, t]`, scaled by 10^9.
+    fn expected(&self, t0: i64, t: i64) -> i128;
+    /// The method flag of estimates made with it.
+    fn method(&self) -> Flags;
+}
+
+/// An edited window: `adj` is added to the curve, linearly over `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CurveEdit {
+    /// Window start, µs.
+    pub start: i64,
+    /// Window end, µs.
+    pub end: i64,
+    /// New usage minus old usage (scaled).
+    pub adj: i128,
+}
+
+/// A requested edit of one series, before its adjustments are known (they depend on the
+/// curve): windows of `size_us` in `[from, to)` get `Set(value)` or `Scale(factor)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EditSpec {
+    /// First window start, µs.
+    pub from: i64,
+    /// End of the last window, µs.
+    pub to: i64,
+    /// The size of the windows edited, µs.
+    pub size_us: i64,
+    /// Each window's new usage (scaled).
+    pub set: Option<i128>,
+    /// The factor each window's usage is multiplied by (scaled).
+    pub scale: Option<i128>,
+}
+
+/// The estimation plan of one series (module docs, "Estimation").
+#[derive(Clone, Default)]
+pub struct Vee {
+    /// Steps longer than this are shaped (when a shape is given for them); else linear.
+    pub max_interpolation_us: i64,
+    /// Per step index `j` (reading `j-1` to `j`): its shape, for steps longer than
+    /// `max_interpolation_us`.
+    pub shapes: std::collections::HashMap<usize, std::sync::Arc<dyn Shape>>,
+    /// Estimate past the last reading up to this time, with this shape.
+    pub open_end: Option<(i64, std::sync::Arc<dyn Shape>)>,
+    /// Edits, applied in order.
+    pub edits: Vec<EditSpec>,
+    /// Flags to add per window of the base size, by window start (validation results).
+    pub window_flags: std::collections::HashMap<i64, Flags>,
+    /// The base window size `window_flags` refers to.
+    pub base_size_us: i64,
+    /// Steps (by index `j`) that replace readings left out by validation: estimated.
+    pub replaced_steps: std::collections::HashSet<usize>,
+}
+
 /// A series prepared for windowing: readings sorted and deduplicated, the consumption
 /// curve at each reading, and the flags of each step.
 pub struct Prepared<'a> {
@@ -157,6 +241,10 @@ pub struct Prepared<'a> {
     curve: Vec<i128>,
     /// `step_flags[j]` = flags of the step from reading j-1 to j (`[0]` unused).
     step_flags: Vec<Flags>,
+    /// `Some` with VEE: shapes, open end, edits.
+    vee: Option<Vee>,
+    /// The edit adjustments (computed from `vee.edits`).
+    edits: Vec<CurveEdit>,
 }
 
 impl<'a> Prepared<'a> {
@@ -187,19 +275,140 @@ impl<'a> Prepared<'a> {
             params,
             curve,
             step_flags,
+            vee: None,
+            edits: Vec::new(),
         }
     }
 
-    /// C at `t`, which must lie within the readings' span; and whether it was interpolated.
+    /// [`Prepared::new`] with an estimation plan (module docs, "Estimation").
+    pub fn with_vee(points: &'a [Point], params: &'a SeriesParams, vee: Vee) -> Self {
+        let mut p = Prepared::new(points, params);
+        if params.kind == Kind::Counter {
+            for j in 1..points.len() {
+                let dt = points[j].ts - points[j - 1].ts;
+                if vee.replaced_steps.contains(&j) {
+                    p.step_flags[j] |= ESTIMATED;
+                    if dt <= vee.max_interpolation_us || !vee.shapes.contains_key(&j) {
+                        p.step_flags[j] |= Flags::METHOD_LINEAR;
+                    }
+                }
+                if dt <= params.max_gap_us {
+                    continue;
+                }
+                let method = match vee.shapes.get(&j) {
+                    Some(s) if dt > vee.max_interpolation_us => s.method(),
+                    _ => Flags::METHOD_LINEAR,
+                };
+                p.step_flags[j] |= method;
+            }
+        }
+        let specs = vee.edits.clone();
+        p.vee = Some(vee);
+        if params.kind == Kind::Counter {
+            for e in specs {
+                p.apply_edit(&e);
+            }
+        }
+        p
+    }
+
+    /// The consumption of step `j` (reading `j-1` to `j`, counter rules applied).
+    pub fn step_usage(&self, j: usize) -> i128 {
+        if j == 0 || j >= self.curve.len() {
+            return 0;
+        }
+        self.curve[j] - self.curve[j - 1]
+    }
+
+    /// The end of the curve: the last reading, or the open end's `until`.
+    fn curve_end(&self) -> i64 {
+        let last = self.points.last().map_or(i64::MIN, |p| p.ts);
+        match self.vee.as_ref().and_then(|v| v.open_end.as_ref()) {
+            Some((until, _)) => last.max(*until),
+            None => last,
+        }
+    }
+
+    fn apply_edit(&mut self, e: &EditSpec) {
+        let (Some(first), size) = (self.points.first(), e.size_us.max(1)) else {
+            return;
+        };
+        let (t0, end) = (first.ts, self.curve_end());
+        let mut a = e.from.div_euclid(size) * size;
+        if a < e.from {
+            a += size;
+        }
+        while a + size <= e.to {
+            let b = a + size;
+            if a >= t0 && b <= end {
+                let old = self.curve_at(b).0 - self.curve_at(a).0;
+                let new = match (e.set, e.scale) {
+                    (Some(v), _) => v,
+                    (None, Some(f)) => div_round(old * f, ONE),
+                    (None, None) => old,
+                };
+                if new != old {
+                    self.edits.push(CurveEdit {
+                        start: a,
+                        end: b,
+                        adj: new - old,
+                    });
+                }
+            }
+            a = b;
+        }
+    }
+
+    /// The edit adjustment at `t` (module docs).
+    fn edit_at(&self, t: i64) -> i128 {
+        self.edits
+            .iter()
+            .map(|e| {
+                if t >= e.end {
+                    e.adj
+                } else if t <= e.start {
+                    0
+                } else {
+                    mul_div_round(e.adj, t - e.start, e.end - e.start)
+                }
+            })
+            .sum()
+    }
+
+    /// C at `t`, which must lie within the curve's span (the readings', or up to the open
+    /// end); and whether it was interpolated or estimated.
     fn curve_at(&self, t: i64) -> (i128, bool) {
+        let (v, i) = self.curve_raw(t);
+        (v + self.edit_at(t), i)
+    }
+
+    fn curve_raw(&self, t: i64) -> (i128, bool) {
         let p = self.points;
         // Last reading at or before t.
         let i = p.partition_point(|x| x.ts <= t) - 1;
-        if p[i].ts == t || i + 1 >= p.len() {
+        if p[i].ts == t {
             return (self.curve[i], false);
         }
+        if i + 1 >= p.len() {
+            return match self.vee.as_ref().and_then(|v| v.open_end.as_ref()) {
+                Some((_, shape)) => (self.curve[i] + shape.expected(p[i].ts, t), true),
+                None => (self.curve[i], false),
+            };
+        }
         let step = self.curve[i + 1] - self.curve[i];
-        let v = self.curve[i] + mul_div_round(step, t - p[i].ts, p[i + 1].ts - p[i].ts);
+        let dt = p[i + 1].ts - p[i].ts;
+        if let Some(vee) = &self.vee {
+            if dt > vee.max_interpolation_us && dt > self.params.max_gap_us {
+                if let Some(shape) = vee.shapes.get(&(i + 1)) {
+                    let total = shape.cum(p[i].ts, p[i + 1].ts);
+                    if total > 0 {
+                        let part = shape.cum(p[i].ts, t).clamp(0, total);
+                        return (self.curve[i] + mul_div_round_wide(step, part, total), true);
+                    }
+                }
+            }
+        }
+        let v = self.curve[i] + mul_div_round(step, t - p[i].ts, dt);
         (v, true)
     }
 
@@ -221,7 +430,12 @@ impl<'a> Prepared<'a> {
             }
         };
         let start = align(first.ts).max(up(from));
-        let last_start = (to as i128 - size).min(last.ts as i128);
+        let end = if self.params.kind == Kind::Counter {
+            self.curve_end().max(last.ts)
+        } else {
+            last.ts
+        };
+        let last_start = (to as i128 - size).min(end as i128);
         if last_start < start {
             return 0;
         }
@@ -242,9 +456,14 @@ impl<'a> Prepared<'a> {
             return out;
         };
         let (t0, tl) = (first.ts, last.ts);
+        let until = if self.params.kind == Kind::Counter {
+            self.curve_end()
+        } else {
+            tl
+        };
         let align = |t: i64| t.div_euclid(size_us) * size_us;
         let mut a = align(t0).max(align(from) + if align(from) < from { size_us } else { 0 });
-        while a + size_us <= to && a <= tl {
+        while a + size_us <= to && (a <= tl || a < until) {
             let b = a + size_us;
             let ia = p.partition_point(|x| x.ts < a);
             let ib = p.partition_point(|x| x.ts < b);
@@ -317,10 +536,17 @@ impl<'a> Prepared<'a> {
         match self.params.kind {
             Kind::Counter => {
                 let (t0, tl) = (p[0].ts, p[n - 1].ts);
-                let (ca, ia) = self.curve_at(a.max(t0));
-                let (cb, ib) = self.curve_at(b.min(tl));
+                let end = self.curve_end();
+                let (ca, ia) = self.curve_at(a.max(t0).min(end));
+                let (cb, ib) = self.curve_at(b.min(end));
                 if ia || ib {
                     w.flags |= INTERPOLATED;
+                }
+                if b > tl && end > tl {
+                    w.flags |= ESTIMATED | GAP | Flags::METHOD_OPEN_END;
+                }
+                if self.edits.iter().any(|e| e.start < b && e.end > a) {
+                    w.flags |= Flags::EDITED;
                 }
                 w.usage = Some(cb - ca);
             }
@@ -331,6 +557,19 @@ impl<'a> Prepared<'a> {
                 w.min = in_window.iter().map(|x| x.value).min();
                 w.max = in_window.iter().map(|x| x.value).max();
                 w.avg = self.gauge_avg(a, b, in_window);
+            }
+        }
+        if let Some(vee) = &self.vee {
+            w.flags = one_method(w.flags);
+            let base = vee.base_size_us.max(1);
+            if !vee.window_flags.is_empty() {
+                let mut s = a.div_euclid(base) * base;
+                while s < b {
+                    if let Some(f) = vee.window_flags.get(&s) {
+                        w.flags |= *f;
+                    }
+                    s += base;
+                }
             }
         }
         w
@@ -363,6 +602,21 @@ impl<'a> Prepared<'a> {
             let sum: i128 = in_window.iter().map(|x| x.value).sum();
             Some(div_round(sum, in_window.len() as i128))
         }
+    }
+}
+
+/// Keeps the strongest estimation method of a window that several steps overlap: open end,
+/// then a profile (history, standard), then linear.
+fn one_method(f: Flags) -> Flags {
+    let order = [
+        Flags::METHOD_OPEN_END,
+        Flags::METHOD_HISTORY,
+        Flags::METHOD_STANDARD_PROFILE,
+        Flags::METHOD_LINEAR,
+    ];
+    match order.into_iter().find(|m| f.contains(*m)) {
+        Some(m) => (f & !Flags::METHODS) | m,
+        None => f,
     }
 }
 

@@ -110,13 +110,57 @@ pub fn devices() -> SchemaRef {
     ]))
 }
 
+/// Table `exceptions` (partitioned by the date of `window_start`): one row per validation
+/// failure the aggregator found in a usage window (written with the usage revision it
+/// flagged). `rule` is the rule's name (high_limit, low_limit, spike, stuck, negative,
+/// implausible_rollover, timestamp_gap, gauge_range); `action` is `flag` (the value was kept)
+/// or `estimate` (the value was replaced by an estimate).
+pub fn exceptions() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("window", DataType::Utf8, false),
+        Field::new("window_start", ts_type(), false),
+        Field::new("window_end", ts_type(), false),
+        Field::new("rule", DataType::Utf8, false),
+        // info, warning or critical (configured per rule)
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("observed", VALUE_TYPE, true),
+        Field::new("threshold", VALUE_TYPE, true),
+        Field::new("action", DataType::Utf8, false),
+        // The usage row's revision this failure was found in.
+        Field::new("revision", DataType::Int64, false),
+        Field::new("detected_at", ts_type(), false),
+    ]))
+}
+
+/// Table `edits` (not partitioned): the audit trail of billing-team edits. An edit sets
+/// (`action` = `set`, `value` per window) or scales (`scale`, `value` the factor) the usage
+/// of one device channel's windows of size `window` in `[from, to)`; the aggregator applies
+/// every edit at every (re)computation, so edits survive a rebuild.
+pub fn edits() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("edit_id", DataType::Int64, false),
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("window", DataType::Utf8, false),
+        Field::new("from", ts_type(), false),
+        Field::new("to", ts_type(), false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("value", VALUE_TYPE, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("who", DataType::Utf8, false),
+        Field::new("at", ts_type(), false),
+    ]))
+}
+
 /// Tables `usage_history_<window>` (one row per (device_id, channel, window_start, revision):
 /// every revision, the audit record) and `usage_<window>` (the current revision of every
 /// key, one row per key), written by the aggregator, partitioned by the date of
 /// `window_start`. `usage` is set for counter and delta channels; `min`, `max`, `avg`
 /// (time-weighted) and `last` for gauges. `flags` is a comma-separated, sorted list of flag
-/// names (`gridmeter_tables::Flags`: clock_suspect, estimated, gap, interpolated, late, reset,
-/// rollover).
+/// names (`gridmeter_tables::Flags`: clock_suspect, edited, estimated, gap, interpolated, late,
+/// method_*, reset, rollover, rule_*).
 pub fn usage() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("device_id", DataType::Utf8, false),

@@ -9,6 +9,7 @@
 //! - typed rows and their readers and writers for every table ([`raw`], [`gaps`],
 //!   [`deadletter`], [`devices`], [`usage`]), including dedup on read ([`raw::dedup`]);
 //! - the flags of readings and usage rows, one bit scheme ([`flags`]);
+//! - the validation exceptions and the billing-team edits of usage ([`exceptions`], [`edits`]);
 //! - the counter rules (register maximum, meter swaps) ([`counter`]);
 //! - which aggregator shard owns a device ([`shard`]);
 //! - the conversion of a data root in the pre-Delta layout ([`migrate`]).
@@ -21,6 +22,8 @@ pub mod counter;
 pub mod deadletter;
 pub mod delta;
 pub mod devices;
+pub mod edits;
+pub mod exceptions;
 pub mod failpoint;
 pub mod flags;
 pub mod gaps;

@@ -6,7 +6,11 @@
 //! earliest `received_at` (`gridmeter_tables::raw::dedup`).
 //!
 //! Rows are filtered while reading (registry devices and channels, each device's billed time
-//! range) and kept in a compact form, so a month of 10,000 devices fits comfortably in memory.
+//! range) and kept in a compact form. The export reads one chunk of customers' devices at a
+//! time ([`Selection`]): files whose Delta statistics (device_id, window_start; the `date`
+//! partition for raw) rule the chunk out are not opened, and of the others only the row
+//! groups whose Parquet device_id statistics may hold one of its devices are decoded (a local
+//! file is read in place; a remote one is fetched whole).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,7 +94,7 @@ pub struct Series {
 }
 
 /// The current rows of all selected channels, sorted by (device, channel, window start), in
-/// one compact vector (40 bytes a row: a month of 10,000 meters is ~1.2 GB). Each series is
+/// one compact vector (40 bytes a row: a month of 1,000 meters is ~120 MB). Each series is
 /// judged on its current rows: one whose kind or unit changes, or with a current row that
 /// cannot be used, is reported in [`Usage::bad`] instead.
 pub struct Usage {
@@ -111,6 +115,50 @@ impl Usage {
                 .unwrap_or_default();
             (r.ws, d, r.estimated, r.rev)
         })
+    }
+}
+
+#[cfg(test)]
+impl Usage {
+    /// One series of `device`/`channel` with `rows` of (window start µs, value, estimated,
+    /// revision), sorted.
+    pub(crate) fn of_series(
+        device: u32,
+        channel: u16,
+        kind: &str,
+        unit: &str,
+        rows: &[(i64, Decimal, bool, i64)],
+    ) -> Usage {
+        let rows: Vec<URow> = rows
+            .iter()
+            .map(|&(ws, v, estimated, rev)| {
+                let m = v.round_dp(gridmeter_core::model::VALUE_SCALE);
+                let mut m = m;
+                m.rescale(gridmeter_core::model::VALUE_SCALE);
+                let x = m.mantissa();
+                URow {
+                    ws,
+                    lo: x as u64,
+                    hi: (x >> 64) as i64,
+                    rev,
+                    dev: device,
+                    chan: channel,
+                    estimated,
+                    variant: 0,
+                }
+            })
+            .collect();
+        Usage {
+            series: vec![Series {
+                device,
+                channel,
+                kind: kind.into(),
+                unit: unit.into(),
+                rows: 0..rows.len(),
+            }],
+            rows,
+            bad: HashMap::new(),
+        }
     }
 }
 
@@ -725,7 +773,23 @@ pub fn load_raw<T>(
 mod tests {
     #[test]
     fn usage_rows_stay_compact() {
-        // A month of 10,000 meters is ~30 M rows: every byte here is 30 MB.
+        // A month of 15-minute data is ~3,000 rows a channel: every byte here is 3 kB a meter.
         assert_eq!(std::mem::size_of::<super::URow>(), 40);
+    }
+
+    #[test]
+    fn pruning_by_device_bounds() {
+        let ids = ["m-10", "m-3", "m-7"];
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        assert!(super::may_hold(&sorted, "m-1", Some("m-2")));
+        assert!(super::may_hold(&sorted, "m-5", Some("m-8")));
+        assert!(!super::may_hold(&sorted, "m-4", Some("m-6")));
+        assert!(!super::may_hold(&sorted, "m-8", Some("z")));
+        assert!(!super::may_hold(&sorted, "a", Some("m-0")));
+        // No upper bound: anything from the minimum on.
+        assert!(super::may_hold(&sorted, "m-6", None));
+        assert!(!super::may_hold(&sorted, "m-8", None));
+        assert!(!super::may_hold(&[], "a", None));
     }
 }

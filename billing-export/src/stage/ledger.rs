@@ -187,3 +187,104 @@ pub(crate) fn adjustments(before: &[Line], now: &[Line]) -> Vec<Line> {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    fn line(customer: &str, component: &str, quantity: i64, amount: i64) -> Line {
+        let t = DateTime::<Utc>::from_timestamp(1_790_805_600, 0).unwrap();
+        Line {
+            line_type: LineType::Charge,
+            customer_id: customer.into(),
+            site_id: "S".into(),
+            device_id: "m".into(),
+            channel: "energy_import".into(),
+            component: component.into(),
+            band: String::new(),
+            period: "2026-10".into(),
+            period_start: t,
+            period_end: t,
+            quantity: Decimal::from(quantity),
+            unit: "kWh".into(),
+            rate: Decimal::ONE,
+            amount: Decimal::from(amount),
+            currency: "EUR".into(),
+            minor_units: 2,
+            tax_rate: Decimal::ZERO,
+            usage_quantity: Decimal::from(quantity),
+            usage_unit: "kWh".into(),
+            quality: Decimal::ZERO,
+            revision: 1,
+            previous_revision: None,
+            peak_at: None,
+            peak_at_local: String::new(),
+        }
+    }
+
+    #[test]
+    fn adjustments_are_differences_per_line_key() {
+        let before = [line("C1", "energy", 10, 3), line("C1", "gone", 1, 1)];
+        let mut changed = line("C1", "energy", 12, 4);
+        changed.revision = 2;
+        let now = [changed, line("C1", "new", 2, 2)];
+        let adj = adjustments(&before, &now);
+        let got: Vec<(&str, String, String, Option<i64>)> = adj
+            .iter()
+            .map(|l| {
+                (
+                    l.component.as_str(),
+                    l.quantity.to_string(),
+                    l.amount.to_string(),
+                    l.previous_revision,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("energy", "2".into(), "1".into(), Some(1)),
+                ("gone", "-1".into(), "-1".into(), Some(1)),
+                ("new", "2".into(), "2".into(), Some(0)),
+            ]
+        );
+        assert!(adj.iter().all(|l| l.line_type == LineType::Adjustment));
+        assert!(adjustments(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn chunks_see_the_earlier_lines_of_their_id_range_once() {
+        let mut prev = Previous {
+            number: 1,
+            held: Vec::new(),
+            invoices: BTreeMap::new(),
+            lines: ["A", "B", "C", "D"]
+                .iter()
+                .map(|c| (c.to_string(), vec![line(c, "energy", 1, 1)]))
+                .collect(),
+        };
+        // Chunks start at "B" and "D": "A" (no longer in the registry) goes with the first.
+        let first = prev.take_before(Some("D"));
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["A", "B", "C"]);
+        let rest = prev.take_before(None);
+        assert_eq!(rest.keys().collect::<Vec<_>>(), ["D"]);
+        assert!(prev.take_before(None).is_empty());
+        // First chunk: B billed unchanged, C held, A gone: A is reversed, B has nothing to
+        // adjust, C keeps its exported line in the ledger.
+        let b = [line("B", "energy", 1, 1)];
+        let held: BTreeSet<&str> = ["C"].into_iter().collect();
+        let (out, ledger) = corrections(&first, &[("B", &b)], &held);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].customer_id.as_str(), out[0].amount),
+            ("A", Decimal::from(-1))
+        );
+        let ids: Vec<&str> = ledger.iter().map(|l| l.customer_id.as_str()).collect();
+        assert_eq!(ids, ["B", "C"]);
+        // A first run: lines are charges, as billed.
+        let (out, ledger) = corrections(&BTreeMap::new(), &[("B", &b)], &BTreeSet::new());
+        assert_eq!(out[0].line_type, LineType::Charge);
+        assert_eq!(ledger.len(), 1);
+    }
+}

@@ -204,3 +204,115 @@ pub(crate) fn usage_point(ch: &Channel, priced: &Priced) -> Option<crate::espi::
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::period::Period;
+    use crate::registry::{Customer, Registry};
+    use crate::tariff::Tariff;
+    use chrono_tz::Tz;
+
+    #[test]
+    fn a_channel_priced_by_time_of_use_with_its_usage_point() {
+        let tariff: Tariff = toml::from_str(
+            r#"components = [ { type = "time_of_use", name = "energy", quantity = "import_energy", unit = "kWh",
+                default_period = "off", periods = [ { name = "peak", rate = "0.40" }, { name = "off", rate = "0.20" } ],
+                rules = [ { period = "peak", from_hour = 8, to_hour = 9 } ] },
+              { type = "fixed", name = "standing", monthly = "1" } ]"#,
+        )
+        .unwrap();
+        let customer: Customer = toml::from_str(
+            "id = \"C1\"\ntariff = \"t\"\ncurrency = \"EUR\"\ntax_rate = \"0.19\"\ntime_zone = \"UTC\"\n",
+        )
+        .unwrap();
+        let tz: Tz = Tz::UTC;
+        let (from, to) = "2026-10".parse::<Period>().unwrap().bounds(tz).unwrap();
+        let cu = Cust {
+            c: &customer,
+            tz,
+            from,
+            to,
+            tariff: &tariff,
+            issuer: Registry::default().issuer_of(&customer),
+            payment_terms_days: 14,
+            devs: 0..1,
+        };
+        let dev = Dev {
+            customer: 0,
+            site: "S1",
+            id: "m1",
+            multiplier: Decimal::from(2),
+            channels: Vec::new(),
+            from,
+            to,
+        };
+        // 07:45, 08:00, 08:15 and 09:00 UTC of the first day, 250 Wh each (estimated: 08:15).
+        let at = |h: i64, m: i64| from.timestamp_micros() + (h * 3600 + m * 60) * 1_000_000;
+        let wh = Decimal::from(250);
+        let usage = Usage::of_series(
+            0,
+            0,
+            "counter",
+            "Wh",
+            &[
+                (at(7, 45), wh, false, 1),
+                (at(8, 0), wh, false, 1),
+                (at(8, 15), wh, true, 2),
+                (at(9, 0), wh, false, 1),
+            ],
+        );
+        let spec = ChannelSpec {
+            quantity: "import_energy".into(),
+            register_max: None,
+        };
+        let ch = Channel {
+            cust: &cu,
+            dev: &dev,
+            site: "S1",
+            name: "energy_import",
+            spec: &spec,
+            series: &usage.series[0],
+        };
+        assert!(is_priced(&cu, &spec));
+        let p = price_channel(
+            &ch,
+            &usage,
+            "2026-10",
+            Rounding::HalfEven,
+            &TouCache::default(),
+        );
+        assert!(p.failures.is_empty() && p.problems.is_empty() && !p.gauge);
+        assert_eq!(p.usage, Decimal::from(1000));
+        // × multiplier 2: 2,000 Wh billed, 1 kWh peak (08:00, 08:15) and 1 kWh off-peak.
+        assert_eq!(p.billed, Some(Decimal::from(2000)));
+        let got: Vec<(&str, String, String, i64)> = p
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.band.as_str(),
+                    l.quantity.to_string(),
+                    l.amount.to_string(),
+                    l.revision,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("peak", "1.000000000".into(), "0.40".into(), 2),
+                ("off", "1.000000000".into(), "0.20".into(), 1)
+            ]
+        );
+        assert_eq!(p.lines[0].quality, Decimal::new(5, 1));
+        assert!(p
+            .lines
+            .iter()
+            .all(|l| l.customer_id == "C1" && l.device_id == "m1"));
+        let point = usage_point(&ch, &p).unwrap();
+        assert_eq!(point.intervals.len(), 4);
+        assert_eq!(point.intervals[2].1, Decimal::from(500));
+        assert!(point.intervals[2].2 && !point.reverse);
+    }
+}

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rayon::prelude::*;
@@ -92,6 +93,17 @@ pub fn run(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, BillingE
     result
 }
 
+/// Wall time spent in the stages, over all chunks.
+#[derive(Default)]
+struct StageTimes {
+    /// Reading the usage and raw rows.
+    load: Duration,
+    /// Pricing, charges and tax, reconciliation.
+    bill: Duration,
+    /// Ledger, adjustments and writing the chunk's files.
+    publish: Duration,
+}
+
 /// The streamed outputs of a run and its running figures.
 struct Outputs {
     dir: RunDir,
@@ -146,11 +158,16 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
         run_name: &run_name,
         site_refs: site_refs(cfg),
     };
+    // Wall time per stage, for the log (benchmarks compare the load and billing stages with
+    // a query engine computing the same totals).
+    let mut times = StageTimes::default();
     for (k, chunk) in chunks.iter().enumerate() {
         // Load.
+        let t0 = Instant::now();
         let sel = plan.selection(chunk);
         let rows = load::load(cfg, &source, &plan, &sel)?;
         drop(sel);
+        let t1 = Instant::now();
         tracing::debug!(chunk = k, series = rows.usage.series.len(), "pricing");
         // Price, charges and tax, reconcile: customer by customer, in parallel.
         let data = bill::Loaded::new(&rows.usage, rows.raw.as_ref());
@@ -163,6 +180,7 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
             .collect();
         drop(data);
         drop(rows);
+        let t2 = Instant::now();
         // Ledger and adjustments, publish.
         let end = chunks
             .get(k + 1)
@@ -172,7 +190,16 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
             .map(|p| p.take_before(end))
             .unwrap_or_default();
         publish_chunk(&ctx, chunk.clone(), outcomes, &before, &mut out)?;
+        times.load += t1 - t0;
+        times.bill += t2 - t1;
+        times.publish += t2.elapsed();
     }
+    tracing::info!(
+        load_s = times.load.as_secs_f64(),
+        bill_s = times.bill.as_secs_f64(),
+        publish_s = times.publish.as_secs_f64(),
+        "stage times"
+    );
 
     let customers = plan.custs.len();
     let statement_lines = out.statements.lines;

@@ -14,6 +14,9 @@ use gridmeter_billing::{run, ExportConfig, ExportSummary, Period};
 
 const N: usize = 9;
 
+/// A run's files as (relative path, bytes).
+type Files = Vec<(String, Vec<u8>)>;
+
 fn period() -> Period {
     let p = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
     Period::range(p("2026-10-24"), p("2026-10-26")).unwrap()
@@ -111,8 +114,8 @@ fn same_everywhere(
     root: &Path,
     outs: &[(tempfile::TempDir, usize, usize)],
     registry: &str,
-) -> (ExportSummary, Vec<(String, Vec<u8>)>) {
-    let mut reference: Option<(ExportSummary, Vec<(String, Vec<u8>)>)> = None;
+) -> (ExportSummary, Files) {
+    let mut reference: Option<(ExportSummary, Files)> = None;
     for (out, chunk, threads) in outs {
         let s = run(&cfg(root, out.path(), registry, *chunk, *threads), period()).unwrap();
         let dir = s.run_dir.clone().unwrap();

@@ -331,7 +331,7 @@ mod tests {
     fn line(i: usize) -> Line {
         let t = DateTime::<Utc>::from_timestamp(1_790_805_600, 0).unwrap();
         Line {
-            line_type: if i % 7 == 0 {
+            line_type: if i.is_multiple_of(7) {
                 LineType::Adjustment
             } else {
                 LineType::Charge
@@ -360,8 +360,8 @@ mod tests {
             usage_unit: "Wh \"quoted\", =x".into(),
             quality: Decimal::new(i as i64 % 10000, 4),
             revision: (i % 3) as i64,
-            previous_revision: (i % 5 == 0).then_some(1),
-            peak_at: (i % 6 == 0).then_some(t),
+            previous_revision: i.is_multiple_of(5).then_some(1),
+            peak_at: i.is_multiple_of(6).then_some(t),
             peak_at_local: String::new(),
         }
     }

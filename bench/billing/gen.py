@@ -53,21 +53,21 @@ with open(os.path.join(out, "billing.toml"), "w") as f:
 
 ws = start_us + step * np.arange(slots, dtype=np.int64)
 for c0 in range(0, n, chunk):
-    devs = np.array([f"m{i:05d}" for i in range(c0, min(n, c0 + chunk))], dtype=object)
+    devs = pa.array([f"m{i:05d}" for i in range(c0, min(n, c0 + chunk))], pa.string())
     k = len(devs)
     # Wh per interval with 3 decimals (exact decimals, not floats): 0.000 .. 300.000
     milli = rng.integers(0, 300_000, size=(k, slots), dtype=np.int64)
     rows = k * slots
-    dev_col = pa.array(np.repeat(devs, slots), pa.string())
+    dev_col = devs.take(pa.array(np.repeat(np.arange(k), slots)))
     start = np.tile(ws, k)
     wh = pa.Array.from_buffers(dec_t, rows, [None, pa.py_buffer(
         np.stack([milli.reshape(-1) * 1_000_000, np.where(milli.reshape(-1) < 0, -1, 0)], axis=1).astype(np.int64).tobytes())])
     table = pa.table({
         "device_id": dev_col,
-        "channel": pa.array(["energy_import"] * rows, pa.string()),
-        "kind": pa.array(["counter"] * rows, pa.string()),
-        "unit": pa.array(["Wh"] * rows, pa.string()),
-        "window": pa.array(["15m"] * rows, pa.string()),
+        "channel": pa.repeat(pa.scalar("energy_import", pa.string()), rows),
+        "kind": pa.repeat(pa.scalar("counter", pa.string()), rows),
+        "unit": pa.repeat(pa.scalar("Wh", pa.string()), rows),
+        "window": pa.repeat(pa.scalar("15m", pa.string()), rows),
         "window_start": pa.array(start).cast(ts_t),
         "window_end": pa.array(start + step).cast(ts_t),
         "usage": wh,
@@ -79,7 +79,7 @@ for c0 in range(0, n, chunk):
         "first_ts": pa.array(start).cast(ts_t),
         "last_ts": pa.array(start + step).cast(ts_t),
         "coverage": pa.array(np.ones(rows, dtype=np.int64)).cast(dec_t),
-        "flags": pa.array([""] * rows, pa.string()),
+        "flags": pa.repeat(pa.scalar("", pa.string()), rows),
         "revision": pa.array(np.ones(rows, dtype=np.int64)),
         "computed_at": pa.array(start + step).cast(ts_t),
     })
@@ -90,23 +90,24 @@ for c0 in range(0, n, chunk):
     cum = np.concatenate([np.zeros((k, 1), dtype=np.int64), np.cumsum(milli, axis=1)], axis=1) + 5_000_000
     rts = start_us + step * np.arange(slots + 1, dtype=np.int64)
     days = (rts // 86_400_000_000)
-    for day in np.unique(days):
-        sel = days == day
-        m = int(sel.sum())
-        vals = cum[:, sel].reshape(-1) * 1_000_000
-        rr = k * m
-        raw = pa.table({
-            "device_id": pa.array(np.repeat(devs, m), pa.string()),
-            "seq": pa.array(np.tile(np.nonzero(sel)[0].astype(np.int64) + 1, k)),
-            "ts": pa.array(np.tile(rts[sel], k)).cast(ts_t),
-            "channel": pa.array(["energy_import"] * rr, pa.string()),
-            "kind": pa.array(["counter"] * rr, pa.string()),
-            "unit": pa.array(["Wh"] * rr, pa.string()),
-            "value": pa.Array.from_buffers(dec_t, rr, [None, pa.py_buffer(
-                np.stack([vals, np.zeros_like(vals)], axis=1).astype(np.int64).tobytes())]),
-            "quality": pa.array([""] * rr, pa.string()),
-            "received_at": pa.array(np.tile(rts[sel], k) + 2_000_000).cast(ts_t),
-        })
-        raw = raw.append_column("date", pa.array(np.full(rr, int(day), dtype=np.int32)).cast(pa.date32()))
-        write_deltalake(os.path.join(out, "raw"), raw, partition_by=["date"], mode="append")
+    # All days of the chunk in one commit, one file per date partition.
+    vals = cum.reshape(-1) * 1_000_000
+    m = slots + 1
+    rr = k * m
+    seqs = np.tile(np.arange(m, dtype=np.int64) + 1, k)
+    tss = np.tile(rts, k)
+    raw = pa.table({
+        "device_id": devs.take(pa.array(np.repeat(np.arange(k), m))),
+        "seq": pa.array(seqs),
+        "ts": pa.array(tss).cast(ts_t),
+        "channel": pa.repeat(pa.scalar("energy_import", pa.string()), rr),
+        "kind": pa.repeat(pa.scalar("counter", pa.string()), rr),
+        "unit": pa.repeat(pa.scalar("Wh", pa.string()), rr),
+        "value": pa.Array.from_buffers(dec_t, rr, [None, pa.py_buffer(
+            np.stack([vals, np.zeros_like(vals)], axis=1).astype(np.int64).tobytes())]),
+        "quality": pa.repeat(pa.scalar("", pa.string()), rr),
+        "received_at": pa.array(tss + 2_000_000).cast(ts_t),
+    })
+    raw = raw.append_column("date", pa.array(np.tile(days, k).astype(np.int32)).cast(pa.date32()))
+    write_deltalake(os.path.join(out, "raw"), raw, partition_by=["date"], mode="append")
     print(f"devices {c0 + k}/{n}", flush=True)

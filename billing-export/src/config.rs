@@ -31,6 +31,9 @@ pub struct ExportConfig {
     pub reconcile_raw: bool,
     /// Write Green Button ESPI feeds.
     pub green_button: bool,
+    /// Write the feeds gzip-compressed, as `espi/<customer>.xml.gz` instead of
+    /// `espi/<customer>.xml` (default off).
+    pub green_button_gzip: bool,
     /// Absolute base URL of the feeds' hrefs (`https://utility.example/espi/1_1/resource`);
     /// default [`crate::espi::DEFAULT_BASE_URL`].
     pub green_button_base_url: String,
@@ -44,7 +47,19 @@ pub struct ExportConfig {
     pub zuora: Option<crate::push::zuora::ZuoraConfig>,
     /// `[[webhooks]]`: signed event endpoints.
     pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// Customers billed per chunk (default [`DEFAULT_CHUNK_CUSTOMERS`], at least 1): a run
+    /// reads, bills and writes one chunk at a time, so its peak memory grows with this, not
+    /// with the number of customers. The outputs do not depend on it.
+    pub chunk_customers: usize,
+    /// Threads pricing and rendering customers in parallel; 0 (default): one per core. The
+    /// outputs do not depend on it.
+    pub threads: usize,
 }
+
+/// Customers per chunk by default: about 0.4 MB of working memory per customer with a
+/// month of 15-minute data on one meter (usage and raw rows, pricing, Green Button points),
+/// so some 400 MB a chunk.
+pub const DEFAULT_CHUNK_CUSTOMERS: usize = 1000;
 
 impl ExportConfig {
     /// A config with defaults: half-even rounding, raw reconciliation and Green Button on.
@@ -63,11 +78,14 @@ impl ExportConfig {
             as_of: None,
             reconcile_raw: true,
             green_button: true,
+            green_button_gzip: false,
             green_button_base_url: crate::espi::DEFAULT_BASE_URL.to_string(),
             metrics_file: None,
             stripe: None,
             zuora: None,
             webhooks: Vec::new(),
+            chunk_customers: DEFAULT_CHUNK_CUSTOMERS,
+            threads: 0,
         }
     }
 
@@ -101,6 +119,9 @@ impl ExportConfig {
             as_of: file.as_of,
             reconcile_raw: file.reconcile_raw,
             green_button: file.green_button,
+            green_button_gzip: file.green_button_gzip,
+            chunk_customers: file.chunk_customers,
+            threads: file.threads,
             green_button_base_url: file
                 .green_button_base_url
                 .unwrap_or_else(|| crate::espi::DEFAULT_BASE_URL.to_string()),
@@ -170,7 +191,13 @@ struct ConfigFile {
     #[serde(default = "yes")]
     green_button: bool,
     #[serde(default)]
+    green_button_gzip: bool,
+    #[serde(default)]
     green_button_base_url: Option<String>,
+    #[serde(default = "default_chunk")]
+    chunk_customers: usize,
+    #[serde(default)]
+    threads: usize,
     #[serde(default)]
     metrics_file: Option<PathBuf>,
     #[serde(default)]
@@ -202,9 +229,19 @@ fn yes() -> bool {
     true
 }
 
+fn default_chunk() -> usize {
+    DEFAULT_CHUNK_CUSTOMERS
+}
+
 impl Validate for ConfigFile {
     fn validate(&self, p: &mut Problems) {
         gridmeter_core::store::check_root(self.data_root.as_deref(), self.object_store.as_ref(), p);
+        if self.chunk_customers == 0 {
+            p.push("chunk_customers", "must be at least 1");
+        }
+        if self.threads > 1024 {
+            p.push("threads", "must be at most 1024 (0: one per core)");
+        }
         if let Some(u) = &self.green_button_base_url {
             if let Some(problem) = absolute_http_url(u) {
                 p.push("green_button_base_url", problem);

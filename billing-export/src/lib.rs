@@ -35,13 +35,14 @@ pub mod period;
 pub mod push;
 pub mod reconcile;
 pub mod registry;
+mod stage;
 pub mod statement;
 pub mod tables;
 pub mod tariff;
 pub mod units;
 pub mod webhooks;
 
-pub use config::ExportConfig;
+pub use config::{ExportConfig, DEFAULT_CHUNK_CUSTOMERS};
 pub use error::BillingError;
 pub use exceptions::Exception;
 pub use export::{run, ExportSummary};

@@ -350,9 +350,15 @@ pub const HEADER: &str = "customer_id,site_id,device_id,channel,kind,unit,multip
 
 /// `reconciliation.csv` (text columns neutralised as in [`crate::csv_out`]).
 pub fn to_csv(rows: &[Row]) -> String {
-    use crate::money::fixed;
     let mut out = String::from(HEADER);
     out.push_str("\r\n");
+    csv_rows(rows, &mut out);
+    out
+}
+
+/// Appends the CSV rows of `rows` to `out`.
+pub fn csv_rows(rows: &[Row], out: &mut String) {
+    use crate::money::fixed;
     for r in rows {
         let f = [
             (r.customer_id.clone(), true),
@@ -377,9 +383,8 @@ pub fn to_csv(rows: &[Row]) -> String {
             (r.problems.join("; "), true),
         ];
         let cells: Vec<(&str, bool)> = f.iter().map(|(v, t)| (v.as_str(), *t)).collect();
-        crate::csv_out::row(&mut out, &cells);
+        crate::csv_out::row(out, &cells);
     }
-    out
 }
 
 #[cfg(test)]

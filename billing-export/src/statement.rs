@@ -132,8 +132,20 @@ pub fn tax_band(rate: Decimal) -> String {
 /// The CSV text (header + one row per line, CRLF line ends as RFC 4180 says). Text columns
 /// are neutralised against spreadsheet formulas ([`crate::csv_out`]).
 pub fn to_csv(run: &str, lines: &[Line]) -> String {
+    let mut out = csv_header();
+    csv_rows(run, lines, &mut out);
+    out
+}
+
+/// The header row of the CSV (with CRLF).
+pub fn csv_header() -> String {
     let mut out = COLUMNS.join(",");
     out.push_str("\r\n");
+    out
+}
+
+/// Appends the CSV rows of `lines` to `out`.
+pub fn csv_rows(run: &str, lines: &[Line], out: &mut String) {
     for l in lines {
         let fields: [(String, bool); 24] = [
             (run.to_string(), true),
@@ -167,9 +179,8 @@ pub fn to_csv(run: &str, lines: &[Line]) -> String {
             (l.peak_at_local.clone(), true),
         ];
         let cells: Vec<(&str, bool)> = fields.iter().map(|(v, t)| (v.as_str(), *t)).collect();
-        crate::csv_out::row(&mut out, &cells);
+        crate::csv_out::row(out, &cells);
     }
-    out
 }
 
 /// Arrow schema of `statement_lines.parquet`: strings, `Timestamp(µs, UTC)` and
@@ -218,6 +229,27 @@ fn scaled(v: Decimal) -> Result<i128, BillingError> {
 
 /// The Parquet file bytes (zstd; deterministic for the same lines and library version).
 pub fn to_parquet(run: &str, lines: &[Line]) -> Result<Vec<u8>, BillingError> {
+    let batch = batch(run, lines)?;
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema(), Some(parquet_props()))
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    w.write(&batch)
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    w.close()
+        .map_err(|e| BillingError::output("statement parquet", e))?;
+    Ok(buf)
+}
+
+/// The writer properties of `statement_lines.parquet`.
+pub fn parquet_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_created_by("gridmeter-billing".to_string())
+        .build()
+}
+
+/// `lines` as one record batch of [`schema`].
+pub fn batch(run: &str, lines: &[Line]) -> Result<RecordBatch, BillingError> {
     let schema = schema();
     let mut strs: Vec<StringBuilder> = (0..13).map(|_| StringBuilder::new()).collect();
     let dec = || Decimal128Builder::new().with_data_type(gridmeter_core::schema::VALUE_TYPE);
@@ -293,18 +325,5 @@ pub fn to_parquet(run: &str, lines: &[Line]) -> Result<Vec<u8>, BillingError> {
     cols.push(Arc::new(prev.finish()));
     cols.push(Arc::new(peak.finish()));
     cols.extend(peak_local);
-    let batch = RecordBatch::try_new(schema.clone(), cols)
-        .map_err(|e| BillingError::output("statement parquet", e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_created_by("gridmeter-billing".to_string())
-        .build();
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props))
-        .map_err(|e| BillingError::output("statement parquet", e))?;
-    w.write(&batch)
-        .map_err(|e| BillingError::output("statement parquet", e))?;
-    w.close()
-        .map_err(|e| BillingError::output("statement parquet", e))?;
-    Ok(buf)
+    RecordBatch::try_new(schema, cols).map_err(|e| BillingError::output("statement parquet", e))
 }

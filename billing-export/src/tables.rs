@@ -6,10 +6,15 @@
 //! earliest `received_at` (`gridmeter_tables::raw::dedup`).
 //!
 //! Rows are filtered while reading (registry devices and channels, each device's billed time
-//! range) and kept in a compact form, so a month of 10,000 devices fits comfortably in memory.
+//! range) and kept in a compact form. The export reads one chunk of customers' devices at a
+//! time ([`Selection`]): files whose Delta statistics (device_id, window_start; the `date`
+//! partition for raw) rule the chunk out are not opened, and of the others only the row
+//! groups whose Parquet device_id statistics may hold one of its devices are decoded (a local
+//! file is read in place; a remote one is fetched whole).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType};
@@ -21,11 +26,14 @@ use rust_decimal::Decimal;
 
 use crate::error::BillingError;
 
-/// Which rows of which device are wanted.
+/// Which rows of which devices are wanted: the devices of one chunk of customers, a
+/// contiguous range `base..base + channels.len()` of the run's device indices.
 pub struct Selection {
-    /// device id -> device index.
+    /// device id -> device index (of the run).
     pub devices: HashMap<String, u32>,
-    /// Per device index: channel names of interest (index = channel index) and the
+    /// The first device index of the selection.
+    pub base: u32,
+    /// Per device (index − `base`): channel names of interest (index = channel index) and the
     /// `[from, to)` range of window starts / reading times in µs since the epoch.
     pub channels: Vec<Vec<String>>,
     pub range_us: Vec<(i64, i64)>,
@@ -34,11 +42,45 @@ pub struct Selection {
 impl Selection {
     fn lookup(&self, device: &str, channel: &str) -> Option<(u32, u16)> {
         let d = *self.devices.get(device)?;
-        let c = self.channels[d as usize]
+        let c = self.channels[(d - self.base) as usize]
             .iter()
             .position(|c| c == channel)?;
         Some((d, c as u16))
     }
+
+    fn range(&self, d: u32) -> (i64, i64) {
+        self.range_us[(d - self.base) as usize]
+    }
+
+    /// The selected device ids, sorted (for pruning files and row groups by their device_id
+    /// bounds).
+    fn sorted_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.devices.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The earliest `from` and latest `to` of the selected devices.
+    fn span_us(&self) -> Option<(i64, i64)> {
+        let lo = self.range_us.iter().map(|r| r.0).min()?;
+        let hi = self.range_us.iter().map(|r| r.1).max()?;
+        Some((lo, hi))
+    }
+}
+
+/// Whether a file or row group whose device ids lie in `[lo, hi]` may hold one of `ids`
+/// (sorted). `hi` is `None` when no true upper bound is known.
+fn may_hold(ids: &[&str], lo: &str, hi: Option<&str>) -> bool {
+    let i = ids.partition_point(|d| *d < lo);
+    i < ids.len() && hi.is_none_or(|hi| ids[i] <= hi)
+}
+
+/// The device-id bounds of a data file from its Delta statistics. A maximum of 32 characters
+/// or more may be a truncated prefix (some writers cut string statistics), so it is no upper
+/// bound.
+fn file_device_bounds(f: &gridmeter_tables::DataFile) -> Option<(&str, Option<&str>)> {
+    let (lo, hi) = f.stats.str_range("device_id")?;
+    Some((lo, (hi.chars().count() < 32).then_some(hi)))
 }
 
 /// The current 15-minute usage of one device channel: a range of [`Usage::rows`].
@@ -52,7 +94,7 @@ pub struct Series {
 }
 
 /// The current rows of all selected channels, sorted by (device, channel, window start), in
-/// one compact vector (40 bytes a row: a month of 10,000 meters is ~1.2 GB). Each series is
+/// one compact vector (40 bytes a row: a month of 1,000 meters is ~120 MB). Each series is
 /// judged on its current rows: one whose kind or unit changes, or with a current row that
 /// cannot be used, is reported in [`Usage::bad`] instead.
 pub struct Usage {
@@ -73,6 +115,50 @@ impl Usage {
                 .unwrap_or_default();
             (r.ws, d, r.estimated, r.rev)
         })
+    }
+}
+
+#[cfg(test)]
+impl Usage {
+    /// One series of `device`/`channel` with `rows` of (window start µs, value, estimated,
+    /// revision), sorted.
+    pub(crate) fn of_series(
+        device: u32,
+        channel: u16,
+        kind: &str,
+        unit: &str,
+        rows: &[(i64, Decimal, bool, i64)],
+    ) -> Usage {
+        let rows: Vec<URow> = rows
+            .iter()
+            .map(|&(ws, v, estimated, rev)| {
+                let m = v.round_dp(gridmeter_core::model::VALUE_SCALE);
+                let mut m = m;
+                m.rescale(gridmeter_core::model::VALUE_SCALE);
+                let x = m.mantissa();
+                URow {
+                    ws,
+                    lo: x as u64,
+                    hi: (x >> 64) as i64,
+                    rev,
+                    dev: device,
+                    chan: channel,
+                    estimated,
+                    variant: 0,
+                }
+            })
+            .collect();
+        Usage {
+            series: vec![Series {
+                device,
+                channel,
+                kind: kind.into(),
+                unit: unit.into(),
+                rows: 0..rows.len(),
+            }],
+            rows,
+            bad: HashMap::new(),
+        }
     }
 }
 
@@ -98,6 +184,7 @@ type Variant = (String, String, String);
 const POISON: u8 = u8::MAX;
 
 /// One committed data file of a table.
+#[derive(Clone)]
 pub struct DataFile {
     /// Path relative to the table directory, `/`-separated (`date=2026-01-01/x.parquet`).
     pub rel: String,
@@ -109,10 +196,19 @@ pub struct DataFile {
 }
 
 /// An opened [`DataRoot`] (a local data root or an S3 location holding `usage_15m` and
-/// `raw`): lists a table's committed files and reads them.
+/// `raw`): lists a table's committed files and reads them. Each table's snapshot is taken
+/// once, on first use, so every chunk of a run reads the same table versions.
 pub struct Tables {
     root: gridmeter_tables::Root,
     rt: Option<tokio::runtime::Runtime>,
+    opened: std::sync::Mutex<HashMap<&'static str, Arc<Opened>>>,
+}
+
+/// A table as a run reads it: the table (none if it does not exist yet) and the files of its
+/// snapshot, sorted by path.
+struct Opened {
+    table: Option<gridmeter_tables::Table>,
+    files: Vec<DataFile>,
 }
 
 impl Drop for Tables {
@@ -148,7 +244,11 @@ impl Tables {
             .enable_all()
             .build()
             .map_err(|e| BillingError::io("starting the table reader runtime", e))?;
-        Ok(Tables { root, rt: Some(rt) })
+        Ok(Tables {
+            root,
+            rt: Some(rt),
+            opened: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Runs `fut` on the reader's runtime; from inside another runtime (a caller that is
@@ -168,63 +268,84 @@ impl Tables {
         }
     }
 
-    fn table(&self, table: &str) -> Result<Option<gridmeter_tables::Table>, BillingError> {
-        self.block(gridmeter_tables::Table::open_existing(
-            &self.root,
-            spec(table),
-        ))
-        .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))
+    /// `table` (`usage_15m`, `raw`) as of its snapshot when first asked for.
+    fn opened(&self, table: &'static str) -> Result<Arc<Opened>, BillingError> {
+        let mut cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = cache.get(table) {
+            return Ok(o.clone());
+        }
+        let at = || PathBuf::from(self.root.display(table));
+        let t = self
+            .block(gridmeter_tables::Table::open_existing(
+                &self.root,
+                spec(table),
+            ))
+            .map_err(|e| BillingError::data(&at(), e))?;
+        let mut files = Vec::new();
+        if let Some(t) = &t {
+            let snapshot = self
+                .block(t.snapshot())
+                .map_err(|e| BillingError::data(&at(), e))?;
+            files = snapshot
+                .files()
+                .into_iter()
+                .map(|f| DataFile {
+                    rel: f.path.clone(),
+                    location: PathBuf::from(match self.root.local_dir() {
+                        Some(dir) => dir.join(table).join(&f.path).display().to_string(),
+                        None => t.file_url(&f),
+                    }),
+                    date: f.date,
+                    file: f,
+                })
+                .collect();
+            files.sort_by(|a, b| a.rel.cmp(&b.rel));
+        }
+        let o = Arc::new(Opened { table: t, files });
+        cache.insert(table, o.clone());
+        Ok(o)
     }
 
-    /// The committed files of `table` (`usage_15m`, `raw`) in its latest snapshot, sorted by
-    /// path; none if the table does not exist yet.
-    pub fn data_files(&self, table: &str) -> Result<Vec<DataFile>, BillingError> {
-        let Some(t) = self.table(table)? else {
-            return Ok(Vec::new());
-        };
-        let snapshot = self
-            .block(t.snapshot())
-            .map_err(|e| BillingError::data(Path::new(&self.root.display(table)), e))?;
-        let mut out: Vec<DataFile> = snapshot
-            .files()
-            .into_iter()
-            .map(|f| DataFile {
-                rel: f.path.clone(),
-                location: PathBuf::from(match self.root.local_dir() {
-                    Some(dir) => dir.join(table).join(&f.path).display().to_string(),
-                    None => t.file_url(&f),
-                }),
-                date: f.date,
-                file: f,
-            })
-            .collect();
-        out.sort_by(|a, b| a.rel.cmp(&b.rel));
-        Ok(out)
+    /// The committed files of `table` (`usage_15m`, `raw`) in its snapshot, sorted by path;
+    /// none if the table does not exist yet.
+    pub fn data_files(&self, table: &'static str) -> Result<Vec<DataFile>, BillingError> {
+        Ok(self.opened(table)?.files.clone())
     }
 
+    /// A reader of `columns` of `file`, limited to the row groups whose device_id statistics
+    /// may hold one of `ids` (sorted); `None` when no row group can. A local file is read in
+    /// place (only the row groups needed), a remote one fetched whole.
     fn open_file(
         &self,
-        table: &str,
+        opened: &Opened,
         file: &DataFile,
         columns: &[&str],
-    ) -> Result<ParquetRecordBatchReader, BillingError> {
+        ids: &[&str],
+    ) -> Result<Option<ParquetRecordBatchReader>, BillingError> {
         let path = &file.location;
-        let t = self
-            .table(table)?
+        if self.root.local_dir().is_some() {
+            let f = std::fs::File::open(path).map_err(|e| BillingError::data(path, e))?;
+            return project(path, f, columns, ids);
+        }
+        let t = opened
+            .table
+            .as_ref()
             .ok_or_else(|| BillingError::data(path, "the table disappeared"))?;
         let bytes = self
             .block(t.read_bytes(&file.file))
             .map_err(|e| BillingError::data(path, e))?;
-        project(path, bytes, columns)
+        project(path, bytes, columns, ids)
     }
 }
 
-/// A reader of `columns` (each must exist) in batches of 64k rows.
+/// A reader of `columns` (each must exist) in batches of 64k rows, of the row groups whose
+/// device_id statistics may hold one of `ids` (sorted); `None` when none can.
 fn project<T: ChunkReader + 'static>(
     path: &Path,
     input: T,
     columns: &[&str],
-) -> Result<ParquetRecordBatchReader, BillingError> {
+    ids: &[&str],
+) -> Result<Option<ParquetRecordBatchReader>, BillingError> {
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(input).map_err(|e| BillingError::data(path, e))?;
     let schema = builder.parquet_schema();
@@ -233,12 +354,60 @@ fn project<T: ChunkReader + 'static>(
             return Err(BillingError::data(path, format!("missing column {c:?}")));
         }
     }
+    let device_col = schema
+        .columns()
+        .iter()
+        .position(|col| col.name() == "device_id");
+    let groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| {
+            let Some(stats) = device_col.and_then(|i| rg.column(i).statistics()) else {
+                return true;
+            };
+            let lo = stats
+                .min_bytes_opt()
+                .and_then(|b| std::str::from_utf8(b).ok());
+            let hi = stats
+                .max_bytes_opt()
+                .and_then(|b| std::str::from_utf8(b).ok());
+            match lo {
+                // A truncated maximum is still an upper bound in Parquet statistics.
+                Some(lo) => may_hold(ids, lo, hi),
+                None => true,
+            }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if groups.is_empty() {
+        return Ok(None);
+    }
     let mask = ProjectionMask::columns(schema, columns.iter().copied());
     builder
         .with_projection(mask)
+        .with_row_groups(groups)
         .with_batch_size(64 * 1024)
         .build()
+        .map(Some)
         .map_err(|e| BillingError::data(path, e))
+}
+
+/// The files of `opened` that may hold rows of `ids` (sorted) by their Delta statistics and
+/// that `keep` accepts.
+fn candidates<'a>(
+    opened: &'a Opened,
+    ids: &'a [&str],
+    keep: impl Fn(&DataFile) -> bool + 'a,
+) -> impl Iterator<Item = &'a DataFile> + 'a {
+    opened.files.iter().filter(move |f| {
+        keep(f)
+            && match file_device_bounds(&f.file) {
+                Some((lo, hi)) => may_hold(ids, lo, hi),
+                None => true,
+            }
+    })
 }
 
 fn column<'a>(
@@ -295,7 +464,16 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
     let mut variants: HashMap<(u32, u16), Vec<Variant>> = HashMap::new();
     let mut poison: HashMap<(u32, u16), String> = HashMap::new();
     let mut bad: HashMap<(u32, u16), String> = HashMap::new();
-    for file in tables.data_files(table)? {
+    let opened = tables.opened(table)?;
+    let ids = sel.sorted_ids();
+    let span = sel.span_us();
+    // Files whose window_start statistics lie outside every selected range hold no wanted row.
+    let in_time = |f: &DataFile| match (span, f.file.stats.ts_range("window_start")) {
+        (Some((from, to)), Some((lo, hi))) => hi >= from && lo < to,
+        (None, _) => false,
+        _ => true,
+    };
+    for file in candidates(&opened, &ids, in_time) {
         let path = &file.location;
         let cols = [
             "device_id",
@@ -309,7 +487,10 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
             "flags",
             "revision",
         ];
-        for batch in tables.open_file(table, &file, &cols)? {
+        let Some(reader) = tables.open_file(&opened, file, &cols, &ids)? else {
+            continue;
+        };
+        for batch in reader {
             let b = batch.map_err(|e| BillingError::data(path, e))?;
             let dev = strings(path, &b, "device_id")?;
             let chan = strings(path, &b, "channel")?;
@@ -327,7 +508,7 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     continue;
                 };
                 let t = ws.value(i);
-                let (from, to) = sel.range_us[d as usize];
+                let (from, to) = sel.range(d);
                 if t < from || t >= to || window.value(i) != "15m" {
                     continue;
                 }
@@ -505,14 +686,15 @@ pub fn load_raw<T>(
     }
     let mut rows: Vec<RRow> = Vec::new();
     let mut bad: HashMap<(u32, u16), String> = HashMap::new();
-    for file in tables.data_files(RAW)? {
+    let opened = tables.opened(RAW)?;
+    let ids = sel.sorted_ids();
+    // Partition pruning on the `date` partition (from the Delta log).
+    let in_dates = |f: &DataFile| match (f.date, lo, hi) {
+        (Some(d), Some(lo), Some(hi)) => lo <= d && d <= hi,
+        _ => true,
+    };
+    for file in candidates(&opened, &ids, in_dates) {
         let path = &file.location;
-        // Partition pruning on the `date` partition (from the Delta log).
-        if let (Some(d), Some(lo), Some(hi)) = (file.date, lo, hi) {
-            if d < lo || d > hi {
-                continue;
-            }
-        }
         let cols = [
             "device_id",
             "seq",
@@ -522,7 +704,10 @@ pub fn load_raw<T>(
             "value",
             "received_at",
         ];
-        for batch in tables.open_file(RAW, &file, &cols)? {
+        let Some(reader) = tables.open_file(&opened, file, &cols, &ids)? else {
+            continue;
+        };
+        for batch in reader {
             let b = batch.map_err(|e| BillingError::data(path, e))?;
             let dev = strings(path, &b, "device_id")?;
             let chan = strings(path, &b, "channel")?;
@@ -588,7 +773,23 @@ pub fn load_raw<T>(
 mod tests {
     #[test]
     fn usage_rows_stay_compact() {
-        // A month of 10,000 meters is ~30 M rows: every byte here is 30 MB.
+        // A month of 15-minute data is ~3,000 rows a channel: every byte here is 3 kB a meter.
         assert_eq!(std::mem::size_of::<super::URow>(), 40);
+    }
+
+    #[test]
+    fn pruning_by_device_bounds() {
+        let ids = ["m-10", "m-3", "m-7"];
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        assert!(super::may_hold(&sorted, "m-1", Some("m-2")));
+        assert!(super::may_hold(&sorted, "m-5", Some("m-8")));
+        assert!(!super::may_hold(&sorted, "m-4", Some("m-6")));
+        assert!(!super::may_hold(&sorted, "m-8", Some("z")));
+        assert!(!super::may_hold(&sorted, "a", Some("m-0")));
+        // No upper bound: anything from the minimum on.
+        assert!(super::may_hold(&sorted, "m-6", None));
+        assert!(!super::may_hold(&sorted, "m-8", None));
+        assert!(!super::may_hold(&[], "a", None));
     }
 }

@@ -3,12 +3,13 @@
 # pairs standing in for serial lines in the agent's meter protocol tests), Mosquitto and its
 # clients, Prometheus (promtool), Chromium, pdftotext and a font (the billing test that
 # prints invoices), xmllint (libxml2-utils: the Green Button schema check), and the Python
-# packages of .ci/requirements.txt (localstripe: the Stripe push test).
+# packages of .ci/requirements.txt (localstripe: the Stripe push test), and psql
+# (postgresql-client: the gridmeter serve tests).
 # Already-installed packages are skipped, so it is cheap to run every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core libxml2-utils socat)
+apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core libxml2-utils socat postgresql-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

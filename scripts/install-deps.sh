@@ -37,9 +37,9 @@ python3 -m pip install -q --disable-pip-version-check -r .ci/requirements.txt
 # duckdb is pinned in a virtualenv of its own (the rest of the tests use the duckdb of
 # .ci/requirements.txt). scripts/duckdb_delta.py runs queries there.
 venv="${GRIDMETER_DUCKDB_DELTA_VENV:-$HOME/.cache/gridmeter/duckdb-delta-1.4.4}"
-if ! "$venv/bin/python" -c "import duckdb, duckdb_ext" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import duckdb, duckdb_ext, pytz" 2>/dev/null; then
   echo "== installing duckdb 1.4.4 with the delta and httpfs extensions in $venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" "duckdb-ext-httpfs==1.4.4.20260205"
+    "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" "duckdb-ext-httpfs==1.4.4.20260205" pytz
 fi

@@ -184,9 +184,11 @@ fn agent_toml(
     let _ = writeln!(s, "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}");
     let _ = writeln!(s, "tls = {}", tls_inline(&tls));
     let _ = writeln!(s, "batch_max_readings = 500");
+    // A simulated agent produces a month of readings at once: small commits keep the
+    // readings waiting in memory per agent (the default, 10,000, is for one agent per host).
     let _ = writeln!(
         s,
-        "\n[buffer]\npath = \"{}\"",
+        "\n[buffer]\npath = \"{}\"\ncommit_max_readings = 500",
         toml_path(&out.join("agents").join(format!("{device}.sqlite")))
     );
     let _ = writeln!(

@@ -9,6 +9,10 @@ pub struct ServeArgs {
     /// The server's config (serve/README.md).
     #[arg(long)]
     config: PathBuf,
+    /// Write an HTML usage report (the main panels of the Usage dashboard) to this file and
+    /// exit instead of serving.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C (or SIGTERM).
@@ -20,6 +24,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("start the async runtime")?;
     runtime.block_on(async {
         let server = gridmeter_serve::Server::bind(&config).await?;
+        if let Some(path) = &args.report {
+            let html = gridmeter_serve::report::usage_report(server.engine()).await?;
+            std::fs::write(path, html).with_context(|| format!("write {}", path.display()))?;
+            println!("usage report: {}", path.display());
+            return Ok(());
+        }
         tracing::info!(
             addr = %server.local_addr()?,
             tables = ?server.tables(),

@@ -56,6 +56,12 @@ impl QueryError {
     }
 }
 
+impl From<arrow::error::ArrowError> for QueryError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        QueryError::DataFusion(format!("arrow: {e}"))
+    }
+}
+
 impl From<datafusion::error::DataFusionError> for QueryError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         let text = e.to_string();
@@ -155,6 +161,20 @@ impl Engine {
             .await?;
         guard::check_plan(&plan)?;
         Ok(plan)
+    }
+
+    /// Classifies, plans and runs one query statement (for reports and tests).
+    pub async fn sql(&self, sql: &str) -> Result<Output, QueryError> {
+        let mut statements = guard::classify(sql)?;
+        match (statements.pop(), statements.is_empty()) {
+            (Some(guard::Classified::Query(statement)), true) => {
+                let plan = self.plan(&statement).await?;
+                self.run(plan, None).await
+            }
+            _ => Err(QueryError::DataFusion(
+                "expected exactly one query statement".into(),
+            )),
+        }
     }
 
     /// Runs `plan` with `params` bound, under the limits.

@@ -11,7 +11,8 @@
 //! - [`guard`]: read-only: only queries run;
 //! - [`engine`]: planning and running a query under its limits;
 //! - [`pg`]: the wire protocol; [`auth`]: SCRAM passwords and client certificates;
-//!   [`tls`]: the server's TLS.
+//!   [`tls`]: the server's TLS;
+//! - [`report`]: a static HTML usage report from the same engine.
 //!
 //! serve/README.md has the tables, example queries and the operational notes.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod guard;
 pub mod pg;
+pub mod report;
 pub mod scan;
 pub mod tls;
 
@@ -136,6 +138,11 @@ impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The engine queries run on.
+    pub fn engine(&self) -> &Arc<engine::Engine> {
+        &self.engine
     }
 
     /// The SQL names of the tables served now.

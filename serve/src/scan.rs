@@ -135,7 +135,7 @@ impl TableProvider for DeltaProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.table.snapshot().await.map_err(external)?;
+        let snapshot = self.table.read_snapshot().await.map_err(external)?;
         let root = self.table.root();
         let files = snapshot
             .files()

@@ -177,9 +177,9 @@ def main():
         ok, why = same_rows(rows, want)
         check(rc == 0 and ok, f"psql {name}: equals DuckDB ({why}{'; ' + err.strip()[:200] if rc else ''})")
 
-    n = conn.execute("SELECT count(*) FROM raw WHERE device_id = %s", ("hh-0000",)).fetchone()[0]
-    want = duckdb_rows("SELECT count(*) FROM raw WHERE device_id = 'hh-0000'", a.data, a.registry)[0][0]
-    check(same_value(n, want), f"psycopg with a bound parameter: {n} readings of hh-0000 (DuckDB {want})")
+    n = conn.execute("SELECT count(*) FROM raw WHERE device_id = %s", ("hh-0001",)).fetchone()[0]
+    want = duckdb_rows("SELECT count(*) FROM raw WHERE device_id = 'hh-0001'", a.data, a.registry)[0][0]
+    check(n > 0 and same_value(n, want), f"psycopg with a bound parameter: {n} readings of hh-0001 (DuckDB {want})")
 
     for sql in ("INSERT INTO raw (device_id) VALUES ('x')", "DELETE FROM usage_1d",
                 "CREATE TABLE t AS SELECT 1", "COPY (SELECT 1) TO '/tmp/gridmeter-serve-copy.csv'",
@@ -197,7 +197,7 @@ def main():
     if a.timeout_secs:
         started = dt.datetime.now()
         try:
-            conn.execute("SELECT count(*) FROM generate_series(1, 100000000000) AS t(x) WHERE x % 7 = 3")
+            conn.execute("SELECT count(*) FROM generate_series(1, 100000000000) WHERE value % 7 = 3")
             check(False, "a query past query_timeout is cancelled")
         except psycopg.Error as e:
             took = (dt.datetime.now() - started).total_seconds()
@@ -209,7 +209,7 @@ def main():
     if a.row_limit:
         notices = []
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
-        rows = conn.execute(f"SELECT x FROM generate_series(1, {a.row_limit * 3}) AS t(x)").fetchall()
+        rows = conn.execute(f"SELECT value FROM generate_series(1, {a.row_limit * 3})").fetchall()
         check(len(rows) == a.row_limit and any("row_limit" in n for n in notices),
               f"a longer result is cut at row_limit ({len(rows)} rows, notice: {notices[:1]})")
     conn.close()
@@ -220,9 +220,9 @@ def main():
             psycopg.connect(conninfo(a, user=user, password=pw)).close()
             check(False, f"{what} is refused")
         except psycopg.OperationalError as e:
-            check("password authentication failed" in str(e), f"{what} is refused ({str(e).strip()[:90]})")
+            check("password authentication failed" in str(e).lower(), f"{what} is refused ({str(e).strip()[:90]})")
     rc, _, err = psql(a, "SELECT 1", password + "x")
-    check(rc != 0 and "password authentication failed" in err, "psql: a wrong password is refused")
+    check(rc != 0 and "password authentication failed" in err.lower(), "psql: a wrong password is refused")
     try:
         psycopg.connect(conninfo(a, password=password, sslmode="disable")).close()
         check(False, "a plaintext connection is refused")

@@ -18,6 +18,6 @@ profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
   --disable-component-update --disable-sync --no-first-run --hide-scrollbars \
-  --user-data-dir="$profile" --window-size=1240,1060 --screenshot="$png" \
+  --user-data-dir="$profile" --window-size=1240,720 --screenshot="$png" \
   "file://$(realpath "$out/usage-report.html")"
 echo "screenshot: $png"

@@ -313,8 +313,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// Sends the components' logs to `<out>/demo.log` (`RUST_LOG` overrides the filter).
 fn log_to_file(out: &Path) -> anyhow::Result<PathBuf> {
     let path = out.join("demo.log");
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("create {}", path.display()))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -70,7 +70,11 @@ fn serve_answers_psql_and_psycopg_like_duckdb() {
         !stdout.contains(" INFO ") && !stdout.contains("session_present"),
         "{stdout}"
     );
-    assert!(demo.stderr.is_empty(), "{}", String::from_utf8_lossy(&demo.stderr));
+    assert!(
+        demo.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
     let log = std::fs::read_to_string(out.join("demo.log")).unwrap();
     assert!(log.contains("INFO"), "demo.log holds the logs");
     assert!(stdout.contains(&out.join("demo.log").display().to_string()));

@@ -10,8 +10,8 @@ use futures::Sink;
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
-    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
-    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthSource,
+    DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
 use pgwire::api::{
     ClientInfo, ConnectionManager, PgWireConnectionState, PidSecretKeyGenerator,
@@ -29,7 +29,10 @@ const ITERATIONS: usize = 4096;
 #[derive(Debug, Clone)]
 enum Stored {
     /// SCRAM salt and salted password.
-    Scram { salt: Vec<u8>, salted: Vec<u8> },
+    Scram {
+        salt: Vec<u8>,
+        salted: Vec<u8>,
+    },
     ClientCert,
 }
 
@@ -80,8 +83,13 @@ fn hex(b: &[u8]) -> String {
 impl AuthSource for Users {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         match login.user().and_then(|u| self.users.get(u)) {
-            Some(Stored::Scram { salt, salted }) => Ok(Password::new(Some(salt.clone()), salted.clone())),
-            _ => Ok(Password::new(Some(self.nobody.0.clone()), self.nobody.1.clone())),
+            Some(Stored::Scram { salt, salted }) => {
+                Ok(Password::new(Some(salt.clone()), salted.clone()))
+            }
+            _ => Ok(Password::new(
+                Some(self.nobody.0.clone()),
+                self.nobody.1.clone(),
+            )),
         }
     }
 }
@@ -158,7 +166,11 @@ impl StartupHandler for Startup {
                         .into(),
                 ));
             }
-            let user = startup.parameters.get(METADATA_USER).cloned().unwrap_or_default();
+            let user = startup
+                .parameters
+                .get(METADATA_USER)
+                .cloned()
+                .unwrap_or_default();
             if let Some(Stored::ClientCert) = self.users.users.get(&user) {
                 let cn = client
                     .client_certificates()

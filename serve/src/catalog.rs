@@ -154,9 +154,12 @@ impl Catalog {
             }
         }
         if !known.contains(HELD_BILLS) {
-            let files =
-                crate::scan::ListedParquet::list(&self.exports, &exports_prefix, is_exceptions_file)
-                    .await?;
+            let files = crate::scan::ListedParquet::list(
+                &self.exports,
+                &exports_prefix,
+                is_exceptions_file,
+            )
+            .await?;
             if !files.is_empty() {
                 let provider = HeldBills {
                     root: self.exports.clone(),
@@ -177,7 +180,8 @@ impl Catalog {
 
     /// The schema of the newest published statement file, if there is one.
     async fn statement_schema(&self, prefix: &str) -> Result<Option<SchemaRef>, ServeError> {
-        let files = crate::scan::ListedParquet::list(&self.exports, prefix, is_statement_file).await?;
+        let files =
+            crate::scan::ListedParquet::list(&self.exports, prefix, is_statement_file).await?;
         let Some((key, _)) = files.last() else {
             return Ok(None);
         };
@@ -188,9 +192,8 @@ impl Catalog {
             .await?
             .bytes()
             .await?;
-        let builder =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(|e| ServeError::Catalog(format!("{key}: {e}")))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| ServeError::Catalog(format!("{key}: {e}")))?;
         Ok(Some(builder.schema().clone()))
     }
 }
@@ -223,8 +226,8 @@ fn cell(text: &str) -> String {
 
 impl HeldBills {
     async fn batch(&self) -> Result<RecordBatch, ServeError> {
-        let files = crate::scan::ListedParquet::list(&self.root, &self.prefix, is_exceptions_file)
-            .await?;
+        let files =
+            crate::scan::ListedParquet::list(&self.root, &self.prefix, is_exceptions_file).await?;
         let mut cols: Vec<Vec<String>> = vec![Vec::new(); 7];
         for (key, _) in files {
             let Some((period, run)) = run_file(&key, "exceptions.csv") else {
@@ -237,7 +240,9 @@ impl HeldBills {
                 .await?
                 .bytes()
                 .await?;
-            let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(&bytes[..]);
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_reader(&bytes[..]);
             for (i, record) in reader.records().enumerate() {
                 let record =
                     record.map_err(|e| ServeError::Catalog(format!("{key} row {}: {e}", i + 1)))?;
@@ -292,8 +297,8 @@ impl TableProvider for HeldBills {
 
 /// `meters`: one row per registry device with its site and customer.
 fn meters(path: &std::path::Path) -> Result<MemTable, ServeError> {
-    let registry: gridmeter_billing::Registry = gridmeter_core::config::load(path)
-        .map_err(|e| ServeError::Catalog(e.to_string()))?;
+    let registry: gridmeter_billing::Registry =
+        gridmeter_core::config::load(path).map_err(|e| ServeError::Catalog(e.to_string()))?;
     let s = |n: &str| Field::new(n, DataType::Utf8, false);
     let schema = Arc::new(Schema::new(vec![
         s("device_id"),
@@ -338,20 +343,34 @@ mod tests {
     #[test]
     fn only_published_run_files_are_selected() {
         assert_eq!(
-            run_file("d/exports/2026-10/run-0001/statement_lines.parquet", "statement_lines.parquet"),
+            run_file(
+                "d/exports/2026-10/run-0001/statement_lines.parquet",
+                "statement_lines.parquet"
+            ),
             Some(("2026-10".into(), "run-0001".into()))
         );
-        assert!(!is_statement_file("d/exports/2026-10/.run-0002.tmp/statement_lines.parquet"));
-        assert!(!is_statement_file("d/exports/.2026-10/run-0002/statement_lines.parquet"));
-        assert!(!is_statement_file("d/other/2026-10/run-0001/statement_lines.parquet"));
-        assert!(is_exceptions_file("exports/2026-10/run-0003/exceptions.csv"));
+        assert!(!is_statement_file(
+            "d/exports/2026-10/.run-0002.tmp/statement_lines.parquet"
+        ));
+        assert!(!is_statement_file(
+            "d/exports/.2026-10/run-0002/statement_lines.parquet"
+        ));
+        assert!(!is_statement_file(
+            "d/other/2026-10/run-0001/statement_lines.parquet"
+        ));
+        assert!(is_exceptions_file(
+            "exports/2026-10/run-0003/exceptions.csv"
+        ));
     }
 
     #[test]
     fn known_tables_have_specs() {
         assert_eq!(delta_spec("raw").unwrap().name, "raw");
         assert_eq!(delta_spec("usage_15m").unwrap().name, "usage_15m");
-        assert_eq!(delta_spec("usage_history_1d").unwrap().name, "usage_history_1d");
+        assert_eq!(
+            delta_spec("usage_history_1d").unwrap().name,
+            "usage_history_1d"
+        );
         assert!(delta_spec("_state").is_none());
         assert!(delta_spec("exports").is_none());
     }

@@ -140,8 +140,9 @@ impl ServeConfig {
                 let cred = if u.client_cert {
                     Credential::ClientCert
                 } else if let Some(f) = &u.password_file {
-                    let text = std::fs::read_to_string(f)
-                        .map_err(|e| format!("users {}: password_file {}: {e}", u.name, f.display()))?;
+                    let text = std::fs::read_to_string(f).map_err(|e| {
+                        format!("users {}: password_file {}: {e}", u.name, f.display())
+                    })?;
                     Credential::Password(text.lines().next().unwrap_or_default().to_string())
                 } else if let Some(var) = &u.password_env {
                     Credential::Password(std::env::var(var).map_err(|_| {
@@ -205,10 +206,14 @@ impl Validate for ServeConfig {
             if !seen.insert(u.name.as_str()) {
                 p.push(&at, format!("user {:?} is listed twice", u.name));
             }
-            let n = [u.password_file.is_some(), u.password_env.is_some(), u.client_cert]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let n = [
+                u.password_file.is_some(),
+                u.password_env.is_some(),
+                u.client_cert,
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if n != 1 {
                 p.push(
                     &at,

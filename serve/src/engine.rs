@@ -96,7 +96,10 @@ fn config() -> SessionConfig {
         .with_target_partitions(threads)
         .with_information_schema(true)
         .with_default_catalog_and_schema("gridmeter", "public")
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
         .set_bool("datafusion.execution.parquet.pushdown_filters", true)
         .set_bool("datafusion.sql_parser.enable_ident_normalization", true)
         .set_str("datafusion.sql_parser.dialect", "postgresql")

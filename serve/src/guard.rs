@@ -54,9 +54,9 @@ fn classify_one(statement: DfStatement) -> Result<Classified, Refusal> {
     match &statement {
         DfStatement::Statement(s) => match s.as_ref() {
             SqlStatement::Query(_) => Ok(Classified::Query(Box::new(statement))),
-            SqlStatement::Explain { statement: inner, .. }
-                if matches!(inner.as_ref(), SqlStatement::Query(_)) =>
-            {
+            SqlStatement::Explain {
+                statement: inner, ..
+            } if matches!(inner.as_ref(), SqlStatement::Query(_)) => {
                 Ok(Classified::Query(Box::new(statement)))
             }
             SqlStatement::ShowTables { .. } | SqlStatement::ShowColumns { .. } => {
@@ -123,8 +123,17 @@ fn keyword(text: &str) -> String {
         .collect();
     match words.as_slice() {
         [] => "this".into(),
-        [first, second] if matches!(first.to_ascii_uppercase().as_str(), "CREATE" | "DROP" | "ALTER") => {
-            format!("{} {}", first.to_ascii_uppercase(), second.to_ascii_uppercase())
+        [first, second]
+            if matches!(
+                first.to_ascii_uppercase().as_str(),
+                "CREATE" | "DROP" | "ALTER"
+            ) =>
+        {
+            format!(
+                "{} {}",
+                first.to_ascii_uppercase(),
+                second.to_ascii_uppercase()
+            )
         }
         [first, ..] => first.to_ascii_uppercase(),
     }
@@ -159,16 +168,28 @@ mod tests {
             "SHOW TABLES",
         ] {
             let c = classify(sql).unwrap();
-            assert!(matches!(c.as_slice(), [Classified::Query(_)]), "{sql}: {c:?}");
+            assert!(
+                matches!(c.as_slice(), [Classified::Query(_)]),
+                "{sql}: {c:?}"
+            );
         }
     }
 
     #[test]
     fn driver_chatter_is_accepted_and_ignored() {
-        for sql in ["SET extra_float_digits = 3", "SET application_name = 'x'", "BEGIN", "COMMIT", "ROLLBACK"] {
+        for sql in [
+            "SET extra_float_digits = 3",
+            "SET application_name = 'x'",
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+        ] {
             let c = classify(sql).unwrap();
             assert!(
-                matches!(c.as_slice(), [Classified::NoOp(_) | Classified::Transaction { .. }]),
+                matches!(
+                    c.as_slice(),
+                    [Classified::NoOp(_) | Classified::Transaction { .. }]
+                ),
                 "{sql}: {c:?}"
             );
         }
@@ -181,15 +202,14 @@ mod tests {
         assert!(refused("DELETE FROM raw").contains("DELETE"));
         assert!(refused("DROP TABLE raw").contains("DROP TABLE"));
         assert!(refused("CREATE TABLE t (a int)").contains("CREATE TABLE"));
-        assert!(refused("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'")
-            .contains("CREATE EXTERNAL TABLE"));
+        assert!(
+            refused("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'")
+                .contains("CREATE EXTERNAL TABLE")
+        );
         assert!(refused("COPY (SELECT 1) TO '/tmp/x.csv'").contains("COPY"));
         assert!(refused("EXPLAIN INSERT INTO raw VALUES (1)").contains("INSERT"));
         assert!(refused("SELECT 1; DELETE FROM raw").contains("DELETE"));
-        assert_eq!(
-            classify("TRUNCATE raw").unwrap_err().sqlstate(),
-            "25006"
-        );
+        assert_eq!(classify("TRUNCATE raw").unwrap_err().sqlstate(), "25006");
     }
 
     #[test]

@@ -269,10 +269,9 @@ fn parameter(
             let raw = portal.parameters.get(idx).cloned().flatten();
             ScalarValue::Utf8(match raw {
                 None => None,
-                Some(b) => Some(
-                    String::from_utf8(b.to_vec())
-                        .map_err(|_| user_error("22021", format!("parameter ${} is not UTF-8", idx + 1)))?,
-                ),
+                Some(b) => Some(String::from_utf8(b.to_vec()).map_err(|_| {
+                    user_error("22021", format!("parameter ${} is not UTF-8", idx + 1))
+                })?),
             })
         }
     };

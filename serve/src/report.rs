@@ -11,7 +11,8 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::engine::{Engine, QueryError};
 
-const DAILY_IMPORT: &str = "SELECT u.window_start AS day, m.customer_id, sum(u.usage) / 1000 AS kwh \
+const DAILY_IMPORT: &str =
+    "SELECT u.window_start AS day, m.customer_id, sum(u.usage) / 1000 AS kwh \
      FROM usage_1d u JOIN meters m ON m.device_id = u.device_id \
      WHERE u.channel = 'energy_import' GROUP BY u.window_start, m.customer_id ORDER BY 1, 2";
 const PV_YIELD: &str = "SELECT window_start AS day, sum(usage) / 1000 AS kwh FROM usage_1d \
@@ -23,7 +24,8 @@ const MONTHS: &str = "WITH latest AS (SELECT date_trunc('month', max(window_star
      FROM usage_1d u JOIN meters m ON m.device_id = u.device_id CROSS JOIN latest l \
      WHERE u.channel = 'energy_import' AND u.window_start >= l.this_month - INTERVAL '1 month' \
      GROUP BY m.customer_id ORDER BY this_month_kwh DESC LIMIT 10";
-const CHANNELS: &str = "SELECT channel, unit, count(DISTINCT device_id) AS devices, sum(usage) AS usage \
+const CHANNELS: &str =
+    "SELECT channel, unit, count(DISTINCT device_id) AS devices, sum(usage) AS usage \
      FROM usage_1d WHERE usage IS NOT NULL GROUP BY channel, unit ORDER BY channel";
 const TOP: &str = "SELECT m.customer_id, u.device_id, sum(u.usage) / 1000 AS kwh \
      FROM usage_1d u JOIN meters m ON m.device_id = u.device_id \
@@ -73,7 +75,7 @@ const COLORS: [&str; 8] = [
 
 /// A line chart of `series` (name, points (x µs, y)) as SVG.
 fn chart(title: &str, unit: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (w, h, l, r, t, b) = (560.0, 260.0, 56.0, 12.0, 28.0, 40.0);
+    let (w, h, l, r, t, b) = (560.0, 260.0, 56.0, 40.0, 28.0, 40.0);
     let pts = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
     for (x, y) in pts {
@@ -170,7 +172,9 @@ fn table(title: &str, batches: &[RecordBatch]) -> Result<String, QueryError> {
             let v = &col[row];
             let v = match v.split_once('.') {
                 // kWh and Wh to 3 decimals in the report.
-                Some((i, d)) if i.chars().all(|c| c.is_ascii_digit() || c == '-') && d.len() > 3 => {
+                Some((i, d))
+                    if i.chars().all(|c| c.is_ascii_digit() || c == '-') && d.len() > 3 =>
+                {
                     format!("{i}.{}", &d[..3])
                 }
                 _ => v.clone(),

@@ -5,14 +5,14 @@
 //! DataFusion over the Delta tables of the data root (opened through `gridmeter-tables`, at
 //! their latest version at every query) and the billing export's published runs.
 //!
-//! - [`config`]: `serve.toml`;
-//! - [`catalog`]: which tables, under which SQL names;
-//! - [`scan`]: reading a Delta snapshot's files (and the runs' files) with DataFusion;
-//! - [`guard`]: read-only: only queries run;
-//! - [`engine`]: planning and running a query under its limits;
-//! - [`pg`]: the wire protocol; [`auth`]: SCRAM passwords and client certificates;
-//!   [`tls`]: the server's TLS;
-//! - [`report`]: a static HTML usage report from the same engine.
+//! - [`config`] — `serve.toml`;
+//! - [`catalog`] — which tables, under which SQL names;
+//! - [`scan`] — reading a Delta snapshot's files (and the runs' files) with DataFusion;
+//! - [`guard`] — read-only: only queries run;
+//! - [`engine`] — planning and running a query under its limits;
+//! - [`pg`] — the wire protocol; [`auth`] — SCRAM passwords and client certificates;
+//!   [`tls`] — the server's TLS;
+//! - [`report`] — a static HTML usage report from the same engine.
 //!
 //! serve/README.md has the tables, example queries and the operational notes.
 

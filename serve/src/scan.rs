@@ -28,6 +28,13 @@ struct Files {
     files: Vec<(String, u64, Option<NaiveDate>)>,
 }
 
+/// What DataFusion asks a scan for.
+struct Request<'a> {
+    projection: Option<&'a Vec<usize>>,
+    filters: &'a [Expr],
+    limit: Option<usize>,
+}
+
 /// Builds the Parquet scan of `files` (storage keys under `root`'s storage).
 fn parquet_scan(
     state: &dyn Session,
@@ -35,10 +42,13 @@ fn parquet_scan(
     file_schema: &SchemaRef,
     partition: Option<FieldRef>,
     files: Files,
-    projection: Option<&Vec<usize>>,
-    filters: &[Expr],
-    limit: Option<usize>,
+    request: Request<'_>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let Request {
+        projection,
+        filters,
+        limit,
+    } = request;
     let partition_cols: Vec<FieldRef> = partition.into_iter().collect();
     let table_schema = TableSchema::builder(file_schema.clone())
         .with_table_partition_cols(partition_cols.clone())
@@ -159,9 +169,11 @@ impl TableProvider for DeltaProvider {
             &self.file_schema,
             partition,
             Files { files },
-            projection,
-            filters,
-            limit,
+            Request {
+                projection,
+                filters,
+                limit,
+            },
         )
     }
 }
@@ -257,9 +269,11 @@ impl TableProvider for ListedParquet {
             &self.schema,
             None,
             Files { files },
-            projection,
-            filters,
-            limit,
+            Request {
+                projection,
+                filters,
+                limit,
+            },
         )
     }
 }

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Generates the Grafana dashboards in this directory (pipeline-health.json, fleet.json,
-usage.json).
+"""Generates the Grafana dashboards in this directory: pipeline-health.json, fleet.json,
+usage.json (Prometheus: the pipeline) and usage-data.json, billing-data.json (SQL on
+`gridmeter serve` through Grafana's PostgreSQL data source: the data itself).
 
 The JSON files are committed (Grafana provisions them as they are); this script is their
 source, so that panels stay uniform and every query is easy to review in one place.
   python3 dashboards/generate.py          # rewrite the JSON files
   python3 dashboards/generate.py --check  # exit 1 if a JSON file differs from the script
-Every metric name used here must be in docs/metrics.md (deploy/check.sh verifies it).
+Every metric name used here must be in docs/metrics.md (deploy/check.sh verifies it); every
+SQL panel must return rows on the demo's tables (dashboards/check_sql_panels.py, run by
+gridmeter/tests/serve.rs).
 """
 import json
 import sys
@@ -384,7 +387,143 @@ def usage():
     return b
 
 
-BOARDS = {"pipeline-health.json": pipeline_health, "fleet.json": fleet, "usage.json": usage}
+SQL_DS = {"type": "grafana-postgresql-datasource", "uid": "${sql}"}
+
+
+class SqlBoard(Board):
+    """A board on `gridmeter serve` (SQL targets, the `sql` data source variable)."""
+
+    def sql(self, kind, title, query, w=12, h=8, unit=None, description="", fmt=None,
+            options=None, field_extra=None):
+        self.panel(kind, title, [], w=w, h=h, unit=unit, description=description,
+                   options=options, field_extra=field_extra, min_zero=False)
+        p = self.panels[-1]
+        p["datasource"] = SQL_DS
+        p["targets"] = [{
+            "datasource": SQL_DS, "refId": "A", "editorMode": "code", "rawQuery": True,
+            "format": fmt or ("time_series" if kind == "timeseries" else "table"),
+            "rawSql": " ".join(query.split()),
+        }]
+
+    def to_json(self):
+        d = super().to_json()
+        d["templating"]["list"] = [{
+            "name": "sql", "label": "gridmeter SQL", "type": "datasource",
+            "query": "grafana-postgresql-datasource", "current": {}, "hide": 0, "refresh": 1,
+            "regex": "", "includeAll": False, "multi": False,
+        }]
+        d["time"] = {"from": "now-1y", "to": "now"}
+        d["refresh"] = "5m"
+        return d
+
+
+IMPORT = "u.channel = 'energy_import'"
+EXPORT = "u.channel IN ('energy_export', 'energy_yield')"
+
+
+def usage_data():
+    b = SqlBoard("gridmeter-usage-data", "gridmeter / Usage",
+                 "Energy per customer, site and channel from the usage tables, served by "
+                 "gridmeter serve (serve/README.md). Daily windows are UTC days.")
+    b.row("Energy per customer")
+    b.sql("timeseries", "Energy import per customer (kWh per day)", f"""
+        SELECT u.window_start AS time, m.customer_id AS metric, sum(u.usage) / 1000 AS kwh
+        FROM usage_1d u JOIN meters m ON m.device_id = u.device_id
+        WHERE {IMPORT} AND $__timeFilter(u.window_start)
+        GROUP BY u.window_start, m.customer_id ORDER BY 1""", unit="kwatth",
+          description="Current revision of the daily usage of energy_import, summed per customer (registry).")
+    b.sql("timeseries", "Energy export per customer (kWh per day)", f"""
+        SELECT u.window_start AS time, m.customer_id AS metric, sum(u.usage) / 1000 AS kwh
+        FROM usage_1d u JOIN meters m ON m.device_id = u.device_id
+        WHERE {EXPORT} AND $__timeFilter(u.window_start)
+        GROUP BY u.window_start, m.customer_id ORDER BY 1""", unit="kwatth",
+          description="energy_export and energy_yield (PV), per customer.")
+    b.sql("barchart", "Month over month per customer (kWh)", f"""
+        WITH latest AS (SELECT date_trunc('month', max(window_start)) AS this_month FROM usage_1d)
+        SELECT m.customer_id,
+               sum(CASE WHEN u.window_start < l.this_month THEN u.usage ELSE 0 END) / 1000 AS last_month,
+               sum(CASE WHEN u.window_start >= l.this_month THEN u.usage ELSE 0 END) / 1000 AS this_month
+        FROM usage_1d u JOIN meters m ON m.device_id = u.device_id CROSS JOIN latest l
+        WHERE {IMPORT} AND u.window_start >= l.this_month - INTERVAL '1 month'
+        GROUP BY m.customer_id ORDER BY this_month DESC LIMIT 20""", w=12, h=9, unit="kwatth",
+          description="Energy import of the month of the newest data against the month before (top 20).",
+          options={"xField": "customer_id", "orientation": "horizontal"})
+    b.sql("table", "Top consumers (kWh)", f"""
+        SELECT m.customer_id, u.device_id, sum(u.usage) / 1000 AS kwh
+        FROM usage_1d u JOIN meters m ON m.device_id = u.device_id
+        WHERE {IMPORT} AND $__timeFilter(u.window_start)
+        GROUP BY m.customer_id, u.device_id ORDER BY kwh DESC LIMIT 20""", w=12, h=9)
+    b.row("Sites and channels")
+    b.sql("table", "Energy per site (kWh)", f"""
+        SELECT m.site_id, m.customer_id,
+               sum(CASE WHEN {IMPORT} THEN u.usage ELSE 0 END) / 1000 AS import_kwh,
+               sum(CASE WHEN {EXPORT} THEN u.usage ELSE 0 END) / 1000 AS export_kwh
+        FROM usage_1d u JOIN meters m ON m.device_id = u.device_id
+        WHERE $__timeFilter(u.window_start)
+        GROUP BY m.site_id, m.customer_id ORDER BY import_kwh DESC, export_kwh DESC""", w=12, h=9)
+    b.sql("table", "Usage per channel", """
+        SELECT u.channel, u.unit, count(DISTINCT u.device_id) AS devices, sum(u.usage) AS usage
+        FROM usage_1d u
+        WHERE u.usage IS NOT NULL AND $__timeFilter(u.window_start)
+        GROUP BY u.channel, u.unit ORDER BY u.channel""", w=12, h=9,
+          description="Counters and deltas, in the channel's unit (Wh, s, B, ...).")
+    b.row("PV")
+    b.sql("timeseries", "PV yield (kWh per day, all inverters)", """
+        SELECT u.window_start AS time, sum(u.usage) / 1000 AS pv_yield_kwh
+        FROM usage_1d u
+        WHERE u.channel = 'energy_yield' AND $__timeFilter(u.window_start)
+        GROUP BY u.window_start ORDER BY 1""", w=12, unit="kwatth")
+    b.sql("timeseries", "PV yield by hour of day (kWh, all inverters)", """
+        SELECT u.window_start AS time, sum(u.usage) / 1000 AS pv_yield_kwh
+        FROM usage_1h u
+        WHERE u.channel = 'energy_yield' AND $__timeFilter(u.window_start)
+        GROUP BY u.window_start ORDER BY 1""", w=12, unit="kwatth")
+    return b
+
+
+def billing_data():
+    b = SqlBoard("gridmeter-billing-data", "gridmeter / Billing",
+                 "Invoice totals, adjustments, held bills and estimated shares from the billing "
+                 "export's published runs, served by gridmeter serve (serve/README.md).")
+    b.row("Runs")
+    b.sql("table", "Invoice totals per run", """
+        SELECT period, run, currency, count(DISTINCT customer_id) AS customers, sum(amount) AS total
+        FROM statement_lines GROUP BY period, run, currency ORDER BY period, run, currency""", w=12,
+          description="Sum of the statement lines (incl. tax lines) of each published run.")
+    b.sql("barchart", "Invoice total per customer (latest run of each period)", """
+        SELECT s.customer_id, sum(s.amount) AS total
+        FROM statement_lines s
+        JOIN (SELECT period, max(run) AS run FROM statement_lines GROUP BY period) r
+          ON r.period = s.period AND r.run = s.run
+        GROUP BY s.customer_id ORDER BY total DESC LIMIT 20""", w=12,
+          options={"xField": "customer_id", "orientation": "horizontal"})
+    b.sql("table", "Adjustments per run", """
+        SELECT period, run,
+               sum(CASE WHEN line_type = 'adjustment' THEN 1 ELSE 0 END) AS adjustment_lines,
+               sum(CASE WHEN line_type = 'adjustment' THEN amount ELSE 0 END) AS adjustment_amount
+        FROM statement_lines GROUP BY period, run ORDER BY period, run""", w=12,
+          description="A re-run after late data bills only the differences, as adjustment lines.")
+    b.sql("table", "Held bills per run", """
+        SELECT r.period, r.run, count(DISTINCT h.customer_id) AS held_customers,
+               coalesce(max(h.reason), '') AS a_reason
+        FROM (SELECT DISTINCT period, run FROM statement_lines) r
+        LEFT JOIN held_bills h ON h.period = r.period AND h.run = r.run
+        GROUP BY r.period, r.run ORDER BY r.period, r.run""", w=12,
+          description="Customers held (not invoiced) by each run; the reasons are in held_bills.")
+    b.row("Quality")
+    b.sql("table", "Estimated share of billed energy per customer", """
+        SELECT customer_id, usage_unit,
+               CAST(sum(quality * usage_quantity) AS DOUBLE) / NULLIF(CAST(sum(usage_quantity) AS DOUBLE), 0) AS estimated_share
+        FROM statement_lines
+        WHERE usage_quantity IS NOT NULL AND usage_quantity > 0
+        GROUP BY customer_id, usage_unit ORDER BY estimated_share DESC, customer_id LIMIT 50""", w=24,
+          unit="percentunit",
+          description="Share of each customer's billed usage from intervals flagged estimated or interpolated.")
+    return b
+
+
+BOARDS = {"pipeline-health.json": pipeline_health, "fleet.json": fleet, "usage.json": usage,
+          "usage-data.json": usage_data, "billing-data.json": billing_data}
 
 
 def main():

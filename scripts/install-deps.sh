@@ -3,12 +3,13 @@
 # pairs standing in for serial lines in the agent's meter protocol tests), Mosquitto and its
 # clients, Prometheus (promtool), Chromium, pdftotext and a font (the billing test that
 # prints invoices), xmllint (libxml2-utils: the Green Button schema check), and the Python
-# packages of .ci/requirements.txt (localstripe: the Stripe push test).
+# packages of .ci/requirements.txt (localstripe: the Stripe push test), and psql
+# (postgresql-client: the gridmeter serve tests).
 # Already-installed packages are skipped, so it is cheap to run every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core libxml2-utils socat)
+apt_pkgs=(mosquitto mosquitto-clients prometheus openssl chromium poppler-utils fonts-dejavu-core libxml2-utils socat postgresql-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -36,9 +37,9 @@ python3 -m pip install -q --disable-pip-version-check -r .ci/requirements.txt
 # duckdb is pinned in a virtualenv of its own (the rest of the tests use the duckdb of
 # .ci/requirements.txt). scripts/duckdb_delta.py runs queries there.
 venv="${GRIDMETER_DUCKDB_DELTA_VENV:-$HOME/.cache/gridmeter/duckdb-delta-1.4.4}"
-if ! "$venv/bin/python" -c "import duckdb, duckdb_ext" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import duckdb, duckdb_ext, pytz" 2>/dev/null; then
   echo "== installing duckdb 1.4.4 with the delta and httpfs extensions in $venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" "duckdb-ext-httpfs==1.4.4.20260205"
+    "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" "duckdb-ext-httpfs==1.4.4.20260205" pytz
 fi

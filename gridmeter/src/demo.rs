@@ -12,6 +12,10 @@
 //! 5. Once every reading is acknowledged and landed, the collector flushes and stops; the
 //!    aggregator computes the usage tables; the billing export bills the period.
 //!
+//! 6. The terminal shows progress and the summary; the components' logs go to
+//!    `<out>/demo.log`. At the end the demo prints how to query the tables over SQL
+//!    (`gridmeter serve`, PostgreSQL wire protocol); with `--hold` it serves them itself.
+//!
 //! Configs of every component are written as TOML under `<out>/config/`, so each step can be
 //! rerun by hand with the components' own binaries.
 
@@ -40,7 +44,8 @@ pub struct DemoArgs {
     /// Short mode for CI: 12 devices over 2026-10-24..27 (includes the DST change).
     #[arg(long)]
     short: bool,
-    /// Keep the collector and agents' /metrics endpoints up until Ctrl-C after the run.
+    /// After the run, serve the tables over SQL (`gridmeter serve`) and keep the collector
+    /// and agents' /metrics endpoints up, until Ctrl-C.
     #[arg(long)]
     hold: bool,
 }
@@ -179,9 +184,11 @@ fn agent_toml(
     let _ = writeln!(s, "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}");
     let _ = writeln!(s, "tls = {}", tls_inline(&tls));
     let _ = writeln!(s, "batch_max_readings = 500");
+    // A simulated agent produces a month of readings at once: small commits keep the
+    // readings waiting in memory per agent (the default, 10,000, is for one agent per host).
     let _ = writeln!(
         s,
-        "\n[buffer]\npath = \"{}\"",
+        "\n[buffer]\npath = \"{}\"\ncommit_max_readings = 500",
         toml_path(&out.join("agents").join(format!("{device}.sqlite")))
     );
     let _ = writeln!(
@@ -292,18 +299,41 @@ fn metric_sum<'a>(registries: impl IntoIterator<Item = &'a Registry>, name: &str
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    let out = prepare_out(&args.out)?;
+    let log = log_to_file(&out)?;
+    println!("gridmeter demo: logs in {}", log.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(run_async(args))
+    runtime.block_on(run_async(args, plan, out))
 }
 
-async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
+/// Sends the components' logs to `<out>/demo.log` (`RUST_LOG` overrides the filter).
+fn log_to_file(out: &Path) -> anyhow::Result<PathBuf> {
+    let path = out.join("demo.log");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(path)
+}
+
+async fn run_async(args: DemoArgs, plan: Plan, out: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
-    let step = |msg: &str| println!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
-    let plan = plan(&args)?;
-    let out = prepare_out(&args.out)?;
+    let step = |msg: &str| {
+        println!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+        if let Some((rss, peak)) = memory_mib() {
+            tracing::info!(rss_mib = rss, peak_rss_mib = peak, "demo step: {msg}");
+        }
+    };
     let cfg_dir = out.join("config");
     std::fs::create_dir_all(cfg_dir.join("agents"))?;
     std::fs::create_dir_all(out.join("agents"))?;
@@ -500,6 +530,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         "readings landed: {landed:.0} from {} devices",
         plan.devices.len()
     );
+    if let Some((_, peak)) = memory_mib() {
+        println!("peak memory (RSS) of the demo process: {peak} MiB");
+    }
     println!("usage over the simulated span (daily windows, current revision):");
     for ((channel, unit), total) in &per_channel {
         println!("  {channel:<20} {total:>24} {unit}");
@@ -527,17 +560,108 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         "  duckdb -c \"INSTALL delta; LOAD delta; SELECT device_id, channel, any_value(unit) AS unit, sum(usage) AS usage FROM delta_scan('{}') GROUP BY ALL ORDER BY ALL\"",
         data.join("usage_1d").display()
     );
-    if args.hold {
+    let serve_cfg = serve_config(&out, &cfg_dir)?;
+    println!("query them over SQL (gridmeter serve: PostgreSQL wire protocol, TLS, read-only):");
+    if !args.hold {
         println!(
-            "metrics: http://{collector_metrics}/metrics (collector), http://{agent_metrics}/metrics (agent {}); Ctrl-C to stop",
+            "  cargo run --release -p gridmeter -- serve --config {}   (or rerun the demo with --hold)",
+            serve_cfg.path.display()
+        );
+    }
+    println!("  {}", serve_cfg.psql);
+    println!("  then, for example:");
+    for q in EXAMPLE_QUERIES {
+        println!("    {q}");
+    }
+    if args.hold {
+        let config = gridmeter_serve::load_config(&serve_cfg.path)?;
+        let server = gridmeter_serve::Server::bind(&config).await?;
+        println!(
+            "serving {} tables on {} ({}); metrics: http://{collector_metrics}/metrics (collector), http://{agent_metrics}/metrics (agent {}); Ctrl-C to stop",
+            server.tables().len(),
+            server.local_addr()?,
+            serve_cfg.path.display(),
             plan.devices[0].0
         );
-        tokio::signal::ctrl_c().await?;
+        server.run(crate::serve_cli::shutdown()).await?;
     } else {
         println!("metrics were served during the run at http://{collector_metrics}/metrics (collector) and http://{agent_metrics}/metrics (agent {}); pass --hold to keep them up", plan.devices[0].0);
     }
     broker.stop();
     Ok(())
+}
+
+/// Two queries the demo suggests (serve/README.md has more).
+const EXAMPLE_QUERIES: [&str; 2] = [
+    "SELECT m.customer_id, date_trunc('day', u.window_start) AS day, sum(u.usage) / 1000 AS kwh FROM usage_1d u JOIN meters m USING (device_id) WHERE u.channel = 'energy_import' GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 10;",
+    "SELECT customer_id, currency, sum(amount) AS total FROM statement_lines GROUP BY 1, 2 ORDER BY total DESC LIMIT 5;",
+];
+
+/// The demo's `serve.toml` and how to connect to it.
+struct ServeSetup {
+    path: PathBuf,
+    psql: String,
+}
+
+/// Writes `config/serve.toml` (TLS with the demo broker's certificate, user `gridmeter`
+/// with a fresh password in `config/serve.password`).
+fn serve_config(out: &Path, cfg_dir: &Path) -> anyhow::Result<ServeSetup> {
+    let addr = local_addr(5433)?;
+    let password: String = (0..20)
+        .map(|_| char::from(b"abcdefghijkmnpqrstuvwxyz23456789"[rand_index(32)]))
+        .collect();
+    let pw_path = cfg_dir.join("serve.password");
+    std::fs::write(&pw_path, format!("{password}\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let pki = out.join("pki");
+    let text = format!(
+        "# gridmeter serve for the demo's tables (serve/README.md)\n\
+         listen = \"{addr}\"\n\
+         data_root = \"{}\"\n\
+         registry = \"{}\"\n\
+         query_timeout = \"60s\"\n\
+         [tls]\n\
+         cert = \"{}\"\n\
+         key = \"{}\"\n\
+         client_ca = \"{}\"\n\
+         [[users]]\n\
+         name = \"gridmeter\"\n\
+         password_file = \"{}\"\n",
+        toml_path(&out.join("data")),
+        toml_path(&cfg_dir.join("registry.toml")),
+        toml_path(&pki.join("server.crt")),
+        toml_path(&pki.join("server.key")),
+        toml_path(&pki.join("ca.crt")),
+        toml_path(&pw_path),
+    );
+    let path = cfg_dir.join("serve.toml");
+    std::fs::write(&path, text)?;
+    let psql = format!(
+        "PGPASSWORD=$(cat {}) psql \"host=127.0.0.1 port={} user=gridmeter dbname=gridmeter sslmode=verify-full sslrootcert={}\"",
+        pw_path.display(),
+        addr.port(),
+        pki.join("ca.crt").display()
+    );
+    Ok(ServeSetup { path, psql })
+}
+
+/// Resident and peak resident memory of this process, MiB (Linux `/proc/self/status`).
+fn memory_mib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn rand_index(n: usize) -> usize {
+    rand::random_range(0..n)
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

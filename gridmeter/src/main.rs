@@ -1,4 +1,4 @@
-//! `gridmeter`: the local demo of the whole pipeline and the PKI tool.
+//! `gridmeter`: the local demo of the whole pipeline, the SQL endpoint and the PKI tool.
 
 use std::process::ExitCode;
 
@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod pki_cli;
+mod serve_cli;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,9 @@ enum Command {
     /// aggregator and a billing export. For local demos only: the embedded broker checks
     /// client certificates but has no ACL.
     Demo(demo::DemoArgs),
+    /// A read-only SQL endpoint over the tables (PostgreSQL wire protocol, TLS, passwords or
+    /// client certificates): psql, Grafana, DBeaver, Metabase and pandas connect to it.
+    Serve(serve_cli::ServeArgs),
     /// Certificates: a CA, the broker, collectors and devices (CN = device_id); renewal,
     /// revocation (CRL) and a list of what was issued.
     Pki {
@@ -32,16 +36,29 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+/// Logs to stderr (`RUST_LOG` overrides the default filter).
+fn log_to_stderr() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,gridmeter=info,rumqttd=off".into()),
+                .unwrap_or_else(|_| "warn,gridmeter=info,gridmeter_serve=info,rumqttd=off".into()),
         )
         .init();
+}
+
+fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        // The demo logs to a file under its output directory; the terminal shows its
+        // progress and summary.
         Command::Demo(args) => demo::run(args),
-        Command::Pki { command } => pki_cli::run(command),
+        Command::Serve(args) => {
+            log_to_stderr();
+            serve_cli::run(args)
+        }
+        Command::Pki { command } => {
+            log_to_stderr();
+            pki_cli::run(command)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

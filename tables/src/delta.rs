@@ -357,6 +357,12 @@ impl Table {
         self.load_snapshot().await
     }
 
+    /// The latest version, for readers that must never write (`gridmeter serve`): unlike
+    /// [`Table::snapshot`] it never creates the table.
+    pub async fn read_snapshot(&self) -> Result<Snapshot, TableError> {
+        self.load_snapshot().await
+    }
+
     async fn load_snapshot(&self) -> Result<Snapshot, TableError> {
         let mut cached = self.cached.lock().await;
         let state = match cached.take() {

@@ -20,7 +20,9 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::datasource::{MemTable, TableProvider};
-use gridmeter_tables::{deadletter, gaps, raw, usage, Root, Table, TableSpec};
+use gridmeter_tables::{
+    deadletter, devices, edits, exceptions, gaps, raw, usage, Root, Table, TableSpec,
+};
 use object_store::ObjectStoreExt;
 
 use crate::ServeError;
@@ -34,6 +36,9 @@ pub fn delta_spec(dir: &str) -> Option<TableSpec> {
         raw::TABLE => Some(raw::spec()),
         gaps::TABLE => Some(gaps::spec()),
         deadletter::TABLE => Some(deadletter::spec()),
+        devices::TABLE => Some(devices::spec()),
+        exceptions::TABLE => Some(exceptions::spec()),
+        edits::TABLE => Some(edits::spec()),
         d => d
             .strip_prefix("usage_history_")
             .map(usage::history_spec)

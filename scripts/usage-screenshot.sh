@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 out="${1:-demo-data}"
 png="${2:-docs/usage-report.png}"
 bin=target/release/gridmeter
-[ -x "$bin" ] || cargo build --release -p gridmeter --bin gridmeter
+[ -x "$bin" ] || cargo build --release --workspace --bins --examples --locked
 [ -f "$out/config/serve.toml" ] || "$bin" demo --out "$out"
 # A port of its own, so a running `demo --hold` does not get in the way.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -5,5 +5,5 @@
 # Prints one "name value" line per figure.
 set -eu
 cd "$(dirname "$0")/../.."
-cargo build --release -p gridmeter-agent --bin gridmeter-agent
+cargo build --release --workspace --bins --examples --locked
 GRIDMETER_AGENT_BIN="$PWD/target/release/gridmeter-agent" cargo bench -p gridmeter-agent --bench agent

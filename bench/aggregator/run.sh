@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir="${1:-/tmp/gridmeter-agg-bench}"
 devices="${2:-10000}"
-cargo build --release -p gridmeter-aggregator --example bench
+cargo build --release --workspace --bins --examples --locked
 RUST_LOG=warn ./target/release/examples/bench "$dir" "$devices"

@@ -19,7 +19,7 @@ WORK=${2:-/tmp/gridmeter-billing-bench}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=${GRIDMETER_DUCKDB_DELTA_VENV:-$HOME/.cache/gridmeter/duckdb-delta-1.4.4}
 cd "$ROOT"
-cargo build --release -p gridmeter-billing
+cargo build --release --workspace --bins --examples --locked
 BIN="$ROOT/target/release/gridmeter-billing"
 DATA="$WORK/n$N"
 if [ ! -f "$DATA/billing.toml" ]; then

@@ -5,5 +5,5 @@
 # Needs: mosquitto, mosquitto_sub. Usage: bench/collector/run.sh [BENCH_MESSAGES=200000]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p gridmeter-collector --bin gridmeter-collector --example bench
+cargo build --release --workspace --bins --examples --locked
 exec target/release/examples/bench

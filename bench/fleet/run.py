@@ -2,7 +2,7 @@
 """Fleet benchmark: N simulated devices at 1 reading/s through Mosquitto (mTLS), the collector
 and the aggregator, on this machine.
 
-    cargo build --release --bins -p gridmeter-collector -p gridmeter-aggregator -p gridmeter
+    cargo build --release --workspace --bins --examples --locked
     python3 bench/fleet/run.py                          # 10,000 devices, 120 s
     python3 bench/fleet/run.py --devices 2000 --seconds 60 --bin-dir target/debug
 

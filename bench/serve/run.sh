@@ -10,7 +10,7 @@ dir="${1:-/tmp/gridmeter-serve-bench}"
 customers="${2:-10000}"
 venv="${GRIDMETER_DUCKDB_DELTA_VENV:-$HOME/.cache/gridmeter/duckdb-delta-1.4.4}"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "psycopg[binary]>=3.1"
-cargo build --release -p gridmeter --bin gridmeter
+cargo build --release --workspace --bins --examples --locked
 bin=target/release/gridmeter
 if [ ! -d "$dir/data/usage_15m" ]; then
   rm -rf "$dir"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 dir="${1:-/tmp/gridmeter-tables-bench}"
 devices="${2:-1000}"
 venv="${GRIDMETER_DUCKDB_DELTA_VENV:-$HOME/.cache/gridmeter/duckdb-delta-1.4.4}"
-cargo build --release -p gridmeter-aggregator --bin gridmeter-aggregator
+cargo build --release --workspace --bins --examples --locked
 rm -rf "$dir"
 mkdir -p "$dir/one/data" "$dir/three/data"
 python3 bench/tables/month.py "$dir/one/data" "$devices" 31

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real Prometheus scrapes a running collector and agent and sees the catalogue's metrics.
 #
-#   cargo build -p gridmeter-agent -p gridmeter-collector
+#   cargo test --workspace --no-run   (builds target/debug/gridmeter-{agent,collector})
 #   deploy/tests/prometheus_scrape.sh
 #
 # Starts, all on 127.0.0.1 with free ports and in a temporary directory:
@@ -77,7 +77,7 @@ for bin in "$BIN_DIR/gridmeter-agent" "$BIN_DIR/gridmeter-collector" "$PROMETHEU
   if [[ ! -x "$bin" ]]; then
     {
       echo "prometheus_scrape: $bin is missing"
-      echo "  build: cargo build -p gridmeter-agent -p gridmeter-collector; apt-get install prometheus mosquitto"
+      echo "  build: cargo test --workspace --no-run; apt-get install prometheus mosquitto"
     } >&2
     exit 1
   fi

@@ -28,7 +28,7 @@ Tests:
              through two collectors on a shared subscription (+ compaction): identical usage.
 
 Binaries: target/debug (or $GRIDMETER_BIN_DIR); build them first:
-    cargo build --bins -p gridmeter-agent -p gridmeter-collector -p gridmeter-aggregator -p gridmeter
+    cargo test --workspace --no-run   (the test command builds them this way)
 Prints `N passed, M failed`; exits non-zero on any failure.
 """
 

@@ -31,7 +31,7 @@ def bin_path(name, release=False):
         # Only the PKI tool: any build will do.
         p = next((d / name for d in (ROOT / "target" / "release", ROOT / "target" / "debug") if (d / name).exists()), p)
     if not p.exists():
-        raise FileNotFoundError(f"{p} missing: cargo build --bins -p gridmeter-agent -p gridmeter-collector -p gridmeter-aggregator -p gridmeter")
+        raise FileNotFoundError(f"{p} missing: cargo test --workspace --no-run builds it")
     return str(p)
 
 

@@ -224,7 +224,7 @@ async fn an_open_end_estimate_is_billed_and_adjusted_when_the_readings_arrive() 
     // The raw side has no readings after the meter stopped: the open end is left out.
     let recon = std::fs::read_to_string(run1.join("reconciliation.csv")).unwrap();
     assert!(
-        recon.contains("384.000000000,192.000000000,384.000000000,ok,compared without 96 edited, open-end or adjoining estimated windows (usage 192, raw 0)"),
+        recon.contains("384.000000000,192.000000000,384.000000000,ok,compared without 96 edited/open-end windows and their estimated neighbours (usage 192; raw 0)"),
         "{recon}"
     );
     // Green Button: the projected quarters carry QualityOfReading 12.

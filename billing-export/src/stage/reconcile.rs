@@ -39,7 +39,7 @@ pub(crate) fn reconcile_channel(
             ));
         } else if usage - left_usage != r.difference - r.excluded {
             problems.push(format!(
-                "usage sum {} {} without the {left_windows} edited, open-end or adjoining estimated windows differs from the raw register difference {} without them ({} readings)",
+                "usage sum {} {} without the {left_windows} edited/open-end windows and their estimated neighbours differs from the raw register difference {} without them ({} readings)",
                 usage - left_usage,
                 excerpt(&s.unit),
                 r.difference - r.excluded,
@@ -51,7 +51,7 @@ pub(crate) fn reconcile_channel(
         (!problems.is_empty()).then(|| format!("reconciliation: {}", problems.join("; ")));
     let note = match (raw, priced.left_out) {
         (Some(r), (left_usage, n)) if n > 0 => format!(
-            "compared without {n} edited, open-end or adjoining estimated windows (usage {}, raw {})",
+            "compared without {n} edited/open-end windows and their estimated neighbours (usage {}; raw {})",
             left_usage.normalize(),
             r.excluded.normalize()
         ),

@@ -78,7 +78,8 @@ if m:
 runs = sorted(glob.glob(f"{data}/exports/*/run-*"))
 check(len(runs) == 1, f"one billing export run ({runs})")
 run = runs[-1]
-lines = pd.read_csv(os.path.join(run, "statement_lines.csv"), dtype={"amount": str, "quantity": str})
+lines = pd.read_csv(os.path.join(run, "statement_lines.csv"),
+                    dtype={"amount": str, "quantity": str, "quality": str, "edited_share": str})
 check(len(lines) > 0, f"statement lines parse with pandas ({len(lines)} lines)")
 recon = pd.read_csv(os.path.join(run, "reconciliation.csv"), dtype=str)
 check(len(recon) > 0 and (recon["status"] == "ok").all(), f"reconciliation: {len(recon)} rows, all ok")
@@ -189,8 +190,8 @@ for device, channel, *_ in open_end:
         check(len(meter) == 1 and D(meter[0]["estimated_share"]) == share.quantize(D("0.0001"), rounding=decimal.ROUND_HALF_EVEN),
               f"{customer}'s invoice shows the estimated share {share:.6f} to 4 places ({[m['estimated_share'] for m in meter]})")
         cust_lines = lines[(lines["customer_id"] == customer) & (lines["device_id"] == device)]
-        check(len(cust_lines) > 0 and all(D(q) > 0 for q in cust_lines["quality"].astype(str)) and "edited_share" in lines.columns,
-              f"{customer}'s statement lines carry an estimated share (quality) and the edited_share column")
+        check(any(D(q) > 0 for q in cust_lines["quality"]) and all(D(e) == 0 for e in cust_lines["edited_share"]),
+              f"{customer}'s energy lines carry their estimated share (quality {list(cust_lines['quality'])}) and no edited share")
         feed = open(os.path.join(run, "espi", f"{customer}.xml"), encoding="utf-8").read()
         n_open, = con.execute(
             """select count(*) from usage_15m where device_id = ? and channel = ? and flags like '%method_open_end%'

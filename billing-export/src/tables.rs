@@ -1,4 +1,5 @@
-//! Reading the aggregator's `usage_15m` table and the collector's `raw` table, Delta tables
+//! Reading the aggregator's `usage_15m` table, the collector's `raw` table and (for the hold
+//! rules) the aggregator's `exceptions` table, Delta tables
 //! opened through the shared table layer (`gridmeter_tables`): the data files are those of the
 //! table's latest snapshot, as its Delta log names them. `usage_15m` holds one row per key
 //! `(device_id, channel, window_start)`, its current revision (the highest `revision` is kept

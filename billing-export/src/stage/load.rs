@@ -44,7 +44,8 @@ pub(crate) fn load(
 
 /// The raw side of every selected channel: register difference and register values at the
 /// bounds of each device's billed range, and the difference over the counter windows that
-/// the reconciliation leaves out (edited or estimated past the last reading, from `usage`).
+/// the reconciliation leaves out ([`Usage::left_out`]: edited, open-end and the estimated
+/// windows adjoining them).
 /// The `date` partitions read span the whole run's range (± 2 days), whatever the chunk, so a
 /// channel's boundary readings never depend on the chunking.
 fn load_raw(

@@ -354,6 +354,12 @@ def usage():
     b.panel("stat", "Reconciliation mismatches",
             [("sum(gridmeter_billing_reconciliation_mismatches_total)", "mismatches")], w=4, h=6,
             thresholds=[(1, "red")], description="Must be 0; alert GridmeterBillingReconciliationMismatch.")
+    b.panel("stat", "Held bills by reason",
+            [("sum by (reason) (gridmeter_billing_held_bills_total)", "{{reason}}")], w=24, h=5,
+            options={"colorMode": "value"},
+            description="Customers the last run held, per reason kind: estimated_share and "
+                        "open_exception are the [hold] rules (billing-export/README.md, Hold rules), "
+                        "data is data that cannot be billed. The reasons are in exceptions.csv.")
     b.row("Usage tables")
     b.panel("timeseries", "Usage commits by window", [
         ("sum by (window) (increase(gridmeter_aggregator_commits_total[1h]))", "{{window}}"),
@@ -511,14 +517,16 @@ def billing_data():
         GROUP BY r.period, r.run ORDER BY r.period, r.run""", w=12,
           description="Customers held (not invoiced) by each run; the reasons are in held_bills.")
     b.row("Quality")
-    b.sql("table", "Estimated share of billed energy per customer", """
+    b.sql("table", "Estimated and edited share of billed energy per customer", """
         SELECT customer_id, usage_unit,
-               CAST(sum(quality * usage_quantity) AS DOUBLE) / NULLIF(CAST(sum(usage_quantity) AS DOUBLE), 0) AS estimated_share
+               CAST(sum(quality * usage_quantity) AS DOUBLE) / NULLIF(CAST(sum(usage_quantity) AS DOUBLE), 0) AS estimated_share,
+               CAST(sum(edited_share * usage_quantity) AS DOUBLE) / NULLIF(CAST(sum(usage_quantity) AS DOUBLE), 0) AS edited_share
         FROM statement_lines
         WHERE usage_quantity IS NOT NULL AND usage_quantity > 0
         GROUP BY customer_id, usage_unit ORDER BY estimated_share DESC, customer_id LIMIT 50""", w=24,
           unit="percentunit",
-          description="Share of each customer's billed usage from intervals flagged estimated or interpolated.")
+          description="Share of each customer's billed usage from intervals flagged estimated "
+                      "(statement column quality) and edited (edited_share).")
     return b
 
 

@@ -270,7 +270,7 @@ impl RuleConfig {
             ),
         }
         if let Some(s) = &self.severity {
-            if !matches!(s.as_str(), "info" | "warning" | "critical") {
+            if gridmeter_tables::exceptions::Severity::from_name(s).is_none() {
                 p.push(
                     format!("{key}.severity"),
                     format!(

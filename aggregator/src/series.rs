@@ -52,7 +52,7 @@
 //! - edits: each edited window `[a, b)` adds `adj = new - old` to the curve, linearly inside
 //!   the window and fully after it (`C'(t) = C(t) + sum of adj * clamp((t - a) / (b - a))`),
 //!   so every window size sees the edit and windows after it are unchanged; flagged
-//!   `edited`.
+//!   `edited`, also when the edit confirms the value (`adj = 0`).
 //!
 //! # Coverage
 //!
@@ -347,13 +347,14 @@ impl<'a> Prepared<'a> {
                     (None, Some(f)) => div_round(old * f, ONE),
                     (None, None) => old,
                 };
-                if new != old {
-                    self.edits.push(CurveEdit {
-                        start: a,
-                        end: b,
-                        adj: new - old,
-                    });
-                }
+                // Recorded even when it changes nothing (the billing team confirmed the
+                // value): the window is flagged edited all the same, which resolves its
+                // exceptions for billing.
+                self.edits.push(CurveEdit {
+                    start: a,
+                    end: b,
+                    adj: new - old,
+                });
             }
             a = b;
         }

@@ -1,8 +1,9 @@
 //! Billing one customer: each device channel priced ([`crate::stage::price`]) and
 //! reconciled ([`crate::stage::reconcile`]), each site's fixed charges and the taxes added
 //! ([`crate::stage::charges`]), the Green Button points and the meter table of its invoice.
-//! Whatever makes the customer unbillable is returned as exceptions (the export holds the
-//! customer), never as an error of the whole run.
+//! Whatever makes the customer unbillable, or what a `[hold]` rule sends to review
+//! ([`crate::stage::hold`]), is returned as exceptions (the export holds the customer), never
+//! as an error of the whole run.
 
 use std::collections::HashMap;
 
@@ -15,11 +16,12 @@ use crate::period::Period;
 use crate::reconcile::{self, RawSummary};
 use crate::registry::{Device, Site};
 use crate::stage::charges;
+use crate::stage::hold;
 use crate::stage::plan::{Cust, Dev};
 use crate::stage::price::{self, Channel};
 use crate::stage::reconcile as check;
 use crate::statement::Line;
-use crate::tables::{Raw, Series, Usage};
+use crate::tables::{Failure, Raw, Series, Usage};
 use crate::tariff::TouCache;
 
 /// What the billing of every customer of a run reads.
@@ -68,16 +70,22 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The usage and raw rows of one chunk of customers.
+/// The usage and raw rows and the validation failures of one chunk of customers.
 pub(crate) struct Loaded<'a> {
     pub usage: &'a Usage,
     pub series_by: HashMap<(u32, u16), &'a Series>,
     pub raw: Option<&'a Raw<RawSummary>>,
+    /// The failures per (device, channel), in window order.
+    pub failures_by: HashMap<(u32, u16), &'a [Failure]>,
 }
 
 impl<'a> Loaded<'a> {
-    /// Indexes `usage` by (device, channel).
-    pub fn new(usage: &'a Usage, raw: Option<&'a Raw<RawSummary>>) -> Self {
+    /// Indexes `usage` and `failures` (sorted by device and channel) by (device, channel).
+    pub fn new(
+        usage: &'a Usage,
+        raw: Option<&'a Raw<RawSummary>>,
+        failures: &'a [Failure],
+    ) -> Self {
         Loaded {
             usage,
             series_by: usage
@@ -86,6 +94,10 @@ impl<'a> Loaded<'a> {
                 .map(|s| ((s.device, s.channel), s))
                 .collect(),
             raw,
+            failures_by: failures
+                .chunk_by(|a, b| (a.device, a.channel) == (b.device, b.channel))
+                .map(|g| ((g[0].device, g[0].channel), g))
+                .collect(),
         }
     }
 }
@@ -153,6 +165,7 @@ fn bill(run: &Run, data: &Loaded, tou: &TouCache, ci: usize) -> Outcome {
         channel: channel.to_string(),
         reason,
     };
+    let mut energy = hold::EnergyTally::default();
     // Sites of this customer in id order, each with its devices.
     let sites = run.sites_of.get(c.id.as_str()).cloned().unwrap_or_default();
     for site in sites {
@@ -182,6 +195,12 @@ fn bill(run: &Run, data: &Loaded, tou: &TouCache, ci: usize) -> Outcome {
                 let Some(series) = data.series_by.get(&key).copied() else {
                     continue;
                 };
+                if priced_quantity {
+                    let failures = data.failures_by.get(&key).copied().unwrap_or_default();
+                    for reason in hold::open_exceptions(&cfg.hold, data.usage, series, failures) {
+                        out.exceptions.push(exception(site, d.id, channel, reason));
+                    }
+                }
                 let ch = Channel {
                     cust: cu,
                     dev: d,
@@ -213,6 +232,8 @@ fn bill(run: &Run, data: &Loaded, tou: &TouCache, ci: usize) -> Outcome {
                 out.recon.push(rec.row);
                 if priced_quantity {
                     out.meters.push(check::meter(&ch, &priced, raw.as_ref()));
+                    let place = (site.to_string(), d.id.to_string(), channel.clone());
+                    energy.add(place, &series.unit, &priced.intervals);
                 }
                 if cfg.green_button {
                     out.espi.extend(price::usage_point(&ch, &priced));
@@ -228,6 +249,10 @@ fn bill(run: &Run, data: &Loaded, tou: &TouCache, ci: usize) -> Outcome {
             site,
             span,
         ));
+    }
+    if let Some(((site, device, channel), reason)) = hold::estimated_share(&cfg.hold, &energy) {
+        out.exceptions
+            .push(exception(&site, &device, &channel, reason));
     }
     let tax = charges::taxes(cu, run.label, cfg.rounding, &out.lines);
     out.lines.extend(tax);

@@ -54,6 +54,77 @@ pub struct ExportConfig {
     /// Threads pricing and rendering customers in parallel; 0 (default): one per core. The
     /// outputs do not depend on it.
     pub threads: usize,
+    /// `[hold]`: the rules that hold a customer's bill for review (default: none).
+    pub hold: HoldRules,
+}
+
+/// `[hold]`: hold a customer's bill (its reasons go to `exceptions.csv`, its invoice is not
+/// issued) when its usage needs a review. Each rule is off unless set; with none set nothing
+/// is held for these reasons.
+///
+/// ```toml
+/// [hold]
+/// max_estimated_share = "0.20"     # estimated share of the billed energy above 20 %
+/// exception_severity = "critical"  # an open exception of this severity or above
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRules {
+    /// Hold when the share of the customer's billed energy (Wh and kWh channels its tariff
+    /// prices, absolute usage, multiplier applied) from estimated intervals is above this,
+    /// a fraction from 0 to 1.
+    #[serde(default)]
+    pub max_estimated_share: Option<rust_decimal::Decimal>,
+    /// Hold when one of the customer's billed channels has an open exception (see
+    /// README, "Hold rules") of this severity or above: `info`, `warning` or `critical`.
+    #[serde(default)]
+    pub exception_severity: Option<String>,
+}
+
+impl HoldRules {
+    /// The severity of `exception_severity`, if set and known.
+    pub fn severity(&self) -> Option<gridmeter_tables::exceptions::Severity> {
+        self.exception_severity
+            .as_deref()
+            .and_then(gridmeter_tables::exceptions::Severity::from_name)
+    }
+
+    /// Whether any rule is set.
+    pub fn any(&self) -> bool {
+        self.max_estimated_share.is_some() || self.exception_severity.is_some()
+    }
+
+    /// The problems of the rules, under `hold.`.
+    pub fn problems(&self, p: &mut Problems) {
+        if let Some(m) = self.max_estimated_share {
+            if m.is_sign_negative() || m > rust_decimal::Decimal::ONE {
+                p.push(
+                    "hold.max_estimated_share",
+                    format!("{m} is not a fraction from 0 to 1 (0.20 is 20 %)"),
+                );
+            }
+            if m.scale() > crate::money::QUALITY_SCALE {
+                p.push(
+                    "hold.max_estimated_share",
+                    format!(
+                        "{m} has more than {} decimal places",
+                        crate::money::QUALITY_SCALE
+                    ),
+                );
+            }
+        }
+        if let Some(s) = &self.exception_severity {
+            if self.severity().is_none() {
+                p.push(
+                    "hold.exception_severity",
+                    format!(
+                        "{} is not info, warning or critical",
+                        crate::error::excerpt(s)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Customers per chunk by default: about 0.4 MB of working memory per customer with a
@@ -86,6 +157,7 @@ impl ExportConfig {
             webhooks: Vec::new(),
             chunk_customers: DEFAULT_CHUNK_CUSTOMERS,
             threads: 0,
+            hold: HoldRules::default(),
         }
     }
 
@@ -122,6 +194,7 @@ impl ExportConfig {
             green_button_gzip: file.green_button_gzip,
             chunk_customers: file.chunk_customers,
             threads: file.threads,
+            hold: file.hold,
             green_button_base_url: file
                 .green_button_base_url
                 .unwrap_or_else(|| crate::espi::DEFAULT_BASE_URL.to_string()),
@@ -150,6 +223,7 @@ impl ExportConfig {
         let mut p = Problems::new();
         self.registry.validate(&mut p);
         self.tariffs.validate(&mut p);
+        self.hold.problems(&mut p);
         for (i, c) in self.registry.customers.iter().enumerate() {
             if !self.tariffs.tariffs.contains_key(&c.tariff) {
                 p.push(
@@ -206,6 +280,8 @@ struct ConfigFile {
     zuora: Option<crate::push::zuora::ZuoraConfig>,
     #[serde(default)]
     webhooks: Vec<crate::webhooks::WebhookConfig>,
+    #[serde(default)]
+    hold: HoldRules,
 }
 
 /// `None` if `u` is an absolute http(s) URL without query or fragment, else the problem.
@@ -268,6 +344,7 @@ impl Validate for ConfigFile {
                 p.push(k, v);
             }
         }
+        self.hold.problems(p);
         if self.object_store.is_some() && self.out_dir.is_none() {
             p.push(
                 "out_dir",
@@ -327,6 +404,50 @@ mod tests {
         for want in ["webhooks[0].url", "webhooks[0].events", "zuora.date_format"] {
             assert!(bad.contains(want), "{want} missing in {bad}");
         }
+    }
+
+    #[test]
+    fn hold_rules_off_by_default_and_every_problem_listed() {
+        let base = "data_root = \"/d\"\nregistry = \"r\"\ntariffs = \"t\"\n";
+        assert_eq!(parse(base).unwrap().hold, HoldRules::default());
+        assert!(!HoldRules::default().any());
+        let c = parse(&format!(
+            "{base}[hold]\nmax_estimated_share = \"0.20\"\nexception_severity = \"critical\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.hold.max_estimated_share,
+            Some(rust_decimal::Decimal::new(20, 2))
+        );
+        assert_eq!(
+            c.hold.severity(),
+            Some(gridmeter_tables::exceptions::Severity::Critical)
+        );
+        let bad = parse(&format!(
+            "{base}[hold]\nmax_estimated_share = \"1.5\"\nexception_severity = \"fatal\"\n"
+        ))
+        .unwrap_err()
+        .problems
+        .join("\n");
+        for want in [
+            "hold.max_estimated_share: 1.5 is not a fraction",
+            "hold.exception_severity",
+            "fatal",
+        ] {
+            assert!(bad.contains(want), "{want} missing in {bad}");
+        }
+        let bad = parse(&format!("{base}[hold]\nmax_share = \"0.2\"\n"))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(bad.contains("max_share"), "{bad}");
+        let bad = parse(&format!(
+            "{base}[hold]\nmax_estimated_share = \"0.12345\"\n"
+        ))
+        .unwrap_err()
+        .problems
+        .join("\n");
+        assert!(bad.contains("decimal places"), "{bad}");
     }
 
     #[test]

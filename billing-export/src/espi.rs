@@ -24,6 +24,7 @@
 use std::collections::BTreeSet;
 use std::io;
 
+use crate::quality::{Method, Quality};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::{OffsetComponents, Tz};
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
@@ -39,8 +40,32 @@ pub struct UsagePoint {
     pub channel: String,
     /// `true` for energy delivered to the grid (flowDirection 19 = reverse).
     pub reverse: bool,
-    /// (start, Wh, estimated)
-    pub intervals: Vec<(DateTime<Utc>, Decimal, bool)>,
+    /// (start, Wh, quality)
+    pub intervals: Vec<(DateTime<Utc>, Decimal, Quality)>,
+}
+
+/// The ESPI `QualityOfReading` code of an interval's `ReadingQuality`, if it has one:
+///
+/// | interval | code |
+/// |---|---|
+/// | edited (flag `edited`; the billing team's value wins over any estimate) | 7 manually edited |
+/// | estimated by linear interpolation (`method_linear`) | 9 estimated using linear interpolation |
+/// | estimated by the meter's history or a standard load profile (`method_history`, `method_standard_profile`) | 8 estimated using reference day |
+/// | estimated past the last reading to the period end (`method_open_end`) | 12 projected (forecast) |
+/// | estimated without a method (by the device, or across a gap without VEE) | 8 |
+/// | measured | none (the reading block's default) |
+pub fn quality_code(q: Quality) -> Option<&'static str> {
+    if q.is_edited() {
+        return Some("7");
+    }
+    if !q.is_estimated() {
+        return None;
+    }
+    Some(match q.method() {
+        Some(Method::Linear) => "9",
+        Some(Method::OpenEnd) => "12",
+        Some(Method::History | Method::StandardProfile) | None => "8",
+    })
 }
 
 /// The customer's bill for the period, as the `ElectricPowerUsageSummary` carries it.
@@ -516,13 +541,12 @@ pub fn feed(f: &Feed) -> io::Result<Vec<u8>> {
                         x.leaf("espi:duration", &(end - start).to_string())?;
                         x.leaf("espi:start", &start.to_string())?;
                         x.close("espi:interval")?;
-                        for (t, v, est) in &p.intervals[a..b] {
+                        for (t, v, q) in &p.intervals[a..b] {
                             x.nl(5)?;
                             x.open("espi:IntervalReading")?;
-                            if *est {
-                                // QualityOfReading 8 = estimated.
+                            if let Some(code) = quality_code(*q) {
                                 x.open("espi:ReadingQuality")?;
-                                x.leaf("espi:quality", "8")?;
+                                x.leaf("espi:quality", code)?;
                                 x.close("espi:ReadingQuality")?;
                             }
                             x.open("espi:timePeriod")?;

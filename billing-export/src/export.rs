@@ -80,6 +80,7 @@ pub fn run(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, BillingE
             customers: s.customers,
             mismatches: s.reconciliation_mismatches,
             held: s.held_customers().len(),
+            held_by_reason: held_by_reason(&s.held),
         },
         Err(_) => crate::metrics::Figures::default(),
     };
@@ -91,6 +92,19 @@ pub fn run(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, BillingE
         tracing::warn!("cannot write {}: {e}", metrics_path.display());
     }
     result
+}
+
+/// Held customers per reason kind ([`exceptions::reason_kind`]; a customer held for reasons
+/// of two kinds counts in both), every kind listed.
+fn held_by_reason(held: &[Exception]) -> BTreeMap<&'static str, usize> {
+    let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for e in held {
+        seen.insert((exceptions::reason_kind(&e.reason), e.customer_id.as_str()));
+    }
+    exceptions::REASON_KINDS
+        .into_iter()
+        .map(|k| (k, seen.iter().filter(|(kind, _)| *kind == k).count()))
+        .collect()
 }
 
 /// Wall time spent in the stages, over all chunks.
@@ -170,7 +184,7 @@ fn run_inner(cfg: &ExportConfig, period: Period) -> Result<ExportSummary, Billin
         let t1 = Instant::now();
         tracing::debug!(chunk = k, series = rows.usage.series.len(), "pricing");
         // Price, charges and tax, reconcile: customer by customer, in parallel.
-        let data = bill::Loaded::new(&rows.usage, rows.raw.as_ref());
+        let data = bill::Loaded::new(&rows.usage, rows.raw.as_ref(), &rows.failures);
         let outcomes: Vec<Outcome> = chunk
             .clone()
             .into_par_iter()

@@ -103,8 +103,10 @@ pub struct Meter {
     pub multiplier: String,
     /// Usage billed = usage × multiplier, in `unit`.
     pub billed_usage: String,
-    /// Share of the usage from intervals flagged estimated or interpolated, 4 places.
+    /// Share of the usage from intervals flagged estimated, 4 places.
     pub estimated_share: String,
+    /// Share of the usage from intervals flagged edited, 4 places.
+    pub edited_share: String,
 }
 
 /// A register value on the invoice.
@@ -144,7 +146,10 @@ pub struct InvoiceLine {
     pub amount: String,
     /// Exact (`0.08875`).
     pub tax_rate: String,
+    /// Share of the line's usage from estimated intervals, 4 places.
     pub quality: String,
+    /// Share of the line's usage from edited intervals, 4 places.
+    pub edited_share: String,
     pub revision: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_at: Option<String>,
@@ -224,6 +229,7 @@ pub fn build(ctx: Context, lines: &[&Line]) -> Invoice {
             amount: m(l.amount),
             tax_rate: tax_band(l.tax_rate),
             quality: fixed(l.quality, QUALITY_SCALE),
+            edited_share: fixed(l.edited_share, QUALITY_SCALE),
             revision: l.revision,
             peak_at: l.peak_at.map(iso),
             peak_at_local: l.peak_at.map(|_| l.peak_at_local.clone()),
@@ -449,7 +455,7 @@ pub fn html(inv: &Invoice) -> String {
     h.push_str("</div></div>\n");
     // Meter readings.
     if !inv.meters.is_empty() {
-        h.push_str("<h2>Meter readings</h2>\n<table class=\"grid meters\"><thead><tr><th>Meter</th><th class=\"n\">Start reading</th><th class=\"n\">End reading</th><th class=\"n\">Consumption</th><th class=\"n\">Factor</th><th class=\"n\">Billed usage</th><th class=\"n\">Estimated</th></tr></thead><tbody>\n");
+        h.push_str("<h2>Meter readings</h2>\n<table class=\"grid meters\"><thead><tr><th>Meter</th><th class=\"n\">Start reading</th><th class=\"n\">End reading</th><th class=\"n\">Consumption</th><th class=\"n\">Factor</th><th class=\"n\">Billed usage</th><th class=\"n\">Estimated</th><th class=\"n\">Edited</th></tr></thead><tbody>\n");
         for mt in &inv.meters {
             let reading = |r: &Option<Reading>| match r {
                 Some(r) => format!(
@@ -470,7 +476,7 @@ pub fn html(inv: &Invoice) -> String {
                 format!("<br><small>{}</small>", esc(&mt.events.join(", ")))
             };
             h.push_str(&format!(
-                "<tr><td>{}<br><small>{} &middot; {}<br>site {}</small>{events}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{diff}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
+                "<tr><td>{}<br><small>{} &middot; {}<br>site {}</small>{events}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{diff}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
                 esc(&mt.device_id),
                 esc(&mt.channel),
                 esc(crate::units::canonical(&mt.unit)),
@@ -480,6 +486,7 @@ pub fn html(inv: &Invoice) -> String {
                 trim(&mt.multiplier, 0),
                 trim(&mt.billed_usage, 3),
                 share_percent(&mt.estimated_share),
+                share_percent(&mt.edited_share),
             ));
         }
         h.push_str("</tbody></table>\n");
@@ -493,6 +500,12 @@ pub fn html(inv: &Invoice) -> String {
         }
         if l.quality.parse::<Decimal>().is_ok_and(|q| !q.is_zero()) {
             desc.push_str(" *");
+        }
+        if l.edited_share
+            .parse::<Decimal>()
+            .is_ok_and(|q| !q.is_zero())
+        {
+            desc.push_str(" &dagger;");
         }
         if let Some(p) = &l.peak_at_local {
             desc.push_str(&format!(
@@ -558,7 +571,7 @@ pub fn html(inv: &Invoice) -> String {
     }
     h.push_str("</div>\n<footer>");
     h.push_str("Amounts are quantity &times; rate, rounded once per line; the tax of each rate is the rate &times; the sum of that rate's line amounts, rounded once. Quantities are in billing units with up to 9 decimal places. ");
-    h.push_str("Lines marked * include usage from intervals that were estimated or interpolated (the share per meter is under Estimated). ");
+    h.push_str("Lines marked * include usage from intervals that were estimated, lines marked &dagger; usage that was edited after review (the shares per meter are under Estimated and Edited). ");
     h.push_str("Register readings are in the meter's unit; interpolated readings lie on the straight line between the readings around the period boundary.");
     h.push_str("</footer>\n</body></html>\n");
     h

@@ -33,6 +33,7 @@ pub mod money;
 pub mod numbering;
 pub mod period;
 pub mod push;
+pub mod quality;
 pub mod reconcile;
 pub mod registry;
 mod stage;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use prometheus::{Encoder, Gauge, IntCounter, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::error::BillingError;
 
@@ -14,6 +14,8 @@ pub struct Figures {
     pub customers: usize,
     pub mismatches: usize,
     pub held: usize,
+    /// Held customers per reason kind (`estimated_share`, `open_exception`, `data`).
+    pub held_by_reason: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// Writes `metrics.prom` atomically (temp file + rename).
@@ -23,6 +25,7 @@ pub fn write(path: &Path, duration: Duration, f: &Figures) -> Result<(), Billing
         customers,
         mismatches,
         held,
+        ..
     } = *f;
     let fail = |e: prometheus::Error| BillingError::output("metrics", e);
     let reg = Registry::new();
@@ -66,6 +69,17 @@ pub fn write(path: &Path, duration: Duration, f: &Figures) -> Result<(), Billing
     )
     .map_err(fail)?;
     h.inc_by(held as u64);
+    let by = IntCounterVec::new(
+        Opts::new(
+            "gridmeter_billing_held_bills_total",
+            "Customers held by the last run per reason kind: estimated_share and open_exception ([hold] rules), data (cannot be billed).",
+        ),
+        &["reason"],
+    )
+    .map_err(fail)?;
+    for (kind, n) in &f.held_by_reason {
+        by.with_label_values(&[*kind]).inc_by(*n as u64);
+    }
     for b in [
         Box::new(last) as Box<dyn prometheus::core::Collector>,
         Box::new(dur),
@@ -73,6 +87,7 @@ pub fn write(path: &Path, duration: Duration, f: &Figures) -> Result<(), Billing
         Box::new(c),
         Box::new(m),
         Box::new(h),
+        Box::new(by),
     ] {
         reg.register(b).map_err(fail)?;
     }

@@ -23,6 +23,16 @@
 //!    interpolation the aggregator applies at window boundaries, so the 15-minute usages
 //!    telescope to exactly this difference.
 //!    Delta channels: `raw` = sum of the values with `ts` in the range.
+//! 4. Windows whose usage is not a register difference by construction are left out of the
+//!    comparison of `usage` with `raw`, on both sides: those carrying a billing-team edit
+//!    (flag `edited`: the edit moves the consumption curve away from the readings), those
+//!    estimated past the last reading (`method_open_end`: no reading backs them yet), and
+//!    the estimated windows adjoining either (the aggregator's curve and the straight lines
+//!    between the raw readings agree only where readings are kept and not estimated across,
+//!    so a left-out span reaches out to such a boundary; [`crate::tables::Usage::left_out`]).
+//!    So `usage − Σ usage(left out) = raw − Σ (C(b) − C(a))` over the left-out spans
+//!    `[a, b)`, with the raw curve `C` above (flat after the last reading). The CSV still
+//!    shows the full `usage` and `raw`, and names what was left out.
 //!
 //! Gauge channels are not reconciled (their quantity is derived from averages).
 
@@ -87,6 +97,9 @@ pub struct RawSummary {
     /// `reset`, `meter_swap`, `decrease` (each once, in this order). With any of them the
     /// end reading minus the start reading is not the consumption.
     pub events: Vec<&'static str>,
+    /// The raw curve's difference over the windows left out of the comparison (point 4 of
+    /// the module docs); zero when none are.
+    pub excluded: Decimal,
 }
 
 /// The raw side of one channel over `[from_us, to_us)`: see the module docs.
@@ -96,6 +109,19 @@ pub fn summarize(
     from_us: i64,
     to_us: i64,
     rules: &CounterRules,
+) -> RawSummary {
+    summarize_excluding(kind, readings, from_us, to_us, rules, &[])
+}
+
+/// [`summarize`] that also works out the raw curve's difference over the counter windows
+/// `excluded` (`[a, b)` in µs) that the comparison leaves out ([`RawSummary::excluded`]).
+pub fn summarize_excluding(
+    kind: &str,
+    readings: &[RawReading],
+    from_us: i64,
+    to_us: i64,
+    rules: &CounterRules,
+    excluded: &[(i64, i64)],
 ) -> RawSummary {
     if kind == "delta" {
         return RawSummary {
@@ -108,6 +134,7 @@ pub fn summarize(
             start: None,
             end: None,
             events: Vec::new(),
+            excluded: Decimal::ZERO,
         };
     }
     let empty = RawSummary {
@@ -116,6 +143,7 @@ pub fn summarize(
         start: None,
         end: None,
         events: Vec::new(),
+        excluded: Decimal::ZERO,
     };
     if readings.is_empty() {
         return empty;
@@ -169,6 +197,12 @@ pub fn summarize(
             .flatten(),
         end: curve.register_at(to_us).filter(|_| first_ts < to_us),
         events,
+        excluded: from_scaled(
+            excluded
+                .iter()
+                .map(|&(a, b)| curve.cum_at(b) - curve.cum_at(a))
+                .sum(),
+        ),
     }
 }
 
@@ -344,6 +378,9 @@ pub struct Row {
     pub raw: Option<Decimal>,
     pub billed: Option<Decimal>,
     pub problems: Vec<String>,
+    /// For a row without problems: what the comparison left out (edited or open-end
+    /// windows), shown as its message; empty when nothing was.
+    pub note: String,
 }
 
 pub const HEADER: &str = "customer_id,site_id,device_id,channel,kind,unit,multiplier,usage_quantity,raw_register_difference,billed_usage_quantity,status,message";
@@ -380,7 +417,14 @@ pub fn csv_rows(rows: &[Row], out: &mut String) {
                 .to_string(),
                 true,
             ),
-            (r.problems.join("; "), true),
+            (
+                if r.problems.is_empty() {
+                    r.note.clone()
+                } else {
+                    r.problems.join("; ")
+                },
+                true,
+            ),
         ];
         let cells: Vec<(&str, bool)> = f.iter().map(|(v, t)| (v.as_str(), *t)).collect();
         crate::csv_out::row(out, &cells);

@@ -59,8 +59,12 @@ pub struct Line {
     /// The usage this line bills in the channel's unit, multiplier applied (reconciled).
     pub usage_quantity: Decimal,
     pub usage_unit: String,
-    /// Share of the usage that was estimated or interpolated, 0..1.
+    /// Share of the usage from estimated intervals (flag `estimated`), 0..1, 4 places.
     pub quality: Decimal,
+    /// Share of the usage from edited intervals (flag `edited`), 0..1, 4 places. Absent in
+    /// the ledgers of older runs: zero.
+    #[serde(default)]
+    pub edited_share: Decimal,
     /// Highest usage revision used.
     pub revision: i64,
     /// For adjustments: the revision previously exported.
@@ -87,7 +91,7 @@ impl Line {
 }
 
 /// Column names of the statement files, in order.
-pub const COLUMNS: [&str; 24] = [
+pub const COLUMNS: [&str; 25] = [
     "run",
     "line_type",
     "customer_id",
@@ -108,6 +112,7 @@ pub const COLUMNS: [&str; 24] = [
     "usage_quantity",
     "usage_unit",
     "quality",
+    "edited_share",
     "revision",
     "previous_revision",
     "peak_at",
@@ -147,7 +152,7 @@ pub fn csv_header() -> String {
 /// Appends the CSV rows of `lines` to `out`.
 pub fn csv_rows(run: &str, lines: &[Line], out: &mut String) {
     for l in lines {
-        let fields: [(String, bool); 24] = [
+        let fields: [(String, bool); 25] = [
             (run.to_string(), true),
             (l.line_type.as_str().to_string(), true),
             (l.customer_id.clone(), true),
@@ -168,6 +173,7 @@ pub fn csv_rows(run: &str, lines: &[Line], out: &mut String) {
             (fixed(l.usage_quantity, QUANTITY_SCALE), false),
             (l.usage_unit.clone(), true),
             (fixed(l.quality, QUALITY_SCALE), false),
+            (fixed(l.edited_share, QUALITY_SCALE), false),
             (l.revision.to_string(), false),
             (
                 l.previous_revision
@@ -209,7 +215,8 @@ pub fn schema() -> SchemaRef {
         Field::new("tax_rate", dec.clone(), false),
         Field::new("usage_quantity", dec.clone(), false),
         s("usage_unit"),
-        Field::new("quality", dec, false),
+        Field::new("quality", dec.clone(), false),
+        Field::new("edited_share", dec, false),
         Field::new("revision", DataType::Int64, false),
         Field::new("previous_revision", DataType::Int64, true),
         Field::new("peak_at", ts, true),
@@ -253,7 +260,7 @@ pub fn batch(run: &str, lines: &[Line]) -> Result<RecordBatch, BillingError> {
     let schema = schema();
     let mut strs: Vec<StringBuilder> = (0..13).map(|_| StringBuilder::new()).collect();
     let dec = || Decimal128Builder::new().with_data_type(gridmeter_core::schema::VALUE_TYPE);
-    let mut decs: Vec<Decimal128Builder> = (0..6).map(|_| dec()).collect();
+    let mut decs: Vec<Decimal128Builder> = (0..7).map(|_| dec()).collect();
     let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let (mut ps, mut pe, mut peak) = (ts(), ts(), ts());
     let (mut rev, mut prev) = (Int64Builder::new(), Int64Builder::new());
@@ -283,6 +290,7 @@ pub fn batch(run: &str, lines: &[Line]) -> Result<RecordBatch, BillingError> {
             l.tax_rate,
             l.usage_quantity,
             l.quality,
+            l.edited_share,
         ]) {
             b.append_value(scaled(v)?);
         }
@@ -311,7 +319,7 @@ pub fn batch(run: &str, lines: &[Line]) -> Result<RecordBatch, BillingError> {
     let mut dd = |n: usize| -> Vec<ArrayRef> { d.drain(..n).collect() };
     let q_rate_amount = dd(3);
     let tax_usage = dd(2);
-    let quality = dd(1);
+    let quality = dd(2); // quality, edited_share
     let mut cols: Vec<ArrayRef> = first;
     cols.push(q_rate_amount[0].clone());
     cols.extend(unit);

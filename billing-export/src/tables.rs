@@ -1,4 +1,5 @@
-//! Reading the aggregator's `usage_15m` table and the collector's `raw` table, Delta tables
+//! Reading the aggregator's `usage_15m` table, the collector's `raw` table and (for the hold
+//! rules) the aggregator's `exceptions` table, Delta tables
 //! opened through the shared table layer (`gridmeter_tables`): the data files are those of the
 //! table's latest snapshot, as its Delta log names them. `usage_15m` holds one row per key
 //! `(device_id, channel, window_start)`, its current revision (the highest `revision` is kept
@@ -25,6 +26,7 @@ use parquet::file::reader::ChunkReader;
 use rust_decimal::Decimal;
 
 use crate::error::BillingError;
+use crate::quality::Quality;
 
 /// Which rows of which devices are wanted: the devices of one chunk of customers, a
 /// contiguous range `base..base + channels.len()` of the run's device indices.
@@ -106,32 +108,90 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// (window_start µs, usage — or avg for gauges —, estimated/interpolated, revision).
-    pub fn rows(&self, s: &Series) -> impl Iterator<Item = (i64, Decimal, bool, i64)> + '_ {
-        self.rows[s.rows.clone()].iter().map(|r| {
-            let v = (r.hi as i128) << 64 | r.lo as i128;
-            // In range: checked when loading.
-            let d = Decimal::try_from_i128_with_scale(v, gridmeter_core::model::VALUE_SCALE)
-                .unwrap_or_default();
-            (r.ws, d, r.estimated, r.rev)
-        })
+    /// (window_start µs, usage — or avg for gauges —, quality, revision).
+    pub fn rows(&self, s: &Series) -> impl Iterator<Item = (i64, Decimal, Quality, i64)> + '_ {
+        self.rows[s.rows.clone()]
+            .iter()
+            .map(|r| (r.ws, value(r), r.quality, r.rev))
+    }
+}
+
+/// The value of a row.
+fn value(r: &URow) -> Decimal {
+    let v = (r.hi as i128) << 64 | r.lo as i128;
+    // In range: checked when loading.
+    Decimal::try_from_i128_with_scale(v, gridmeter_core::model::VALUE_SCALE).unwrap_or_default()
+}
+
+/// The windows of a counter series that its raw reconciliation leaves out
+/// ([`Usage::left_out`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeftOut {
+    /// Contiguous spans `[a, b)` (µs), in order.
+    pub spans: Vec<(i64, i64)>,
+    /// The windows in them.
+    pub windows: usize,
+    /// Their usage (before the multiplier).
+    pub usage: Decimal,
+}
+
+impl Usage {
+    /// The windows of `s` left out of the comparison with the raw register difference
+    /// ([`crate::reconcile`], point 4): every run of consecutive windows that are edited,
+    /// estimated past the last reading, or estimated and adjoining such a window. Around an
+    /// edit the aggregator's curve and the raw readings' straight lines agree only where
+    /// the readings are kept and not estimated across, so the run reaches out to those.
+    pub fn left_out(&self, s: &Series) -> LeftOut {
+        const Q: i64 = 900_000_000;
+        let rows = &self.rows[s.rows.clone()];
+        let mut out = LeftOut::default();
+        let mut i = 0;
+        while i < rows.len() {
+            // A run of consecutive estimated or left-out windows.
+            let counts =
+                |r: &URow| r.quality.is_estimated() || r.quality.left_out_of_reconciliation();
+            if !counts(&rows[i]) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < rows.len() && counts(&rows[j]) && rows[j].ws == rows[j - 1].ws + Q {
+                j += 1;
+            }
+            let run = &rows[i..j];
+            if run.iter().any(|r| r.quality.left_out_of_reconciliation()) {
+                out.spans.push((run[0].ws, run[run.len() - 1].ws + Q));
+                out.windows += run.len();
+                out.usage += run.iter().map(value).sum::<Decimal>();
+            }
+            i = j;
+        }
+        out
+    }
+
+    /// The revision and quality of `s`'s current row of the window starting at `ws` (µs),
+    /// if it has one.
+    pub fn current(&self, s: &Series, ws: i64) -> Option<(i64, Quality)> {
+        let rows = &self.rows[s.rows.clone()];
+        let i = rows.binary_search_by_key(&ws, |r| r.ws).ok()?;
+        Some((rows[i].rev, rows[i].quality))
     }
 }
 
 #[cfg(test)]
 impl Usage {
-    /// One series of `device`/`channel` with `rows` of (window start µs, value, estimated,
+    /// One series of `device`/`channel` with `rows` of (window start µs, value, quality,
     /// revision), sorted.
     pub(crate) fn of_series(
         device: u32,
         channel: u16,
         kind: &str,
         unit: &str,
-        rows: &[(i64, Decimal, bool, i64)],
+        rows: &[(i64, Decimal, Quality, i64)],
     ) -> Usage {
         let rows: Vec<URow> = rows
             .iter()
-            .map(|&(ws, v, estimated, rev)| {
+            .map(|&(ws, v, quality, rev)| {
                 let m = v.round_dp(gridmeter_core::model::VALUE_SCALE);
                 let mut m = m;
                 m.rescale(gridmeter_core::model::VALUE_SCALE);
@@ -143,7 +203,7 @@ impl Usage {
                     rev,
                     dev: device,
                     chan: channel,
-                    estimated,
+                    quality,
                     variant: 0,
                 }
             })
@@ -171,7 +231,8 @@ struct URow {
     rev: i64,
     dev: u32,
     chan: u16,
-    estimated: bool,
+    /// Estimated, edited, method (from the row's flags).
+    quality: Quality,
     /// Index of the row's (kind, unit) among its series' variants, or [`POISON`].
     variant: u8,
 }
@@ -225,11 +286,13 @@ impl Drop for Tables {
 fn spec(table: &str) -> gridmeter_tables::TableSpec {
     match table {
         USAGE => gridmeter_tables::usage::current_spec("15m"),
+        EXCEPTIONS => gridmeter_tables::exceptions::spec(),
         _ => gridmeter_tables::raw::spec(),
     }
 }
 
 const USAGE: &str = "usage_15m";
+const EXCEPTIONS: &str = gridmeter_tables::exceptions::TABLE;
 const RAW: &str = gridmeter_tables::raw::TABLE;
 
 impl Tables {
@@ -564,9 +627,7 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
                     rev: rev.value(i),
                     dev: d,
                     chan: c,
-                    estimated: gridmeter_tables::Flags::parse_lenient(f).intersects(
-                        gridmeter_tables::Flags::ESTIMATED | gridmeter_tables::Flags::INTERPOLATED,
-                    ),
+                    quality: Quality::of_flags(gridmeter_tables::Flags::parse_lenient(f)),
                     variant,
                 });
             }
@@ -642,6 +703,75 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
         i = j;
     }
     Ok(Usage { series, rows, bad })
+}
+
+/// A validation failure (a row of the aggregator's `exceptions` table) of a selected
+/// channel's 15-minute window in its device's billed range.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub device: u32,
+    pub channel: u16,
+    pub row: gridmeter_tables::exceptions::ExceptionRow,
+}
+
+/// The `exceptions` rows of the selected device channels whose 15-minute window starts in
+/// the device's billed range, sorted by (device, channel, window start, rule, revision);
+/// none when the table does not exist. Files are pruned by their device_id and window_start
+/// statistics like the usage table's; the table is small (one row per failure).
+pub fn load_exceptions(tables: &Tables, sel: &Selection) -> Result<Vec<Failure>, BillingError> {
+    let opened = tables.opened(EXCEPTIONS)?;
+    let ids = sel.sorted_ids();
+    let span = sel.span_us();
+    let in_time = |f: &DataFile| match (span, f.file.stats.ts_range("window_start")) {
+        (Some((from, to)), Some((lo, hi))) => hi >= from && lo < to,
+        (None, _) => false,
+        _ => true,
+    };
+    let schema = gridmeter_core::schema::exceptions();
+    let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut out = Vec::new();
+    for file in candidates(&opened, &ids, in_time) {
+        let path = &file.location;
+        let Some(reader) = tables.open_file(&opened, file, &cols, &ids)? else {
+            continue;
+        };
+        for batch in reader {
+            let b = batch.map_err(|e| BillingError::data(path, e))?;
+            let rows = gridmeter_tables::exceptions::from_batch(&b)
+                .map_err(|e| BillingError::data(path, e))?;
+            for row in rows {
+                let Some((d, c)) = sel.lookup(&row.device_id, &row.channel) else {
+                    continue;
+                };
+                let (from, to) = sel.range(d);
+                if row.window != "15m" || row.window_start < from || row.window_start >= to {
+                    continue;
+                }
+                out.push(Failure {
+                    device: d,
+                    channel: c,
+                    row,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (
+            a.device,
+            a.channel,
+            a.row.window_start,
+            &a.row.rule,
+            a.row.revision,
+        )
+            .cmp(&(
+                b.device,
+                b.channel,
+                b.row.window_start,
+                &b.row.rule,
+                b.row.revision,
+            ))
+    });
+    Ok(out)
 }
 
 /// What [`load_raw`] found: per (device index, channel index) the reduction of its readings,

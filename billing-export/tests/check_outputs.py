@@ -21,7 +21,7 @@ D = decimal.Decimal
 dtypes = {c: "string" for c in [
     "run", "line_type", "customer_id", "site_id", "device_id", "channel", "component", "band",
     "period", "unit", "currency", "usage_unit", "peak_at_local",
-    "quantity", "rate", "amount", "tax_rate", "usage_quantity", "quality"]}
+    "quantity", "rate", "amount", "tax_rate", "usage_quantity", "quality", "edited_share"]}
 dtypes.update({"revision": "int64", "previous_revision": "Int64"})
 df = pd.read_csv(os.path.join(run, "statement_lines.csv"), dtype=dtypes, keep_default_na=False,
                  na_values={"previous_revision": [""]}, parse_dates=["period_start", "period_end"])
@@ -29,6 +29,9 @@ assert list(df.columns)[:3] == ["run", "line_type", "customer_id"], df.columns
 assert str(df["period_start"].dt.tz) == "UTC", df["period_start"].dtype
 for col in ["quantity", "rate", "usage_quantity"]:
     assert all("e" not in v.lower() and len(v.split(".")[1]) == 9 for v in df[col]), col
+# Shares of the usage from estimated / edited intervals: 4 places, 0..1.
+for col in ["quality", "edited_share"]:
+    assert all(len(v.split(".")[1]) == 4 and 0 <= D(v) <= 1 for v in df[col]), col
 amounts = [D(v) for v in df["amount"]]
 
 for inv_path in sorted(glob.glob(os.path.join(run, "invoices", "*.json"))):

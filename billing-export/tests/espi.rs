@@ -97,19 +97,7 @@ fn data(root: &Path) {
 }
 
 fn validate(feeds: &[std::path::PathBuf]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/espi_schema.py");
-    let o = Command::new("python3")
-        .arg(&script)
-        .args(feeds)
-        .output()
-        .expect("python3 must be installed");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "ESPI schema check failed:\n{out}");
-    out
+    validate_espi(feeds)
 }
 
 #[test]

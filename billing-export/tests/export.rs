@@ -225,7 +225,7 @@ fn pv(root: &Path, late_1815: bool) -> Vec<RawRow> {
         use_i[72].usage = Some(d("562.5"));
         use_i[73].usage = Some(d("562.5"));
         use_i[72].flags = "interpolated".into();
-        use_i[73].flags = "gap,interpolated".into();
+        use_i[73].flags = "estimated,gap,interpolated".into();
         late_raw.push(late);
     }
     all_raw.extend(raw_e);
@@ -310,8 +310,11 @@ fn late_data_produces_adjustments_not_overwrites() {
     assert_eq!(inv1["lines"][2]["amount"], "42.75");
     // net 2.08 + 42.75 - 0.26 = 44.57; tax 8.914 -> 8.91.
     assert_eq!(inv1["tax_total"], "8.91");
-    // 2 × 562.5 Wh × multiplier 2 = 2,250 of 6,950 Wh interpolated = 0.32374 -> 0.3237.
-    assert_eq!(inv1["lines"][1]["quality"], "0.3237");
+    // 562.5 Wh × multiplier 2 = 1,125 of 6,950 Wh estimated (18:15-18:30) = 0.16187 ->
+    // 0.1619; the 18:00 window is only interpolated (its end lies between two readings),
+    // which is no estimate.
+    assert_eq!(inv1["lines"][1]["quality"], "0.1619");
+    assert_eq!(inv1["lines"][1]["edited_share"], "0.0000");
     let manifest1 = read(&run1.join("manifest.json"));
     let csv1 = read(&run1.join("statement_lines.csv"));
 

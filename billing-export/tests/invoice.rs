@@ -573,7 +573,7 @@ fn check_printed(text: &str, inv: &Value) {
         &|l| l.contains(inv["customer_name"].as_str().unwrap()),
         "customer name",
     );
-    // Meter readings: start, end, consumption, factor, billed usage, estimated %.
+    // Meter readings: start, end, consumption, factor, billed usage, estimated %, edited %.
     let mut at = find(
         0,
         &|l| l.trim_start().starts_with("Meter readings"),
@@ -589,6 +589,7 @@ fn check_printed(text: &str, inv: &Value) {
             dec(&m["multiplier"]),
             dec(&m["billed_usage"]),
             dec(&m["estimated_share"]) * Decimal::ONE_HUNDRED,
+            dec(&m["edited_share"]) * Decimal::ONE_HUNDRED,
         ];
         assert_eq!(numbers(lines[at]), want, "meter row {:?}", lines[at]);
     }

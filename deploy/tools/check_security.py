@@ -270,10 +270,11 @@ def check_bucket_policy(path):
         ("aggregator", {"usage_15m", "usage_history_1d", "_state"},
          {"raw", "usage_15m", "usage_history_1d", "_state"}, set(),
          {"raw", "usage_15m", "usage_history_1d", "_state"}),
-        ("billing", set(), {"raw", "usage_15m"}, set(), {"raw", "usage_15m"}),
+        ("billing", set(), {"raw", "usage_15m", "exceptions"}, set(), {"raw", "usage_15m", "exceptions"}),
         ("compactor", *[{"raw", "gaps", "deadletter", "usage_15m", "usage_history_1d"}] * 4),
     ]:
-        for table in ("raw", "gaps", "deadletter", "usage_15m", "usage_history_1d", "_state", "exports"):
+        for table in ("raw", "gaps", "deadletter", "usage_15m", "usage_history_1d", "_state", "exports",
+                      "exceptions"):
             key = f"{table}/date=2026-10-01/x.parquet"
             cases.append((who, "s3:PutObject", obj(key), {}, table in can_put))
             cases.append((who, "s3:GetObject", obj(key), {}, table in can_get))

@@ -32,6 +32,7 @@ fn sim_cfg(profile: Profile, start: Option<DateTime<Utc>>, steps: i64) -> Simula
         as_fast_as_possible: true,
         until: start.map(|s| s + chrono::Duration::seconds(60 * steps)),
         peak_watts: None,
+        glitch: None,
     }
 }
 

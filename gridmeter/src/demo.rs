@@ -10,7 +10,12 @@
 //!    code, each agent with its own SQLite buffer, certificate and MQTT connection. Their
 //!    simulators run on a virtual clock, so a month of 15-minute readings flows in seconds.
 //! 5. Once every reading is acknowledged and landed, the collector flushes and stops; the
-//!    aggregator computes the usage tables; the billing export bills the period.
+//!    aggregator computes the usage tables with validation, estimation and editing (VEE);
+//!    it closes the period (the open end of a meter that stopped reporting is estimated);
+//!    the billing export bills the period, holding bills that need a review (`[hold]`).
+//!    Two faults are simulated: one household meter stops reporting before the period
+//!    ends, another sends one glitched register reading (a spike the `spike` rule catches
+//!    and replaces by an estimate, recorded as a critical exception).
 //!
 //! 6. The terminal shows progress and the summary; the components' logs go to
 //!    `<out>/demo.log`. At the end the demo prints how to query the tables over SQL
@@ -67,14 +72,52 @@ struct Plan {
     sim_start: DateTime<Utc>,
     sim_until: DateTime<Utc>,
     devices: Vec<(DeviceId, Role)>,
+    /// The simulated faults.
+    faults: Faults,
 }
+
+/// The two faults the demo simulates, each on a household meter (when the fleet has one).
+struct Faults {
+    /// This meter stops reporting at this time (before the period end).
+    stopped: Option<(usize, DateTime<Utc>)>,
+    /// This meter's register reading at this time is [`GLITCH_WH`] too high, once.
+    spike: Option<(usize, DateTime<Utc>)>,
+}
+
+/// How much too high the glitched reading is (Wh): far above the spike rule's threshold
+/// (20 × the median quarter hour of a household, some 100 Wh).
+const GLITCH_WH: u64 = 10_000;
+
+/// The demo aggregator's `[vee]`: households shaped by the BDEW H0 profile, a spike rule that
+/// replaces what it catches by an estimate and records it as critical.
+const VEE: &str = r#"
+[vee]
+max_interpolation = "2h"
+profile_weeks = 4
+[[vee.classes]]
+name = "household"
+devices = ["hh-*"]
+standard_profile = "H0"
+[[vee.rules]]
+rule = "spike"
+class = "household"
+factor = "20"
+trailing = 96
+action = "estimate"
+severity = "critical"
+"#;
+
+/// The demo billing's `[hold]`: bills with more than 20 % estimated energy or an open
+/// critical exception are held for review.
+const HOLD: &str = "\n[hold]\nmax_estimated_share = \"0.20\"\nexception_severity = \"critical\"\n";
 
 fn ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc))
 }
 
 fn plan(args: &DemoArgs) -> anyhow::Result<Plan> {
-    let (period, sim_start, sim_until, default_n) = if args.short {
+    // (period, simulated span, devices, the stopped meter's last reading, the glitch).
+    let (period, sim_start, sim_until, default_n, stop_at, glitch_at) = if args.short {
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d");
         (
             gridmeter_billing::Period::range(d("2026-10-24")?, d("2026-10-27")?)
@@ -82,6 +125,10 @@ fn plan(args: &DemoArgs) -> anyhow::Result<Plan> {
             ts("2026-10-23T12:00:00Z")?,
             ts("2026-10-27T12:00:00Z")?,
             12,
+            // Three hours before the period end (2026-10-26T23:00Z in Berlin): a few
+            // percent of the period's energy estimated, under the hold limit.
+            ts("2026-10-26T20:00:00Z")?,
+            ts("2026-10-25T10:00:00Z")?,
         )
     } else {
         (
@@ -89,6 +136,9 @@ fn plan(args: &DemoArgs) -> anyhow::Result<Plan> {
             ts("2026-09-30T12:00:00Z")?,
             ts("2026-11-01T12:00:00Z")?,
             200,
+            // Mid-month: half of the period estimated.
+            ts("2026-10-16T00:00:00Z")?,
+            ts("2026-10-20T10:00:00Z")?,
         )
     };
     let n = args.devices.unwrap_or(default_n).max(1);
@@ -104,11 +154,22 @@ fn plan(args: &DemoArgs) -> anyhow::Result<Plan> {
             Ok((id, role))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut households = devices
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, r))| *r == Role::Household)
+        .map(|(i, _)| i)
+        .skip(1);
+    let faults = Faults {
+        stopped: households.next().map(|i| (i, stop_at)),
+        spike: households.next().map(|i| (i, glitch_at)),
+    };
     Ok(Plan {
         period,
         sim_start,
         sim_until,
         devices,
+        faults,
     })
 }
 
@@ -191,12 +252,25 @@ fn agent_toml(
         "\n[buffer]\npath = \"{}\"\ncommit_max_readings = 500",
         toml_path(&out.join("agents").join(format!("{device}.sqlite")))
     );
+    let until = match plan.faults.stopped {
+        Some((i, t)) if i == index => t,
+        _ => plan.sim_until,
+    };
     let _ = writeln!(
         s,
         "\n[[sources]]\ntype = \"simulator\"\nprofile = \"{profile}\"\nseed = {index}\nregister_max = {REGISTER_MAX}\nstart = \"{}\"\nuntil = \"{}\"\nstep_secs = 900\nas_fast_as_possible = true",
         plan.sim_start.to_rfc3339(),
-        plan.sim_until.to_rfc3339()
+        until.to_rfc3339()
     );
+    if let Some((i, t)) = plan.faults.spike {
+        if i == index {
+            let _ = writeln!(
+                s,
+                "glitch = {{ at = \"{}\", wh = {GLITCH_WH} }}",
+                t.to_rfc3339()
+            );
+        }
+    }
     s
 }
 
@@ -475,13 +549,18 @@ async fn run_async(args: DemoArgs, plan: Plan, out: PathBuf) -> anyhow::Result<(
         out.join("data/raw").display()
     ));
 
-    // 6. Aggregation.
-    let mut agg_cfg = gridmeter_aggregator::AggregatorConfig::new(out.join("data"));
-    agg_cfg.default_register_max = Some(REGISTER_MAX.parse()?);
+    // 6. Aggregation, with VEE; then the period is closed (open ends estimated).
+    let agg_text = format!(
+        "data_root = \"{}\"\ndefault_register_max = \"{REGISTER_MAX}\"\n{VEE}",
+        toml_path(&out.join("data"))
+    );
+    std::fs::write(cfg_dir.join("aggregator.toml"), &agg_text)?;
+    let agg_cfg: gridmeter_aggregator::AggregatorConfig =
+        config::parse(&agg_text, "aggregator.toml")?;
     let agg_metrics = gridmeter_aggregator::Metrics::unregistered();
     let summary = gridmeter_aggregator::run_once(&agg_cfg, &agg_metrics).await?;
     step(&format!(
-        "aggregator: {} readings into {} usage rows ({})",
+        "aggregator: {} readings into {} usage rows ({}); {} validation exceptions",
         summary.readings_processed,
         summary.rows_written.values().sum::<usize>(),
         summary
@@ -489,7 +568,18 @@ async fn run_async(args: DemoArgs, plan: Plan, out: PathBuf) -> anyhow::Result<(
             .iter()
             .map(|(w, n)| format!("{w}: {n}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        summary.exceptions.values().sum::<usize>()
+    ));
+    let (_, period_end) = plan
+        .period
+        .bounds(chrono_tz::Europe::Berlin)
+        .map_err(anyhow::Error::msg)?;
+    let closed = gridmeter_aggregator::close(&agg_cfg, period_end, &agg_metrics).await?;
+    step(&format!(
+        "aggregator close --until {}: {} open-end windows estimated (15m)",
+        period_end.to_rfc3339(),
+        closed.estimated.get("15m").copied().unwrap_or(0)
     ));
 
     // 7. Billing export.
@@ -498,15 +588,19 @@ async fn run_async(args: DemoArgs, plan: Plan, out: PathBuf) -> anyhow::Result<(
     std::fs::write(
         cfg_dir.join("billing.toml"),
         format!(
-            "data_root = \"{}\"\nregistry = \"registry.toml\"\ntariffs = \"tariffs.toml\"\n",
+            "data_root = \"{}\"\nregistry = \"registry.toml\"\ntariffs = \"tariffs.toml\"\n{HOLD}",
             toml_path(&out.join("data"))
         ),
     )?;
     let export_cfg = gridmeter_billing::ExportConfig::load(&cfg_dir.join("billing.toml"))?;
     let export = gridmeter_billing::run(&export_cfg, plan.period)?;
     step(&format!(
-        "billing export {}: {} customers, {} statement lines, reconciled against raw readings ({} checks)",
-        export.period, export.customers, export.statement_lines, export.reconciliation_rows
+        "billing export {}: {} customers, {} statement lines, reconciled against raw readings ({} checks), {} held for review",
+        export.period,
+        export.customers,
+        export.statement_lines,
+        export.reconciliation_rows,
+        export.held_customers().len()
     ));
 
     // 8. Summary.
@@ -541,6 +635,9 @@ async fn run_async(args: DemoArgs, plan: Plan, out: PathBuf) -> anyhow::Result<(
     for (currency, total) in &export.totals {
         println!("  {currency} {total}");
     }
+    let quarter = gridmeter_aggregator::current(&agg_cfg, "15m").await?;
+    let exceptions = gridmeter_aggregator::exceptions(&agg_cfg).await?;
+    print!("{}", vee_summary(&plan, &quarter, &exceptions, &export));
     let data = out.join("data");
     let data = data.canonicalize().unwrap_or(data);
     println!("outputs (Delta Lake tables, docs/tables.md):");
@@ -589,6 +686,123 @@ async fn run_async(args: DemoArgs, plan: Plan, out: PathBuf) -> anyhow::Result<(
     }
     broker.stop();
     Ok(())
+}
+
+/// At most this many lines of each kind in the VEE summary.
+const SUMMARY_LINES: usize = 8;
+
+/// The VEE part of the summary: the estimates (device, channel, method, windows, energy),
+/// the validation exceptions (rule, severity, window, observed against threshold) and what
+/// billing did with the customers concerned (held with the first reason, or billed with the
+/// estimated share of their energy).
+fn vee_summary(
+    plan: &Plan,
+    quarter: &[gridmeter_aggregator::UsageRow],
+    exceptions: &[gridmeter_tables::exceptions::ExceptionRow],
+    export: &gridmeter_billing::ExportSummary,
+) -> String {
+    let at = |us: i64| {
+        DateTime::from_timestamp_micros(us)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let dec = |v: Option<i128>| {
+        v.and_then(gridmeter_core::decimal::from_scaled_i128)
+            .map_or_else(|| "-".to_string(), |d| d.normalize().to_string())
+    };
+    let (from, to) = plan
+        .period
+        .bounds(chrono_tz::Europe::Berlin)
+        .map(|(a, b)| (a.timestamp_micros(), b.timestamp_micros()))
+        .unwrap_or((i64::MIN, i64::MAX));
+    // (device, channel, method) -> (windows, first start, last end, Wh).
+    let mut estimates: BTreeMap<(&str, &str, &str), (usize, i64, i64, Decimal)> = BTreeMap::new();
+    for r in quarter
+        .iter()
+        .filter(|r| r.flags.contains(gridmeter_tables::Flags::ESTIMATED))
+    {
+        let method = r.flags.method().unwrap_or("device");
+        let e = estimates
+            .entry((r.device_id.as_str(), r.channel.as_str(), method))
+            .or_insert((0, i64::MAX, i64::MIN, Decimal::ZERO));
+        e.0 += 1;
+        e.1 = e.1.min(r.window_start);
+        e.2 = e.2.max(r.window_end);
+        e.3 += r
+            .usage
+            .and_then(gridmeter_core::decimal::from_scaled_i128)
+            .unwrap_or_default();
+    }
+    let mut s = String::from("validation, estimation, editing (usage_15m, exceptions):\n");
+    if estimates.is_empty() && exceptions.is_empty() {
+        s.push_str("  nothing estimated, no exception\n");
+    }
+    for ((device, channel, method), (n, first, last, wh)) in estimates.iter().take(SUMMARY_LINES) {
+        let _ = writeln!(
+            s,
+            "  estimate  {device} {channel}: {n} windows {} .. {}, method {method}, {} kWh estimated",
+            at(*first),
+            at(*last),
+            (*wh / Decimal::ONE_THOUSAND).normalize()
+        );
+    }
+    for e in exceptions.iter().take(SUMMARY_LINES) {
+        let _ = writeln!(
+            s,
+            "  exception {} {}: rule {} ({}), window {} .. {}, observed {} > threshold {}, action {}",
+            e.device_id,
+            e.channel,
+            e.rule,
+            e.severity,
+            at(e.window_start),
+            at(e.window_end),
+            dec(e.observed),
+            dec(e.threshold),
+            e.action
+        );
+    }
+    let mut devices: Vec<&str> = estimates.keys().map(|k| k.0).collect();
+    devices.extend(exceptions.iter().map(|e| e.device_id.as_str()));
+    devices.sort_unstable();
+    devices.dedup();
+    for device in devices.into_iter().take(SUMMARY_LINES) {
+        let customer = format!("C-{}", &device[device.find('-').map_or(0, |i| i + 1)..]);
+        let held: Vec<&gridmeter_billing::Exception> = export
+            .held
+            .iter()
+            .filter(|e| e.customer_id == customer)
+            .collect();
+        match held.first() {
+            Some(e) => {
+                let _ = writeln!(s, "  outcome   {customer} ({device}): held: {}", e.reason);
+            }
+            None => {
+                let (est, total) = quarter
+                    .iter()
+                    .filter(|r| r.device_id == device && r.unit == "Wh")
+                    .filter(|r| r.window_start >= from && r.window_start < to)
+                    .fold((Decimal::ZERO, Decimal::ZERO), |(e, t), r| {
+                        let u = r
+                            .usage
+                            .and_then(gridmeter_core::decimal::from_scaled_i128)
+                            .unwrap_or_default()
+                            .abs();
+                        let estimated = r.flags.contains(gridmeter_tables::Flags::ESTIMATED);
+                        (if estimated { e + u } else { e }, t + u)
+                    });
+                let share = if total.is_zero() {
+                    Decimal::ZERO
+                } else {
+                    (est / total * Decimal::ONE_HUNDRED).round_dp(2)
+                };
+                let _ = writeln!(
+                    s,
+                    "  outcome   {customer} ({device}): billed, {share} % of its billed energy estimated"
+                );
+            }
+        }
+    }
+    s
 }
 
 /// Two queries the demo suggests (serve/README.md has more).

@@ -175,6 +175,14 @@ fn kubernetes_configmaps() {
         .unwrap_or_else(|e| panic!("70-billing.yaml: {e}"));
     cfg.check()
         .unwrap_or_else(|e| panic!("70-billing.yaml registry/tariffs: {e}"));
+    assert_eq!(
+        (
+            cfg.hold.max_estimated_share.map(|d| d.to_string()),
+            cfg.hold.exception_severity.as_deref()
+        ),
+        (Some("0.20".to_string()), Some("critical")),
+        "the shipped billing config holds bills for review"
+    );
     let DataRoot::ObjectStore(mut billing_store) = cfg.tables else {
         panic!("billing reads S3 in Kubernetes");
     };

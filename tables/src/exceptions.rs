@@ -114,6 +114,36 @@ impl Rule {
     }
 }
 
+/// The severity of a failure (the rule's `severity`, column `severity`), in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// `info`.
+    Info,
+    /// `warning` (a rule's default).
+    Warning,
+    /// `critical`.
+    Critical,
+}
+
+impl Severity {
+    /// Every severity, lowest first.
+    pub const ALL: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
+
+    /// Its name in the config and the `severity` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// The severity of a name.
+    pub fn from_name(name: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// One validation failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExceptionRow {
@@ -307,4 +337,18 @@ pub async fn read_all(table: &Table) -> Result<Vec<ExceptionRow>, TableError> {
             ))
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severities_are_ordered_and_named() {
+        assert!(Severity::Info < Severity::Warning && Severity::Warning < Severity::Critical);
+        for s in Severity::ALL {
+            assert_eq!(Severity::from_name(s.name()), Some(s));
+        }
+        assert_eq!(Severity::from_name("fatal"), None);
+    }
 }

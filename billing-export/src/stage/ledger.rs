@@ -216,6 +216,7 @@ mod tests {
             usage_quantity: Decimal::from(quantity),
             usage_unit: "kWh".into(),
             quality: Decimal::ZERO,
+            edited_share: Decimal::ZERO,
             revision: 1,
             previous_revision: None,
             peak_at: None,

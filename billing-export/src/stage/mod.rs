@@ -4,7 +4,8 @@
 //! 2. [`load`]: the usage and raw rows of one chunk's devices only;
 //! 3. [`price`]: each device channel priced with the customer's tariff;
 //! 4. [`charges`]: fixed charges per site and the tax lines;
-//! 5. [`reconcile`]: billed = usage = raw register difference, the meter table;
+//! 5. [`reconcile`]: billed = usage = raw register difference, the meter table; [`hold`]:
+//!    the `[hold]` rules (estimated share, open exceptions);
 //! 6. [`ledger`]: this run's lines against what earlier runs exported (adjustments);
 //! 7. [`publish`]: the files of the run, streamed chunk by chunk, renamed into place.
 //!
@@ -13,6 +14,7 @@
 //! ([`crate::ExportConfig::chunk_customers`]), not by the number of customers.
 
 pub(crate) mod charges;
+pub(crate) mod hold;
 pub(crate) mod ledger;
 pub(crate) mod load;
 pub(crate) mod plan;

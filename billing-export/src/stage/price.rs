@@ -38,6 +38,7 @@ pub(crate) fn base_line(cu: &Cust, label: &str, site: &str, device: &str, channe
         usage_quantity: Decimal::ZERO,
         usage_unit: String::new(),
         quality: Decimal::ZERO,
+        edited_share: Decimal::ZERO,
         revision: 0,
         previous_revision: None,
         peak_at: None,
@@ -68,6 +69,9 @@ pub(crate) struct Priced {
     pub intervals: Vec<Interval>,
     /// The sum of its current usage rows (before the multiplier).
     pub usage: Decimal,
+    /// The part of `usage` from the windows the raw reconciliation leaves out
+    /// ([`Usage::left_out`]), and how many they are.
+    pub left_out: (Decimal, usize),
     /// What the first volumetric component billed (non-gauges).
     pub billed: Option<Decimal>,
     /// Volumetric components that did not bill usage × multiplier exactly.
@@ -109,14 +113,20 @@ pub(crate) fn price_channel(
     };
     let intervals: Vec<Interval> = usage_table
         .rows(s)
-        .map(|(ws, v, est, rev)| Interval {
+        .map(|(ws, v, quality, rev)| Interval {
             start: DateTime::from_timestamp_micros(ws).unwrap_or_default(),
             quantity: v * factor,
-            estimated: est,
+            quality,
             revision: rev,
         })
         .collect();
     let usage: Decimal = usage_table.rows(s).map(|r| r.1).sum();
+    let left_out = if s.kind == "counter" {
+        let l = usage_table.left_out(s);
+        (l.usage, l.windows)
+    } else {
+        (Decimal::ZERO, 0)
+    };
     let ctx = PriceCtx {
         tz: cu.tz,
         unit: &unit,
@@ -128,6 +138,7 @@ pub(crate) fn price_channel(
         lines: Vec::new(),
         intervals: Vec::new(),
         usage,
+        left_out,
         billed: None,
         problems: Vec::new(),
         failures: Vec::new(),
@@ -173,6 +184,7 @@ pub(crate) fn price_channel(
             l.usage_quantity = p.usage_quantity;
             l.usage_unit = unit.clone();
             l.quality = p.quality;
+            l.edited_share = p.edited_share;
             l.revision = p.revision;
             l.peak_at = p.peak_at;
             l.peak_at_local = p
@@ -200,7 +212,7 @@ pub(crate) fn usage_point(ch: &Channel, priced: &Priced) -> Option<crate::espi::
         intervals: priced
             .intervals
             .iter()
-            .map(|iv| (iv.start, iv.quantity * to_wh, iv.estimated))
+            .map(|iv| (iv.start, iv.quantity * to_wh, iv.quality))
             .collect(),
     })
 }
@@ -209,6 +221,7 @@ pub(crate) fn usage_point(ch: &Channel, priced: &Priced) -> Option<crate::espi::
 mod tests {
     use super::*;
     use crate::period::Period;
+    use crate::quality::{Method, Quality};
     use crate::registry::{Customer, Registry};
     use crate::tariff::Tariff;
     use chrono_tz::Tz;
@@ -256,10 +269,10 @@ mod tests {
             "counter",
             "Wh",
             &[
-                (at(7, 45), wh, false, 1),
-                (at(8, 0), wh, false, 1),
-                (at(8, 15), wh, true, 2),
-                (at(9, 0), wh, false, 1),
+                (at(7, 45), wh, Quality::MEASURED, 1),
+                (at(8, 0), wh, Quality::MEASURED.with_edited(), 1),
+                (at(8, 15), wh, Quality::estimated(Some(Method::Linear)), 2),
+                (at(9, 0), wh, Quality::MEASURED, 1),
             ],
         );
         let spec = ChannelSpec {
@@ -305,7 +318,11 @@ mod tests {
                 ("off", "1.000000000".into(), "0.20".into(), 1)
             ]
         );
+        // Peak: 08:15 estimated, 08:00 edited, each half of the band's usage.
         assert_eq!(p.lines[0].quality, Decimal::new(5, 1));
+        assert_eq!(p.lines[0].edited_share, Decimal::new(5, 1));
+        assert_eq!(p.lines[1].quality, Decimal::ZERO);
+        assert_eq!(p.lines[1].edited_share, Decimal::ZERO);
         assert!(p
             .lines
             .iter()
@@ -313,6 +330,7 @@ mod tests {
         let point = usage_point(&ch, &p).unwrap();
         assert_eq!(point.intervals.len(), 4);
         assert_eq!(point.intervals[2].1, Decimal::from(500));
-        assert!(point.intervals[2].2 && !point.reverse);
+        assert!(point.intervals[2].2.is_estimated() && !point.reverse);
+        assert!(point.intervals[1].2.is_edited());
     }
 }

@@ -359,6 +359,7 @@ mod tests {
             usage_quantity: Decimal::new(i as i64, 0),
             usage_unit: "Wh \"quoted\", =x".into(),
             quality: Decimal::new(i as i64 % 10000, 4),
+            edited_share: Decimal::new((i as i64 * 7) % 10000, 4),
             revision: (i % 3) as i64,
             previous_revision: i.is_multiple_of(5).then_some(1),
             peak_at: i.is_multiple_of(6).then_some(t),

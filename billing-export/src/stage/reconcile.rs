@@ -8,6 +8,7 @@ use super::price::{Channel, Priced};
 use crate::error::excerpt;
 use crate::invoice::{Meter, Reading};
 use crate::money::{fixed, QUALITY_SCALE, QUANTITY_SCALE};
+use crate::quality::Quality;
 use crate::reconcile::{RawSummary, Row};
 use crate::tariff::Interval;
 
@@ -28,17 +29,34 @@ pub(crate) fn reconcile_channel(
     let (s, usage) = (ch.series, priced.usage);
     let mut problems = priced.problems.clone();
     if let Some(r) = raw {
-        if r.difference != usage {
+        let (left_usage, left_windows) = priced.left_out;
+        if left_windows == 0 && r.difference != usage {
             problems.push(format!(
                 "usage sum {usage} {} differs from the raw register difference {} ({} readings)",
                 excerpt(&s.unit),
                 r.difference,
                 r.readings
             ));
+        } else if usage - left_usage != r.difference - r.excluded {
+            problems.push(format!(
+                "usage sum {} {} without the {left_windows} edited/open-end windows and their estimated neighbours differs from the raw register difference {} without them ({} readings)",
+                usage - left_usage,
+                excerpt(&s.unit),
+                r.difference - r.excluded,
+                r.readings
+            ));
         }
     }
     let mismatch =
         (!problems.is_empty()).then(|| format!("reconciliation: {}", problems.join("; ")));
+    let note = match (raw, priced.left_out) {
+        (Some(r), (left_usage, n)) if n > 0 => format!(
+            "compared without {n} edited/open-end windows and their estimated neighbours (usage {}; raw {})",
+            left_usage.normalize(),
+            r.excluded.normalize()
+        ),
+        _ => String::new(),
+    };
     Reconciled {
         row: Row {
             customer_id: ch.cust.c.id.clone(),
@@ -52,6 +70,7 @@ pub(crate) fn reconcile_channel(
             raw: raw.map(|r| r.difference),
             billed: priced.billed,
             problems,
+            note,
         },
         mismatch,
     }
@@ -65,6 +84,7 @@ pub(crate) fn no_readings() -> RawSummary {
         start: None,
         end: None,
         events: Vec::new(),
+        excluded: Decimal::ZERO,
     }
 }
 
@@ -89,42 +109,63 @@ pub(crate) fn meter(ch: &Channel, priced: &Priced, raw: Option<&RawSummary>) -> 
             .unwrap_or_default(),
         multiplier: d.multiplier.normalize().to_string(),
         billed_usage: fixed(priced.usage * d.multiplier, QUANTITY_SCALE),
-        estimated_share: fixed(estimated_share(&priced.intervals), QUALITY_SCALE),
+        estimated_share: fixed(
+            share(&priced.intervals, |q| q.is_estimated()),
+            QUALITY_SCALE,
+        ),
+        edited_share: fixed(share(&priced.intervals, |q| q.is_edited()), QUALITY_SCALE),
     }
 }
 
-/// Share of the usage (absolute values) from estimated or interpolated intervals.
-pub(crate) fn estimated_share(intervals: &[Interval]) -> Decimal {
-    let total: Decimal = intervals.iter().map(|iv| iv.quantity.abs()).sum();
+/// Share of the usage (absolute values) from the intervals whose quality `counts`
+/// (estimated: [`Quality::is_estimated`], edited: [`Quality::is_edited`]), 4 places.
+pub(crate) fn share(intervals: &[Interval], counts: impl Fn(Quality) -> bool) -> Decimal {
+    let (part, total) = usage_split(intervals, counts);
     if total.is_zero() {
         return Decimal::ZERO;
     }
-    let est: Decimal = intervals
+    (part / total).round_dp(QUALITY_SCALE)
+}
+
+/// (absolute usage of the intervals whose quality `counts`, absolute usage of all).
+pub(crate) fn usage_split(
+    intervals: &[Interval],
+    counts: impl Fn(Quality) -> bool,
+) -> (Decimal, Decimal) {
+    intervals
         .iter()
-        .filter(|iv| iv.estimated)
-        .map(|iv| iv.quantity.abs())
-        .sum();
-    (est / total).round_dp(QUALITY_SCALE)
+        .fold((Decimal::ZERO, Decimal::ZERO), |(p, t), iv| {
+            let a = iv.quantity.abs();
+            (if counts(iv.quality) { p + a } else { p }, t + a)
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quality::Method;
     use chrono::DateTime;
 
     #[test]
     fn estimated_share_of_absolute_usage() {
-        let iv = |q: i64, estimated: bool| Interval {
+        let iv = |q: i64, quality: Quality| Interval {
             start: DateTime::from_timestamp(0, 0).unwrap(),
             quantity: Decimal::from(q),
-            estimated,
+            quality,
             revision: 1,
         };
-        assert_eq!(estimated_share(&[]), Decimal::ZERO);
-        // |−1| estimated of 1 + 2 + |−1| = 4: 0.25.
-        assert_eq!(
-            estimated_share(&[iv(1, false), iv(2, false), iv(-1, true)]),
-            Decimal::new(25, 2)
-        );
+        let est = |q: Quality| q.is_estimated();
+        let edited = |q: Quality| q.is_edited();
+        assert_eq!(share(&[], est), Decimal::ZERO);
+        let m = Quality::MEASURED;
+        let ivs = [
+            iv(1, m),
+            iv(2, m.with_edited()),
+            iv(-1, Quality::estimated(Some(Method::History))),
+        ];
+        // |−1| estimated of 1 + 2 + |−1| = 4: 0.25; 2 edited of 4: 0.5.
+        assert_eq!(share(&ivs, est), Decimal::new(25, 2));
+        assert_eq!(share(&ivs, edited), Decimal::new(5, 1));
+        assert_eq!(usage_split(&ivs, est), (Decimal::ONE, Decimal::from(4)));
     }
 }

@@ -22,8 +22,8 @@ pub fn tier_band(j: usize, tier: &Tier) -> String {
 pub struct Interval {
     pub start: DateTime<Utc>,
     pub quantity: Decimal,
-    /// Estimated or interpolated (counts toward the `quality` share).
-    pub estimated: bool,
+    /// Estimated and/or edited (counts toward the `quality` and `edited_share` shares).
+    pub quality: crate::quality::Quality,
     pub revision: i64,
 }
 
@@ -38,7 +38,10 @@ pub struct Priced {
     pub amount: Decimal,
     /// Sum of the usage (channel unit, multiplier applied) this line bills; zero for demand.
     pub usage_quantity: Decimal,
+    /// Share of the usage from estimated intervals.
     pub quality: Decimal,
+    /// Share of the usage from edited intervals.
+    pub edited_share: Decimal,
     pub revision: i64,
     pub peak_at: Option<DateTime<Utc>>,
 }
@@ -52,6 +55,7 @@ struct Acc {
     n: usize,
     usage: Decimal,
     estimated: Decimal,
+    edited: Decimal,
     total_abs: Decimal,
     revision: i64,
 }
@@ -62,6 +66,7 @@ impl Acc {
             n: 0,
             usage: Decimal::ZERO,
             estimated: Decimal::ZERO,
+            edited: Decimal::ZERO,
             total_abs: Decimal::ZERO,
             revision: 0,
         }
@@ -70,16 +75,25 @@ impl Acc {
         self.n += 1;
         self.usage += iv.quantity;
         self.total_abs += iv.quantity.abs();
-        if iv.estimated {
+        if iv.quality.is_estimated() {
             self.estimated += iv.quantity.abs();
+        }
+        if iv.quality.is_edited() {
+            self.edited += iv.quantity.abs();
         }
         self.revision = self.revision.max(iv.revision);
     }
     fn quality(&self) -> Decimal {
+        self.share(self.estimated)
+    }
+    fn edited_share(&self) -> Decimal {
+        self.share(self.edited)
+    }
+    fn share(&self, part: Decimal) -> Decimal {
         if self.total_abs.is_zero() {
             Decimal::ZERO
         } else {
-            (self.estimated / self.total_abs).round_dp(crate::money::QUALITY_SCALE)
+            (part / self.total_abs).round_dp(crate::money::QUALITY_SCALE)
         }
     }
 }
@@ -141,6 +155,7 @@ fn line(
         amount,
         usage_quantity: acc.usage,
         quality: acc.quality(),
+        edited_share: acc.edited_share(),
         revision: acc.revision,
         peak_at,
     }
@@ -341,7 +356,7 @@ mod tests {
             .map(|i| Interval {
                 start: DateTime::from_timestamp(i * 900, 0).unwrap(),
                 quantity: Decimal::from(50),
-                estimated: false,
+                quality: crate::quality::Quality::MEASURED,
                 revision: 1,
             })
             .collect();

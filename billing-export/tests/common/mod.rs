@@ -336,6 +336,77 @@ pub fn run_files(base: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// Runs `tests/espi_schema.py` (the official ESPI 3.3 schemas and the feed conventions) on
+/// `feeds`; panics with its output unless they pass, else returns the output.
+pub fn validate_espi(feeds: &[std::path::PathBuf]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/espi_schema.py");
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .args(feeds)
+        .output()
+        .expect("python3 must be installed");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "ESPI schema check failed:\n{out}");
+    out
+}
+
+/// Appends `rows` to `<root>/exceptions` as the aggregator does (one commit, transaction id
+/// `(test/<name>, 1)`).
+pub fn write_exceptions(
+    root: &Path,
+    name: &str,
+    rows: Vec<gridmeter_tables::exceptions::ExceptionRow>,
+) {
+    let name = name.to_string();
+    with_table(root, gridmeter_tables::exceptions::spec(), move |table| {
+        Box::pin(async move {
+            gridmeter_tables::exceptions::append(&table, &format!("test/{name}"), 1, rows)
+                .await
+                .unwrap();
+        })
+    });
+}
+
+/// One `exceptions` row of a 15-minute window of channel `energy_import`.
+pub fn exception_row(
+    device: &str,
+    start: DateTime<Utc>,
+    rule: &str,
+    severity: &str,
+    revision: i64,
+) -> gridmeter_tables::exceptions::ExceptionRow {
+    gridmeter_tables::exceptions::ExceptionRow {
+        device_id: device.into(),
+        channel: "energy_import".into(),
+        window: "15m".into(),
+        window_start: start.timestamp_micros(),
+        window_end: (start + Duration::minutes(15)).timestamp_micros(),
+        rule: rule.into(),
+        severity: severity.into(),
+        observed: Some(to_scaled_i128(d("2500")).unwrap()),
+        threshold: Some(to_scaled_i128(d("1000")).unwrap()),
+        action: "flag".into(),
+        revision,
+        detected_at: start.timestamp_micros(),
+    }
+}
+
+/// The cells of `column` of a statement/exceptions CSV (header row first), by row.
+pub fn csv_column(text: &str, column: &str) -> Vec<String> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let i = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    r.records().map(|rec| rec.unwrap()[i].to_string()).collect()
+}
+
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

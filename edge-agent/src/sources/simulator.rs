@@ -20,7 +20,12 @@
 //! elapsed time. With `start` a virtual clock runs: each step advances event time by
 //! `step_secs`, and steps are paced at `speedup` event seconds per real second (or not at all
 //! with `as_fast_as_possible`, where the bounded channel to the buffer is the only brake);
-//! `until` stops generation. Output is deterministic for a given `seed` and `device_id`.
+//! `until` stops generation (a meter that stops reporting). Output is deterministic for a
+//! given `seed` and `device_id`.
+//!
+//! Faults for demos and tests: `glitch = { at = "<time>", wh = N }` makes the energy register
+//! reading of the first step at or after `at` read `N` Wh too high, once (the next reading is
+//! right again), like a corrupted transfer: a spike for the aggregator's validation rules.
 //! (Profile shapes use f64 internally; the emitted values are exact integers/decimals. The
 //! simulator generates data, it is not on the billing path.)
 
@@ -79,6 +84,19 @@ pub struct SimulatorSource {
     /// Peak power of the profile in W (defaults: 4000 household, 5000 PV).
     #[serde(default)]
     pub peak_watts: Option<u32>,
+    /// One energy register reading too high (see the module docs).
+    #[serde(default)]
+    pub glitch: Option<Glitch>,
+}
+
+/// A one-reading fault of the energy register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Glitch {
+    /// The first step at or after this event time reads wrong.
+    pub at: DateTime<Utc>,
+    /// By how many Wh it reads too high.
+    pub wh: u64,
 }
 
 impl SourceSpec for SimulatorSource {
@@ -154,6 +172,8 @@ pub struct Simulator {
     tx_bytes: u64,
     requests: u64,
     channels: Vec<Channel>,
+    /// The glitch still to come.
+    glitch: Option<Glitch>,
 }
 
 fn fnv(s: &str) -> u64 {
@@ -205,6 +225,7 @@ impl Simulator {
             requests: rng.random_range(0..1 << 30),
             rng,
             channels,
+            glitch: cfg.glitch,
         }
     }
 
@@ -253,12 +274,16 @@ impl Simulator {
                 let p_mw = (self.peak_mw * shape).round().max(0.0) as i64;
                 self.energy_uj += i128::from(p_mw) * i128::from(step_ms);
                 let power = Decimal::new(p_mw, 3).normalize();
+                let mut register = self.register_wh();
+                if self.glitch.is_some_and(|g| ts >= g.at) {
+                    register += self.glitch.take().map_or(0, |g| g.wh);
+                }
                 vec![
                     sample(
                         &self.channels[0],
                         Kind::Counter,
                         "Wh",
-                        Decimal::from(self.register_wh()),
+                        Decimal::from(register),
                     ),
                     sample(&self.channels[1], Kind::Gauge, "W", power),
                 ]
@@ -381,6 +406,32 @@ mod tests {
             as_fast_as_possible: false,
             until: None,
             peak_watts: None,
+            glitch: None,
+        }
+    }
+
+    #[test]
+    fn a_glitch_reads_too_high_once() {
+        let dev = DeviceId::new("hh-1").unwrap();
+        let start = DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let at = start + chrono::Duration::seconds(900 * 10);
+        let mut glitchy = cfg(Profile::HouseholdMeter, None);
+        glitchy.glitch = Some(Glitch { at, wh: 5000 });
+        let (mut a, mut b) = (
+            Simulator::new(&cfg(Profile::HouseholdMeter, None), &dev),
+            Simulator::new(&glitchy, &dev),
+        );
+        for i in 1..=20 {
+            let t = start + chrono::Duration::seconds(900 * i);
+            let (x, y) = (
+                a.step(t, 900_000, Quality::GOOD),
+                b.step(t, 900_000, Quality::GOOD),
+            );
+            let want = if t == at { 5000 } else { 0 };
+            assert_eq!(y[0].value - x[0].value, Decimal::from(want), "step {i}");
+            assert_eq!(y[1].value, x[1].value);
         }
     }
 

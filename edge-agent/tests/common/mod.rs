@@ -99,6 +99,7 @@ pub fn virtual_meter(steps: i64, speedup: Option<f64>) -> SourceConfig {
         as_fast_as_possible: speedup.is_none(),
         until: Some(start + chrono::Duration::seconds(60 * steps)),
         peak_watts: None,
+        glitch: None,
     })
 }
 

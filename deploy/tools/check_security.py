@@ -15,9 +15,9 @@ deploy/k8s/
   - each S3 user mounts only its own credential Secret, configs name the secret by file;
   - the collector container does not mount the Secret holding every replica's key.
 deploy/k8s/s3-bucket-policy.json, evaluated (explicit deny > allow > implicit deny):
-  - the collector can only write (and read) raw/, gaps/, deadletter/; the aggregator reads
-    raw/, usage_*/ and _state/ and writes usage_*/ and _state/ only; billing only reads raw/
-    and usage_15m/; nobody deletes but the compactor (compact, vacuum);
+  - the collector can only write (and read) raw/, gaps/, deadletter/, devices/; the
+    aggregator reads raw/, usage_*/, _state/, exceptions/, edits/ and writes those but raw/;
+    billing only reads raw/, usage_15m/ and exceptions/; nobody deletes but the compactor (compact, vacuum);
     plain-HTTP requests are refused.
 
 Usage: deploy/tools/check_security.py [--root DIR]
@@ -265,16 +265,16 @@ def check_bucket_policy(path):
     tls = {"aws:SecureTransport": "true"}
     cases = []  # (who, action, resource, extra ctx, expected)
     for who, can_put, can_get, can_delete, can_list in [
-        ("collector", {"raw", "gaps", "deadletter"}, {"raw", "gaps", "deadletter"}, set(),
-         {"raw", "gaps", "deadletter"}),
-        ("aggregator", {"usage_15m", "usage_history_1d", "_state"},
-         {"raw", "usage_15m", "usage_history_1d", "_state"}, set(),
-         {"raw", "usage_15m", "usage_history_1d", "_state"}),
+        ("collector", *[{"raw", "gaps", "deadletter", "devices"}] * 2, set(),
+         {"raw", "gaps", "deadletter", "devices"}),
+        ("aggregator", {"usage_15m", "usage_history_1d", "_state", "exceptions", "edits"},
+         {"raw", "usage_15m", "usage_history_1d", "_state", "exceptions", "edits"}, set(),
+         {"raw", "usage_15m", "usage_history_1d", "_state", "exceptions", "edits"}),
         ("billing", set(), {"raw", "usage_15m", "exceptions"}, set(), {"raw", "usage_15m", "exceptions"}),
         ("compactor", *[{"raw", "gaps", "deadletter", "usage_15m", "usage_history_1d"}] * 4),
     ]:
         for table in ("raw", "gaps", "deadletter", "usage_15m", "usage_history_1d", "_state", "exports",
-                      "exceptions"):
+                      "exceptions", "edits", "devices"):
             key = f"{table}/date=2026-10-01/x.parquet"
             cases.append((who, "s3:PutObject", obj(key), {}, table in can_put))
             cases.append((who, "s3:GetObject", obj(key), {}, table in can_get))

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/../.."
 dir="${1:-/tmp/gridmeter-agg-bench}"
 devices="${2:-10000}"
 cargo build --release --workspace --bins --examples --locked
-RUST_LOG=warn ./target/release/examples/bench "$dir" "$devices"
+RUST_LOG=warn ./target/release/examples/aggregator_bench "$dir" "$devices"

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --workspace --bins --examples --locked
-exec target/release/examples/bench
+exec target/release/examples/collector_bench

@@ -716,7 +716,8 @@ fn vee_summary(
         .map(|(a, b)| (a.timestamp_micros(), b.timestamp_micros()))
         .unwrap_or((i64::MIN, i64::MAX));
     // (device, channel, method) -> (windows, first start, last end, Wh).
-    let mut estimates: BTreeMap<(&str, &str, &str), (usize, i64, i64, Decimal)> = BTreeMap::new();
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    let mut estimates: BTreeMap<Key, (usize, i64, i64, Decimal)> = BTreeMap::new();
     for r in quarter
         .iter()
         .filter(|r| r.flags.contains(gridmeter_tables::Flags::ESTIMATED))

@@ -46,6 +46,11 @@ pub fn options(
     o.set_keep_alive(keep_alive);
     o.set_max_packet_size(max_packet_bytes, 64 * 1024);
     o.set_request_channel_capacity(100_000);
+    // Confirmations are QoS 1 publishes, one per device and flush: with a fleet of hundreds
+    // of devices the default window of 100 packet ids wraps while earlier confirmations are
+    // still unacknowledged, and rumqttc then stalls the connection on the packet-id
+    // collision until it times out and reconnects. The whole packet-id space avoids that.
+    o.set_inflight(u16::MAX);
     o
 }
 

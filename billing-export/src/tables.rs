@@ -516,6 +516,16 @@ fn dec(path: &Path, v: i128) -> Result<Decimal, BillingError> {
         .map_err(|_| BillingError::data(path, format!("decimal {v}e-9 out of range")))
 }
 
+/// Whether a file's `window_start` statistics meet the selected span: files outside every
+/// selected range hold no wanted row (a file without statistics may).
+fn window_start_in(span: Option<(i64, i64)>) -> impl Fn(&DataFile) -> bool {
+    move |f: &DataFile| match (span, f.file.stats.ts_range("window_start")) {
+        (Some((from, to)), Some((lo, hi))) => hi >= from && lo < to,
+        (None, _) => false,
+        _ => true,
+    }
+}
+
 /// Loads the current 15-minute usage of the selected device channels.
 pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingError> {
     let table = USAGE;
@@ -530,12 +540,7 @@ pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingErro
     let opened = tables.opened(table)?;
     let ids = sel.sorted_ids();
     let span = sel.span_us();
-    // Files whose window_start statistics lie outside every selected range hold no wanted row.
-    let in_time = |f: &DataFile| match (span, f.file.stats.ts_range("window_start")) {
-        (Some((from, to)), Some((lo, hi))) => hi >= from && lo < to,
-        (None, _) => false,
-        _ => true,
-    };
+    let in_time = window_start_in(span);
     for file in candidates(&opened, &ids, in_time) {
         let path = &file.location;
         let cols = [
@@ -722,11 +727,7 @@ pub fn load_exceptions(tables: &Tables, sel: &Selection) -> Result<Vec<Failure>,
     let opened = tables.opened(EXCEPTIONS)?;
     let ids = sel.sorted_ids();
     let span = sel.span_us();
-    let in_time = |f: &DataFile| match (span, f.file.stats.ts_range("window_start")) {
-        (Some((from, to)), Some((lo, hi))) => hi >= from && lo < to,
-        (None, _) => false,
-        _ => true,
-    };
+    let in_time = window_start_in(span);
     let schema = gridmeter_core::schema::exceptions();
     let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut out = Vec::new();

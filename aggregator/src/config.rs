@@ -56,6 +56,13 @@ pub struct AggregatorConfig {
     /// millions of windows.
     #[serde(default = "default_max_windows_per_series")]
     pub max_windows_per_series: u64,
+    /// Most devices whose raw series are loaded and recomputed at once (default: all of a
+    /// run's devices). A run over many devices and a long span (a month of backlog) then
+    /// works batch after batch, each with its own commits, and its peak memory is a
+    /// function of this number instead of the fleet size. Every batch scans the run's raw
+    /// files again, so a smaller batch costs scan time.
+    #[serde(default)]
+    pub devices_per_batch: Option<usize>,
     /// Validation, estimation and editing (`[vee]`); without it usage is computed as before
     /// (no rules, linear across every gap, no method flags).
     #[serde(default)]
@@ -406,6 +413,7 @@ impl AggregatorConfig {
             meter_swaps: Vec::new(),
             metrics_listen: None,
             max_windows_per_series: default_max_windows_per_series(),
+            devices_per_batch: None,
             vee: None,
         }
     }
@@ -494,6 +502,9 @@ impl Validate for AggregatorConfig {
         }
         if self.max_windows_per_series == 0 {
             p.push("max_windows_per_series", "must be positive");
+        }
+        if self.devices_per_batch == Some(0) {
+            p.push("devices_per_batch", "must be positive");
         }
         match parse_duration_us(&self.max_gap) {
             Err(e) => p.push("max_gap", e),

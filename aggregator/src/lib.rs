@@ -326,20 +326,22 @@ async fn run_once_inner(
     metrics.late_readings.inc_by(summary.late_readings);
     let watermarks: HashMap<String, i64> = ranges.iter().map(|(d, r)| (d.clone(), r.to)).collect();
     let inputs = run_inputs(config, &opened).await?;
-    recompute(
-        config,
-        &opened,
-        &app,
-        &ctx,
-        &all_files,
-        &ranges,
-        &watermarks,
-        true,
-        &inputs,
-        metrics,
-        &mut summary,
-    )
-    .await?;
+    for batch in device_batches(&ranges, config.devices_per_batch) {
+        recompute(
+            config,
+            &opened,
+            &app,
+            &ctx,
+            &all_files,
+            &batch,
+            &watermarks,
+            true,
+            &inputs,
+            metrics,
+            &mut summary,
+        )
+        .await?;
+    }
     for device in ranges.keys() {
         match summary.held.get(device) {
             None => {
@@ -373,6 +375,22 @@ async fn run_once_inner(
         metrics.watermark_lag.set(lag);
     }
     Ok(summary)
+}
+
+/// `ranges` split into batches of at most `per_batch` devices, in device id order (one
+/// batch of all when `None`), so that a rerun after a crash forms the same batches from the
+/// same input.
+fn device_batches(
+    ranges: &HashMap<String, DeviceRange>,
+    per_batch: Option<usize>,
+) -> Vec<HashMap<String, DeviceRange>> {
+    let mut devices: Vec<&String> = ranges.keys().collect();
+    devices.sort();
+    let size = per_batch.unwrap_or(usize::MAX).max(1);
+    devices
+        .chunks(size)
+        .map(|chunk| chunk.iter().map(|&d| (d.clone(), ranges[d])).collect())
+        .collect()
 }
 
 /// Recomputes every device's windows that start in `[from, to)` from raw and commits the
@@ -458,20 +476,22 @@ async fn rebuild_devices(
     };
     let mut inputs = run_inputs(config, &opened).await?;
     inputs.open_end_until = open_end_until;
-    recompute(
-        config,
-        &opened,
-        &app,
-        &ctx,
-        &all_files,
-        &ranges,
-        &watermarks,
-        false,
-        &inputs,
-        metrics,
-        &mut summary,
-    )
-    .await?;
+    for batch in device_batches(&ranges, config.devices_per_batch) {
+        recompute(
+            config,
+            &opened,
+            &app,
+            &ctx,
+            &all_files,
+            &batch,
+            &watermarks,
+            false,
+            &inputs,
+            metrics,
+            &mut summary,
+        )
+        .await?;
+    }
     metrics.last_success.set(Utc::now().timestamp() as f64);
     Ok(summary)
 }

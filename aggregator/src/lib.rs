@@ -509,6 +509,20 @@ pub async fn current(config: &AggregatorConfig, window: &str) -> Result<Vec<Usag
     Ok(rows)
 }
 
+/// Calls `f` with the current rows of one window's table a file at a time (every row once,
+/// in no particular order): a fold over a large fleet's table holds one file's rows.
+pub async fn for_each_current(
+    config: &AggregatorConfig,
+    window: &str,
+    f: impl FnMut(Vec<UsageRow>),
+) -> Result<(), Error> {
+    Ok(open(config)
+        .await?
+        .usage(window)?
+        .for_each_current(f)
+        .await?)
+}
+
 fn params_for(config: &AggregatorConfig, s: &SeriesData) -> SeriesParams {
     SeriesParams {
         kind: s.kind,
@@ -632,7 +646,7 @@ async fn recompute(
     };
     let series = load_with_context(ctx, files, ranges, context_us, needs_from.as_ref()).await?;
     let computed_at = Utc::now().timestamp_micros();
-    let outcomes: Vec<Outcome> = parallel::flat_map(&series, |(s, from)| {
+    let per_series: Vec<Vec<Outcome>> = parallel::map(&series, |(s, from)| {
         let Some(range) = ranges.get(&s.device_id) else {
             return Vec::new();
         };
@@ -676,49 +690,26 @@ async fn recompute(
             }
         }
     });
-    let mut computed = Vec::with_capacity(outcomes.len());
-    let mut failures: HashMap<Key, Vec<validation::Failure>> = HashMap::new();
-    for o in outcomes {
-        match o {
-            Outcome::Row(wi, row) => computed.push((wi, row)),
-            Outcome::Failure(device, channel, f) => failures
-                .entry((device, channel, f.start))
-                .or_default()
-                .push(f),
-            Outcome::Held(device, reason) => {
-                tracing::error!(device = %device, "device held back: {reason}");
-                summary.held.entry(device).or_insert(reason);
-            }
-        }
-    }
     let min_from = series.iter().map(|(_, f)| *f).min();
+    drop(series);
+    let (by_window, failures) = sort_outcomes(per_series, specs.len(), summary);
     let devices: HashSet<String> = ranges.keys().cloned().collect();
-    let mut by_window: Vec<Vec<UsageRow>> = specs.iter().map(|_| Vec::new()).collect();
-    for (wi, row) in computed {
-        if !summary.held.contains_key(&row.device_id) {
-            by_window[wi].push(row);
-        }
-    }
-    for (spec, rows) in specs.iter().zip(by_window) {
+    for (spec, mut changed) in specs.iter().zip(by_window) {
         let tables = opened.usage(&spec.name)?;
-        let current = if rows.is_empty() {
-            HashMap::new()
-        } else {
-            tables.current_rows(Some(&devices), min_from).await?
-        };
-        let mut changed = Vec::new();
-        for mut row in rows {
-            match current.get(&row.key()) {
-                Some(cur) if cur.same_values(&row) => {}
+        if !changed.is_empty() {
+            // In place: the batch's rows are never held twice.
+            let current = tables.current_rows(Some(&devices), min_from).await?;
+            changed.retain_mut(|row| match current.get(&row.key()) {
+                Some(cur) if cur.same_values(row) => false,
                 Some(cur) => {
                     row.revision = cur.revision + 1;
                     if mark_late {
                         row.flags |= LATE;
                     }
-                    changed.push(row);
+                    true
                 }
-                None => changed.push(row),
-            }
+                None => true,
+            });
         }
         if changed.is_empty() {
             continue;
@@ -836,6 +827,54 @@ enum Outcome {
     Row(usize, UsageRow),
     Failure(String, String, validation::Failure),
     Held(String, String),
+}
+
+/// The validation failures of a batch, by key.
+type Failures = HashMap<Key, Vec<validation::Failure>>;
+
+/// Sorts a batch's outcomes into rows per window (index into the window specs, each vector
+/// allocated once at its final size) and failures by key; records held devices in `summary`
+/// and leaves their rows out. Each series' outcomes are freed as they are moved, so the
+/// batch's rows are in memory about once.
+fn sort_outcomes(
+    per_series: Vec<Vec<Outcome>>,
+    windows: usize,
+    summary: &mut RunSummary,
+) -> (Vec<Vec<UsageRow>>, Failures) {
+    for o in per_series.iter().flatten() {
+        if let Outcome::Held(device, reason) = o {
+            tracing::error!(device = %device, "device held back: {reason}");
+            summary
+                .held
+                .entry(device.clone())
+                .or_insert_with(|| reason.clone());
+        }
+    }
+    let mut counts = vec![0usize; windows];
+    for o in per_series.iter().flatten() {
+        if let Outcome::Row(wi, row) = o {
+            if !summary.held.contains_key(&row.device_id) {
+                counts[*wi] += 1;
+            }
+        }
+    }
+    let mut by_window: Vec<Vec<UsageRow>> = counts.into_iter().map(Vec::with_capacity).collect();
+    let mut failures = Failures::new();
+    for outcomes in per_series {
+        for o in outcomes {
+            match o {
+                Outcome::Row(wi, row) if !summary.held.contains_key(&row.device_id) => {
+                    by_window[wi].push(row);
+                }
+                Outcome::Failure(device, channel, f) => failures
+                    .entry((device, channel, f.start))
+                    .or_default()
+                    .push(f),
+                Outcome::Row(..) | Outcome::Held(..) => {}
+            }
+        }
+    }
+    (by_window, failures)
 }
 
 /// The rows of one series for every window size and its validation failures (of windows

@@ -18,13 +18,13 @@ pub fn for_each_mut<T: Send, F: Fn(&mut T) + Sync>(items: &mut [T], f: F) {
     });
 }
 
-/// Maps every element to a `Vec<R>` and concatenates the results in order.
-pub fn flat_map<T: Sync, R: Send, F: Fn(&T) -> Vec<R> + Sync>(items: &[T], f: F) -> Vec<R> {
+/// Maps every element to an `R`, in order, the slice split into one chunk per core.
+pub fn map<T: Sync, R: Send, F: Fn(&T) -> R + Sync>(items: &[T], f: F) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     if threads <= 1 || items.len() < 64 {
-        return items.iter().flat_map(&f).collect();
+        return items.iter().map(&f).collect();
     }
     let chunk = items.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -32,10 +32,10 @@ pub fn flat_map<T: Sync, R: Send, F: Fn(&T) -> Vec<R> + Sync>(items: &[T], f: F)
             .chunks(chunk)
             .map(|part| {
                 let f = &f;
-                s.spawn(move || part.iter().flat_map(f).collect::<Vec<R>>())
+                s.spawn(move || part.iter().map(f).collect::<Vec<R>>())
             })
             .collect();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(items.len());
         for h in handles {
             match h.join() {
                 Ok(v) => out.extend(v),

@@ -309,16 +309,34 @@ pub struct UsageTables {
     pub current: Table,
 }
 
+/// The rows of `batch` whose `device_id` is one of `devices`.
+fn of_devices(batch: &RecordBatch, devices: &HashSet<String>) -> Result<RecordBatch, TableError> {
+    let ids = strings(batch, "device_id")?;
+    let mask: arrow::array::BooleanArray = ids
+        .iter()
+        .map(|d| Some(d.is_some_and(|d| devices.contains(d))))
+        .collect();
+    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+}
+
 /// Reads the rows of `files` of `table` that pass `keep`, four files at a time.
+///
+/// With `devices`, a batch's other devices are filtered out before its rows are built, so
+/// reading a few devices out of a fleet's files builds only their rows.
 async fn read_rows(
     table: &Table,
     files: &[DataFile],
+    devices: Option<&HashSet<String>>,
     keep: &(dyn Fn(&UsageRow) -> bool + Sync),
 ) -> Result<Vec<(usize, Vec<UsageRow>)>, TableError> {
     futures::stream::iter(files.iter().enumerate())
         .map(|(i, f)| async move {
             let mut rows = Vec::new();
             for b in table.read_file(f, None).await? {
+                let b = match devices {
+                    Some(d) => of_devices(&b, d)?,
+                    None => b,
+                };
                 rows.extend(from_batch(&b)?.into_iter().filter(|r| keep(r)));
             }
             Ok::<_, TableError>((i, rows))
@@ -326,6 +344,37 @@ async fn read_rows(
         .buffer_unordered(4)
         .try_collect()
         .await
+}
+
+/// A rewrite of the current table being planned: the actions so far, how many files they
+/// remove, and the rows of removed files still to be written again, by date.
+#[derive(Default)]
+struct Rewrite {
+    actions: Vec<Action>,
+    rewritten: usize,
+    kept: BTreeMap<NaiveDate, Vec<UsageRow>>,
+}
+
+impl Rewrite {
+    /// Takes in files read by [`read_rows`] (indices into `files`): a file holding one of
+    /// `keys` is removed and its other rows are kept to be written again.
+    fn absorb(
+        &mut self,
+        read: Vec<(usize, Vec<UsageRow>)>,
+        files: &[DataFile],
+        keys: &HashSet<Key>,
+    ) {
+        for (i, file_rows) in read {
+            if !file_rows.iter().any(|r| keys.contains(&r.key())) {
+                continue;
+            }
+            self.actions.push(files[i].remove(true));
+            self.rewritten += 1;
+            for r in file_rows.into_iter().filter(|r| !keys.contains(&r.key())) {
+                self.kept.entry(r.date()).or_default().push(r);
+            }
+        }
+    }
 }
 
 impl UsageTables {
@@ -367,7 +416,7 @@ impl UsageTables {
                 && min_start.is_none_or(|m| r.window_start >= m)
         };
         let mut out = HashMap::new();
-        for (_, rows) in read_rows(&self.current, &files, &keep).await? {
+        for (_, rows) in read_rows(&self.current, &files, devices, &keep).await? {
             for r in rows {
                 match out.get(&r.key()) {
                     // One row per key by construction; the highest revision wins regardless.
@@ -379,6 +428,22 @@ impl UsageTables {
             }
         }
         Ok(out)
+    }
+
+    /// Calls `f` with the current rows of each file in turn: every current row once (the
+    /// table holds one row per key), in no particular order, one file's rows in memory at a
+    /// time. For readers that fold the whole table, such as totals over a fleet.
+    pub async fn for_each_current(
+        &self,
+        mut f: impl FnMut(Vec<UsageRow>),
+    ) -> Result<(), TableError> {
+        let snapshot = self.current.snapshot().await?;
+        for file in snapshot.files() {
+            for (_, rows) in read_rows(&self.current, &[file], None, &|_| true).await? {
+                f(rows);
+            }
+        }
+        Ok(())
     }
 
     /// The version the next run of `app` commits as: one above the highest either table
@@ -408,7 +473,7 @@ impl UsageTables {
             .filter(|f| f.tag(TAG_APP) == Some(app) && f.tag(TAG_VERSION) == Some(version.as_str()))
             .collect();
         let mut rows = Vec::new();
-        for (_, r) in read_rows(&self.history, &files, &|_| true).await? {
+        for (_, r) in read_rows(&self.history, &files, None, &|_| true).await? {
             rows.extend(r);
         }
         tracing::warn!(
@@ -505,49 +570,9 @@ impl UsageTables {
                         }
                 })
                 .collect();
-            let read = read_rows(&self.current, &candidates, &|_| true).await?;
-            let mut actions = Vec::new();
-            let mut kept: BTreeMap<NaiveDate, Vec<UsageRow>> = BTreeMap::new();
-            for (i, file_rows) in read {
-                if !file_rows.iter().any(|r| keys.contains(&r.key())) {
-                    continue;
-                }
-                actions.push(candidates[i].remove(true));
-                for r in file_rows.into_iter().filter(|r| !keys.contains(&r.key())) {
-                    kept.entry(r.date()).or_default().push(r);
-                }
-            }
-            let rewritten = actions.len();
-            let mut dates: Vec<NaiveDate> = by_date.keys().copied().collect();
-            dates.extend(kept.keys().copied());
-            dates.sort();
-            dates.dedup();
-            for date in &dates {
-                let mut file_rows: Vec<UsageRow> = kept.remove(date).unwrap_or_default();
-                file_rows.extend(
-                    by_date
-                        .get(date)
-                        .into_iter()
-                        .flatten()
-                        .map(|r| (*r).clone()),
-                );
-                sort_rows(&mut file_rows);
-                let path = format!("date={date}/{app}-{version:012}-{attempt}.parquet");
-                let add = self
-                    .current
-                    .write_file(
-                        &path,
-                        Some(*date),
-                        &to_batch(&file_rows)?,
-                        Profile::Standard,
-                        &[
-                            (TAG_APP, app.to_string()),
-                            (TAG_VERSION, version.to_string()),
-                        ],
-                    )
-                    .await?;
-                actions.push(Action::Add(add));
-            }
+            let (actions, rewritten, dates) = self
+                .rewrite_current(&candidates, &by_date, &keys, app, version, attempt)
+                .await?;
             let op = if rewritten == 0 {
                 append_op(true)
             } else {
@@ -579,6 +604,99 @@ impl UsageTables {
         })
     }
 
+    /// Writes the current table's new files for a commit of `rows` (by date, their `keys`):
+    /// each date's file holds its new rows and the rows of that date's `candidates` not
+    /// replaced by them; a candidate holding a replaced key is removed. One date's files
+    /// are read and written at a time, so a commit that touches many dates holds one date's
+    /// rows, not every touched file's. Returns the actions, the number of files removed and
+    /// the dates written.
+    async fn rewrite_current(
+        &self,
+        candidates: &[DataFile],
+        rows: &BTreeMap<NaiveDate, Vec<&UsageRow>>,
+        keys: &HashSet<Key>,
+        app: &str,
+        version: i64,
+        attempt: usize,
+    ) -> Result<(Vec<Action>, usize, Vec<NaiveDate>), TableError> {
+        let mut plan = Rewrite::default();
+        // Undated files (rows of any date) are read before the first date, a dated file
+        // before its own date is written.
+        let mut files_of: BTreeMap<Option<NaiveDate>, Vec<DataFile>> = BTreeMap::new();
+        for f in candidates {
+            files_of.entry(f.date).or_default().push(f.clone());
+        }
+        let mut dates: Vec<NaiveDate> = rows.keys().copied().collect();
+        dates.extend(files_of.keys().flatten().copied());
+        dates.sort();
+        dates.dedup();
+        if let Some(files) = files_of.get(&None) {
+            plan.absorb(
+                read_rows(&self.current, files, None, &|_| true).await?,
+                files,
+                keys,
+            );
+        }
+        let mut written = Vec::with_capacity(dates.len());
+        for date in dates {
+            if let Some(files) = files_of.get(&Some(date)) {
+                plan.absorb(
+                    read_rows(&self.current, files, None, &|_| true).await?,
+                    files,
+                    keys,
+                );
+            }
+            let mut file_rows = plan.kept.remove(&date).unwrap_or_default();
+            file_rows.extend(rows.get(&date).into_iter().flatten().map(|r| (*r).clone()));
+            if !file_rows.is_empty() {
+                let path = format!("date={date}/{app}-{version:012}-{attempt}.parquet");
+                let add = self
+                    .write_current(&path, date, file_rows, app, version)
+                    .await?;
+                plan.actions.push(Action::Add(add));
+                written.push(date);
+            }
+        }
+        // Rows a file held outside its partition's date (this crate never writes such a
+        // file), of a date already written or not touched: written again, never dropped.
+        for (date, file_rows) in std::mem::take(&mut plan.kept) {
+            let path = format!("date={date}/{app}-{version:012}-{attempt}-kept.parquet");
+            let add = self
+                .write_current(&path, date, file_rows, app, version)
+                .await?;
+            plan.actions.push(Action::Add(add));
+            written.push(date);
+        }
+        written.sort();
+        written.dedup();
+        Ok((plan.actions, plan.rewritten, written))
+    }
+
+    /// Writes `rows` (all of `date`), sorted, as one current-table file of run `app`
+    /// `version` at `path`.
+    async fn write_current(
+        &self,
+        path: &str,
+        date: NaiveDate,
+        mut rows: Vec<UsageRow>,
+        app: &str,
+        version: i64,
+    ) -> Result<deltalake::kernel::Add, TableError> {
+        sort_rows(&mut rows);
+        self.current
+            .write_file(
+                path,
+                Some(date),
+                &to_batch(&rows)?,
+                Profile::Standard,
+                &[
+                    (TAG_APP, app.to_string()),
+                    (TAG_VERSION, version.to_string()),
+                ],
+            )
+            .await
+    }
+
     /// Merges the partitions where `app` has written at least `min_files` files into one
     /// file each (history: `dataChange = false`, the table is append-only; current: a
     /// rewrite like a revision). Best effort: a concurrent commit makes it give up until the
@@ -598,7 +716,7 @@ impl UsageTables {
             let mut actions = Vec::new();
             for (date, files) in by_date.into_iter().filter(|(_, f)| f.len() >= min_files) {
                 let mut rows = Vec::new();
-                for (_, r) in read_rows(table, &files, &|_| true).await? {
+                for (_, r) in read_rows(table, &files, None, &|_| true).await? {
                     rows.extend(r);
                 }
                 sort_rows(&mut rows);

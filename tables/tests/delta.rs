@@ -245,3 +245,47 @@ async fn usage_revisions_replace_the_current_row_and_stay_in_history() {
     ));
     assert_eq!(out, "10 9 2");
 }
+
+/// A revision spanning several date partitions rewrites each touched partition on its own:
+/// the other device's rows and the untouched partition survive, every key stays once, and a
+/// fold over the files sees exactly the current rows.
+#[tokio::test]
+async fn revisions_across_partitions_keep_every_other_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(&DataRoot::Local(dir.path().to_path_buf())).unwrap();
+    let t = UsageTables::open(&root, "15m").await.unwrap();
+    let day0 = 1_795_046_400_000_000i64; // a UTC midnight
+    let day_us = 86_400_000_000i64;
+    let run1: Vec<UsageRow> = (0..3)
+        .flat_map(|d| (0..4).map(move |i| day0 + d * day_us + i * 900_000_000))
+        .flat_map(|ts| ["a", "b"].map(|dev| usage_row(dev, ts, 10, 1)))
+        .collect();
+    t.commit("aggregator", 1, run1).await.unwrap();
+    // Revise "a" on the first and the last day only.
+    let run2 = vec![
+        usage_row("a", day0, 11, 2),
+        usage_row("a", day0 + 2 * day_us + 900_000_000, 12, 2),
+    ];
+    let c = t.commit("aggregator", 2, run2).await.unwrap();
+    assert_eq!(c.rewritten, 2, "one file per touched partition");
+    let cur = t.current_rows(None, None).await.unwrap();
+    assert_eq!(cur.len(), 24);
+    let usage = |dev: &str, ts: i64| cur[&(dev.into(), "energy_import".into(), ts)].usage;
+    assert_eq!(usage("a", day0), Some(11));
+    assert_eq!(usage("a", day0 + 2 * day_us + 900_000_000), Some(12));
+    assert_eq!(usage("a", day0 + day_us), Some(10));
+    assert!((0..3).all(|d| usage("b", day0 + d * day_us) == Some(10)));
+    let mut folded = Vec::new();
+    t.for_each_current(|rows| folded.extend(rows))
+        .await
+        .unwrap();
+    folded.sort_by_key(UsageRow::key);
+    let mut expected: Vec<UsageRow> = cur.into_values().collect();
+    expected.sort_by_key(UsageRow::key);
+    assert_eq!(folded, expected);
+    let out = python(&format!(
+        "from deltalake import DeltaTable\nc = DeltaTable({c:?}).to_pyarrow_table()\nprint(c.num_rows, sum(c.column('revision').to_pylist()))",
+        c = dir.path().join("usage_15m").display().to_string(),
+    ));
+    assert_eq!(out, "24 26");
+}

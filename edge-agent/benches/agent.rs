@@ -163,6 +163,7 @@ fn agent_config(pki: &Pki, device: &str, port: u16, dir: &Path) -> AgentConfig {
             live_every: 4,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 1000,
+            connect_timeout: Duration::from_secs(30),
             require_confirmation: true,
             confirm_timeout: Duration::from_secs(120),
             confirm_timeout_max: Duration::from_secs(1800),

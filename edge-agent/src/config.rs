@@ -69,6 +69,15 @@ pub struct MqttConfig {
     pub reconnect_initial_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
+    /// How long the TCP connect, TLS handshake and CONNACK may take (`"30s"`, humantime).
+    /// On a loaded host a fleet's handshakes queue up behind each other; an agent that
+    /// gives up while the broker is already registering it only makes the broker busier
+    /// (the MQTT client's own default is 5 s; edge-agent/README.md has the measurement).
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "gridmeter_core::config::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
     /// Keep every reading until the collector confirms that it landed (docs/wire-format.md,
     /// "Confirmations"). Off: delete on the broker's PUBACK, for a pipeline without a
     /// gridmeter collector; a broker crash can then lose what it had acknowledged.
@@ -96,6 +105,9 @@ pub struct MqttConfig {
 
 fn yes() -> bool {
     true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_confirm_timeout() -> Duration {
     Duration::from_secs(120)
@@ -320,6 +332,9 @@ impl Validate for AgentConfig {
                 "mqtt.batch_max_readings",
                 "must be 1..=10000 (the collector's per-message limit)",
             );
+        }
+        if self.mqtt.connect_timeout < Duration::from_secs(1) {
+            p.push("mqtt.connect_timeout", "must be at least 1 s");
         }
         if self.mqtt.reconnect_initial_ms == 0 {
             p.push("mqtt.reconnect_initial_ms", "must be > 0");

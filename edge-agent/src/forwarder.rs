@@ -249,6 +249,7 @@ impl Forwarder {
         let m = &cfg.mqtt;
         let mut opts = MqttOptions::new(cfg.device_id.as_str(), m.host.clone(), m.port);
         opts.set_keep_alive(Duration::from_secs(m.keep_alive_secs.max(1)));
+        opts.set_connection_timeout(m.connect_timeout.as_secs().max(1));
         opts.set_clean_start(false);
         opts.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
         opts.set_outgoing_inflight_upper_limit((m.max_inflight + 1).min(u16::MAX as usize) as u16);

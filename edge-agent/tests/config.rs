@@ -15,6 +15,7 @@ colour = "red"
 [mqtt]
 host = "127.0.0.1"
 port = 8883
+connect_timeout = "0s"
 tls = {{ ca = "{ca}", cert = "/nonexistent/meter-c.crt", key = "{key}" }}
 
 [buffer]
@@ -71,6 +72,7 @@ fn every_problem_is_listed_at_once() {
         "sources[0].registers[0].unit: must be 1 to 32 characters, got 0",
         "sources[3].units.http_requests_total: \"per second\" contains white space",
         "sources[3].max_samples: must be > 0",
+        "mqtt.connect_timeout: must be at least 1 s",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }

@@ -347,24 +347,26 @@ async fn read_rows(
 }
 
 /// A rewrite of the current table being planned: the actions so far, how many files they
-/// remove, and the rows of removed files still to be written again, by date.
+/// remove, the dates written, and the rows of removed files still to be written again, by
+/// date.
 #[derive(Default)]
 struct Rewrite {
     actions: Vec<Action>,
     rewritten: usize,
+    written: Vec<NaiveDate>,
     kept: BTreeMap<NaiveDate, Vec<UsageRow>>,
 }
 
 impl Rewrite {
-    /// Takes in files read by [`read_rows`] (indices into `files`): a file holding one of
-    /// `keys` is removed and its other rows are kept to be written again.
-    fn absorb(
+    /// Reads `files` of `table`: a file holding one of `keys` is removed and its other rows
+    /// are kept to be written again.
+    async fn absorb(
         &mut self,
-        read: Vec<(usize, Vec<UsageRow>)>,
+        table: &Table,
         files: &[DataFile],
         keys: &HashSet<Key>,
-    ) {
-        for (i, file_rows) in read {
+    ) -> Result<(), TableError> {
+        for (i, file_rows) in read_rows(table, files, None, &|_| true).await? {
             if !file_rows.iter().any(|r| keys.contains(&r.key())) {
                 continue;
             }
@@ -374,6 +376,13 @@ impl Rewrite {
                 self.kept.entry(r.date()).or_default().push(r);
             }
         }
+        Ok(())
+    }
+
+    /// Records a file written for `date`.
+    fn added(&mut self, add: deltalake::kernel::Add, date: NaiveDate) {
+        self.actions.push(Action::Add(add));
+        self.written.push(date);
     }
 }
 
@@ -631,45 +640,30 @@ impl UsageTables {
         dates.sort();
         dates.dedup();
         if let Some(files) = files_of.get(&None) {
-            plan.absorb(
-                read_rows(&self.current, files, None, &|_| true).await?,
-                files,
-                keys,
-            );
+            plan.absorb(&self.current, files, keys).await?;
         }
-        let mut written = Vec::with_capacity(dates.len());
         for date in dates {
             if let Some(files) = files_of.get(&Some(date)) {
-                plan.absorb(
-                    read_rows(&self.current, files, None, &|_| true).await?,
-                    files,
-                    keys,
-                );
+                plan.absorb(&self.current, files, keys).await?;
             }
             let mut file_rows = plan.kept.remove(&date).unwrap_or_default();
             file_rows.extend(rows.get(&date).into_iter().flatten().map(|r| (*r).clone()));
             if !file_rows.is_empty() {
                 let path = format!("date={date}/{app}-{version:012}-{attempt}.parquet");
-                let add = self
-                    .write_current(&path, date, file_rows, app, version)
-                    .await?;
-                plan.actions.push(Action::Add(add));
-                written.push(date);
+                let add = self.write_current(&path, date, file_rows, app, version);
+                plan.added(add.await?, date);
             }
         }
         // Rows a file held outside its partition's date (this crate never writes such a
         // file), of a date already written or not touched: written again, never dropped.
         for (date, file_rows) in std::mem::take(&mut plan.kept) {
             let path = format!("date={date}/{app}-{version:012}-{attempt}-kept.parquet");
-            let add = self
-                .write_current(&path, date, file_rows, app, version)
-                .await?;
-            plan.actions.push(Action::Add(add));
-            written.push(date);
+            let add = self.write_current(&path, date, file_rows, app, version);
+            plan.added(add.await?, date);
         }
-        written.sort();
-        written.dedup();
-        Ok((plan.actions, plan.rewritten, written))
+        plan.written.sort();
+        plan.written.dedup();
+        Ok((plan.actions, plan.rewritten, plan.written))
     }
 
     /// Writes `rows` (all of `date`), sorted, as one current-table file of run `app`

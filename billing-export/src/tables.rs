@@ -23,6 +23,7 @@ use gridmeter_core::store::DataRoot;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use parquet::file::reader::ChunkReader;
+use rayon::prelude::*;
 use rust_decimal::Decimal;
 
 use crate::error::BillingError;
@@ -526,116 +527,193 @@ fn window_start_in(span: Option<(i64, i64)>) -> impl Fn(&DataFile) -> bool {
     }
 }
 
-/// Loads the current 15-minute usage of the selected device channels.
-pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingError> {
-    let table = USAGE;
+/// What one usage file holds of the selection, in file order: its rows (with `variant`
+/// [`POISON`] or not yet assigned), the index of each row's (kind, unit) into `kinds`, and
+/// the first reason per series that a row cannot be used.
+struct UsageFile {
+    /// The file, for messages.
+    path: String,
+    rows: Vec<URow>,
+    kind_of: Vec<u32>,
+    kinds: Vec<(String, String)>,
+    poison: Vec<((u32, u16), String)>,
+}
+
+/// Reads the selected rows of one `usage_15m` file.
+fn usage_file(
+    path: &Path,
+    reader: ParquetRecordBatchReader,
+    sel: &Selection,
+) -> Result<UsageFile, BillingError> {
     let ts = gridmeter_core::schema::ts_type();
     let value = gridmeter_core::schema::VALUE_TYPE;
-    let mut rows: Vec<URow> = Vec::new();
+    let mut out = UsageFile {
+        path: path.display().to_string(),
+        rows: Vec::new(),
+        kind_of: Vec::new(),
+        kinds: Vec::new(),
+        poison: Vec::new(),
+    };
+    let mut poisoned: std::collections::HashSet<(u32, u16)> = Default::default();
+    for batch in reader {
+        let b = batch.map_err(|e| BillingError::data(path, e))?;
+        let dev = strings(path, &b, "device_id")?;
+        let chan = strings(path, &b, "channel")?;
+        let kind = strings(path, &b, "kind")?;
+        let unit = strings(path, &b, "unit")?;
+        let window = strings(path, &b, "window")?;
+        let flags = strings(path, &b, "flags")?;
+        let ws = column(path, &b, "window_start", &ts)?.as_primitive::<TimestampMicrosecondType>();
+        let usage = column(path, &b, "usage", &value)?.as_primitive::<Decimal128Type>();
+        let avg = column(path, &b, "avg", &value)?.as_primitive::<Decimal128Type>();
+        let rev = column(path, &b, "revision", &DataType::Int64)?.as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
+                continue;
+            };
+            let t = ws.value(i);
+            let (from, to) = sel.range(d);
+            if t < from || t >= to || window.value(i) != "15m" {
+                continue;
+            }
+            let k = kind.value(i);
+            let (v, problem) = if k == "gauge" {
+                if avg.is_null(i) {
+                    continue;
+                }
+                (avg.value(i), None)
+            } else if matches!(k, "counter" | "delta") {
+                if usage.is_null(i) {
+                    continue;
+                }
+                (usage.value(i), None)
+            } else {
+                let why = format!(
+                    "{}: unknown kind {} (counter, delta or gauge)",
+                    path.display(),
+                    crate::error::excerpt(k)
+                );
+                (0, Some(why))
+            };
+            let problem = problem.or_else(|| dec(path, v).err().map(|e| e.to_string()));
+            let (variant, kind_of) = match problem {
+                Some(why) => {
+                    if poisoned.insert((d, c)) {
+                        out.poison.push(((d, c), why));
+                    }
+                    (POISON, 0)
+                }
+                None => {
+                    let u = unit.value(i);
+                    let j = match out.kinds.iter().position(|(vk, vu)| vk == k && vu == u) {
+                        Some(j) => j,
+                        None => {
+                            out.kinds.push((k.to_string(), u.to_string()));
+                            out.kinds.len() - 1
+                        }
+                    };
+                    (0, j as u32)
+                }
+            };
+            out.rows.push(URow {
+                ws: t,
+                lo: v as u64,
+                hi: (v >> 64) as i64,
+                rev: rev.value(i),
+                dev: d,
+                chan: c,
+                quality: Quality::of_flags(gridmeter_tables::Flags::parse_lenient(flags.value(i))),
+                variant,
+            });
+            out.kind_of.push(kind_of);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `files` of `opened` (`columns` of the row groups that may hold one of `ids`) with
+/// `read`, in parallel, the results in file order.
+fn read_files<T: Send>(
+    tables: &Tables,
+    opened: &Opened,
+    files: Vec<&DataFile>,
+    columns: &[&str],
+    ids: &[&str],
+    read: impl Fn(&Path, ParquetRecordBatchReader) -> Result<T, BillingError> + Sync,
+) -> Result<Vec<T>, BillingError> {
+    files
+        .into_par_iter()
+        .filter_map(|file| match tables.open_file(opened, file, columns, ids) {
+            Ok(Some(reader)) => Some(read(&file.location, reader)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect()
+}
+
+/// Loads the current 15-minute usage of the selected device channels. Files are read in
+/// parallel and merged in file order, so the result does not depend on the threads.
+pub fn load_usage(tables: &Tables, sel: &Selection) -> Result<Usage, BillingError> {
+    let opened = tables.opened(USAGE)?;
+    let ids = sel.sorted_ids();
+    let span = sel.span_us();
+    let cols = [
+        "device_id",
+        "channel",
+        "kind",
+        "unit",
+        "window",
+        "window_start",
+        "usage",
+        "avg",
+        "flags",
+        "revision",
+    ];
+    let files: Vec<&DataFile> = candidates(&opened, &ids, window_start_in(span)).collect();
+    let per_file = read_files(tables, &opened, files, &cols, &ids, |path, reader| {
+        usage_file(path, reader, sel)
+    })?;
+    let mut rows: Vec<URow> = Vec::with_capacity(per_file.iter().map(|f| f.rows.len()).sum());
     // (device, channel) -> the (kind, unit, file) variants its rows carry; a series is
     // judged on its current rows only (a later revision may correct an earlier one).
     let mut variants: HashMap<(u32, u16), Vec<Variant>> = HashMap::new();
     let mut poison: HashMap<(u32, u16), String> = HashMap::new();
     let mut bad: HashMap<(u32, u16), String> = HashMap::new();
-    let opened = tables.opened(table)?;
-    let ids = sel.sorted_ids();
-    let span = sel.span_us();
-    let in_time = window_start_in(span);
-    for file in candidates(&opened, &ids, in_time) {
-        let path = &file.location;
-        let cols = [
-            "device_id",
-            "channel",
-            "kind",
-            "unit",
-            "window",
-            "window_start",
-            "usage",
-            "avg",
-            "flags",
-            "revision",
-        ];
-        let Some(reader) = tables.open_file(&opened, file, &cols, &ids)? else {
-            continue;
-        };
-        for batch in reader {
-            let b = batch.map_err(|e| BillingError::data(path, e))?;
-            let dev = strings(path, &b, "device_id")?;
-            let chan = strings(path, &b, "channel")?;
-            let kind = strings(path, &b, "kind")?;
-            let unit = strings(path, &b, "unit")?;
-            let window = strings(path, &b, "window")?;
-            let flags = strings(path, &b, "flags")?;
-            let ws =
-                column(path, &b, "window_start", &ts)?.as_primitive::<TimestampMicrosecondType>();
-            let usage = column(path, &b, "usage", &value)?.as_primitive::<Decimal128Type>();
-            let avg = column(path, &b, "avg", &value)?.as_primitive::<Decimal128Type>();
-            let rev = column(path, &b, "revision", &DataType::Int64)?.as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
-                    continue;
-                };
-                let t = ws.value(i);
-                let (from, to) = sel.range(d);
-                if t < from || t >= to || window.value(i) != "15m" {
-                    continue;
-                }
-                if bad.contains_key(&(d, c)) {
-                    continue;
-                }
-                let k = kind.value(i);
-                let (v, problem) = if k == "gauge" {
-                    if avg.is_null(i) {
-                        continue;
-                    }
-                    (avg.value(i), None)
-                } else if matches!(k, "counter" | "delta") {
-                    if usage.is_null(i) {
-                        continue;
-                    }
-                    (usage.value(i), None)
-                } else {
-                    let why = format!(
-                        "{}: unknown kind {} (counter, delta or gauge)",
-                        path.display(),
-                        crate::error::excerpt(k)
-                    );
-                    (0, Some(why))
-                };
-                let problem = problem.or_else(|| dec(path, v).err().map(|e| e.to_string()));
-                let variant = match problem {
-                    Some(why) => {
-                        poison.entry((d, c)).or_insert(why);
-                        POISON
-                    }
+    for f in per_file {
+        for (key, why) in f.poison {
+            poison.entry(key).or_insert(why);
+        }
+        // The file's (kind, unit) index → the series' variant, for the series last seen.
+        let mut last: Option<((u32, u16), u32, u8)> = None;
+        for (mut r, k) in f.rows.into_iter().zip(f.kind_of) {
+            let key = (r.dev, r.chan);
+            if r.variant != POISON {
+                let known = last.filter(|(lk, lj, _)| *lk == key && *lj == k);
+                r.variant = match known {
+                    Some((_, _, v)) => v,
                     None => {
-                        let vs = variants.entry((d, c)).or_default();
-                        let u = unit.value(i);
-                        match vs.iter().position(|(vk, vu, _)| vk == k && vu == u) {
+                        if bad.contains_key(&key) {
+                            continue;
+                        }
+                        let (vk, vu) = &f.kinds[k as usize];
+                        let vs = variants.entry(key).or_default();
+                        let v = match vs.iter().position(|(a, b, _)| a == vk && b == vu) {
                             Some(j) => j as u8,
                             None if vs.len() < usize::from(POISON) => {
-                                vs.push((k.to_string(), u.to_string(), path.display().to_string()));
+                                vs.push((vk.clone(), vu.clone(), f.path.clone()));
                                 (vs.len() - 1) as u8
                             }
                             None => {
-                                bad.insert((d, c), "too many kind/unit changes".into());
+                                bad.insert(key, "too many kind/unit changes".into());
                                 continue;
                             }
-                        }
+                        };
+                        last = Some((key, k, v));
+                        v
                     }
                 };
-                let f = flags.value(i);
-                rows.push(URow {
-                    ws: t,
-                    lo: v as u64,
-                    hi: (v >> 64) as i64,
-                    rev: rev.value(i),
-                    dev: d,
-                    chan: c,
-                    quality: Quality::of_flags(gridmeter_tables::Flags::parse_lenient(f)),
-                    variant,
-                });
             }
+            rows.push(r);
         }
     }
     // Current revision per key: sort by key with the highest revision first, keep the first.
@@ -790,31 +868,85 @@ pub struct RawReading {
     pub value: Decimal,
 }
 
+/// A raw reading of a selected channel, as read.
+struct RRow {
+    dev: u32,
+    chan: u16,
+    counter: bool,
+    seq: u64,
+    ts: i64,
+    received: i64,
+    value: Decimal,
+}
+
+/// Reads the selected counter/delta readings of one `raw` file, in file order, and the
+/// first reason per channel that a reading cannot be used.
+#[allow(clippy::type_complexity)]
+fn raw_file(
+    path: &Path,
+    reader: ParquetRecordBatchReader,
+    sel: &Selection,
+) -> Result<(Vec<RRow>, Vec<((u32, u16), String)>), BillingError> {
+    let ts_t = gridmeter_core::schema::ts_type();
+    let value_t = gridmeter_core::schema::VALUE_TYPE;
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    let mut seen_bad: std::collections::HashSet<(u32, u16)> = Default::default();
+    for batch in reader {
+        let b = batch.map_err(|e| BillingError::data(path, e))?;
+        let dev = strings(path, &b, "device_id")?;
+        let chan = strings(path, &b, "channel")?;
+        let kind = strings(path, &b, "kind")?;
+        let seq = column(path, &b, "seq", &DataType::Int64)?.as_primitive::<Int64Type>();
+        let ts = column(path, &b, "ts", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
+        let rec =
+            column(path, &b, "received_at", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
+        let val = column(path, &b, "value", &value_t)?.as_primitive::<Decimal128Type>();
+        for i in 0..b.num_rows() {
+            let k = kind.value(i);
+            if k == "gauge" {
+                continue;
+            }
+            let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
+                continue;
+            };
+            let value = match dec(path, val.value(i)) {
+                Ok(v) => v,
+                Err(e) => {
+                    if seen_bad.insert((d, c)) {
+                        bad.push(((d, c), e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            rows.push(RRow {
+                dev: d,
+                chan: c,
+                counter: k == "counter",
+                seq: seq.value(i).max(0) as u64,
+                ts: ts.value(i),
+                received: rec.value(i),
+                value,
+            });
+        }
+    }
+    Ok((rows, bad))
+}
+
 /// Raw readings of the selected counter/delta channels, deduplicated by `(device_id, seq)`,
 /// sorted by `(ts, seq)` per channel, reduced channel by channel with `difference(device,
 /// channel, kind, readings)` so only one channel's readings are materialised at a time. Only `raw/date=YYYY-MM-DD/` partitions within
 /// `[from - 2 days, to + 2 days]` (UTC dates) are read: the boundary readings are found there.
-pub fn load_raw<T>(
+pub fn load_raw<T: Send>(
     tables: &Tables,
     sel: &Selection,
     from_us: i64,
     to_us: i64,
-    difference: impl Fn(u32, u16, &str, &[RawReading]) -> T,
+    difference: impl Fn(u32, u16, &str, &[RawReading]) -> T + Sync,
 ) -> Result<Raw<T>, BillingError> {
     let day_us = 86_400_000_000i64;
     let lo = chrono::DateTime::from_timestamp_micros(from_us - 2 * day_us).map(|t| t.date_naive());
     let hi = chrono::DateTime::from_timestamp_micros(to_us + 2 * day_us).map(|t| t.date_naive());
-    let ts_t = gridmeter_core::schema::ts_type();
-    let value_t = gridmeter_core::schema::VALUE_TYPE;
-    struct RRow {
-        dev: u32,
-        chan: u16,
-        counter: bool,
-        seq: u64,
-        ts: i64,
-        received: i64,
-        value: Decimal,
-    }
     let mut rows: Vec<RRow> = Vec::new();
     let mut bad: HashMap<(u32, u16), String> = HashMap::new();
     let opened = tables.opened(RAW)?;
@@ -824,79 +956,55 @@ pub fn load_raw<T>(
         (Some(d), Some(lo), Some(hi)) => lo <= d && d <= hi,
         _ => true,
     };
-    for file in candidates(&opened, &ids, in_dates) {
-        let path = &file.location;
-        let cols = [
-            "device_id",
-            "seq",
-            "ts",
-            "channel",
-            "kind",
-            "value",
-            "received_at",
-        ];
-        let Some(reader) = tables.open_file(&opened, file, &cols, &ids)? else {
-            continue;
-        };
-        for batch in reader {
-            let b = batch.map_err(|e| BillingError::data(path, e))?;
-            let dev = strings(path, &b, "device_id")?;
-            let chan = strings(path, &b, "channel")?;
-            let kind = strings(path, &b, "kind")?;
-            let seq = column(path, &b, "seq", &DataType::Int64)?.as_primitive::<Int64Type>();
-            let ts = column(path, &b, "ts", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
-            let rec =
-                column(path, &b, "received_at", &ts_t)?.as_primitive::<TimestampMicrosecondType>();
-            let val = column(path, &b, "value", &value_t)?.as_primitive::<Decimal128Type>();
-            for i in 0..b.num_rows() {
-                let k = kind.value(i);
-                if k == "gauge" {
-                    continue;
-                }
-                let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
-                    continue;
-                };
-                let value = match dec(path, val.value(i)) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        bad.entry((d, c)).or_insert_with(|| e.to_string());
-                        continue;
-                    }
-                };
-                rows.push(RRow {
-                    dev: d,
-                    chan: c,
-                    counter: k == "counter",
-                    seq: seq.value(i).max(0) as u64,
-                    ts: ts.value(i),
-                    received: rec.value(i),
-                    value,
-                });
-            }
+    let cols = [
+        "device_id",
+        "seq",
+        "ts",
+        "channel",
+        "kind",
+        "value",
+        "received_at",
+    ];
+    let files: Vec<&DataFile> = candidates(&opened, &ids, in_dates).collect();
+    let per_file = read_files(tables, &opened, files, &cols, &ids, |path, reader| {
+        raw_file(path, reader, sel)
+    })?;
+    rows.reserve(per_file.iter().map(|(r, _)| r.len()).sum());
+    for (file_rows, file_bad) in per_file {
+        rows.extend(file_rows);
+        for (key, why) in file_bad {
+            bad.entry(key).or_insert(why);
         }
     }
     // Dedup by (device, seq): keep the earliest received_at (then the first file order).
     gridmeter_tables::raw::dedup(&mut rows, |r| ((r.dev, r.seq), r.received));
-    rows.sort_unstable_by_key(|r| (r.dev, r.chan, r.ts, r.seq));
+    rows.par_sort_unstable_by_key(|r| (r.dev, r.chan, r.ts, r.seq));
     rows.retain(|r| !bad.contains_key(&(r.dev, r.chan)));
-    let mut out: HashMap<(u32, u16), T> = HashMap::new();
-    let mut readings: Vec<RawReading> = Vec::new();
+    // Each channel's readings, reduced in parallel.
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
     let mut i = 0;
     while i < rows.len() {
-        let (dev, chan, counter) = (rows[i].dev, rows[i].chan, rows[i].counter);
-        readings.clear();
-        while i < rows.len() && rows[i].dev == dev && rows[i].chan == chan {
-            let r = &rows[i];
-            readings.push(RawReading {
-                ts: r.ts,
-                seq: r.seq,
-                value: r.value,
-            });
-            i += 1;
-        }
-        let kind = if counter { "counter" } else { "delta" };
-        out.insert((dev, chan), difference(dev, chan, kind, &readings));
+        let j = i + rows[i..].partition_point(|r| (r.dev, r.chan) == (rows[i].dev, rows[i].chan));
+        spans.push(i..j);
+        i = j;
     }
+    let out: HashMap<(u32, u16), T> = spans
+        .into_par_iter()
+        .map(|span| {
+            let first = &rows[span.start];
+            let readings: Vec<RawReading> = rows[span]
+                .iter()
+                .map(|r| RawReading {
+                    ts: r.ts,
+                    seq: r.seq,
+                    value: r.value,
+                })
+                .collect();
+            let kind = if first.counter { "counter" } else { "delta" };
+            let key = (first.dev, first.chan);
+            (key, difference(key.0, key.1, kind, &readings))
+        })
+        .collect();
     Ok(Raw { channels: out, bad })
 }
 

@@ -296,8 +296,13 @@ impl RunDir {
     }
 }
 
+/// The deflate level of gzip'd feeds. A month of 15-minute data (≈ 600 kB of XML) takes
+/// 0.64 ms at level 2 against 1.69 ms at the default level 6, for 32 kB instead of 28 kB:
+/// at 100,000 customers that is about 100 s of CPU for 15 % more bytes.
+const GZIP_LEVEL: u32 = 2;
+
 /// A Green Button feed as published: `espi/<customer>.xml`, or gzip-compressed (fixed header:
-/// no name, no time stamp) as `espi/<customer>.xml.gz`.
+/// no name, no time stamp; deflate level [`GZIP_LEVEL`]) as `espi/<customer>.xml.gz`.
 pub(crate) fn espi_file(
     customer: &str,
     xml: Vec<u8>,
@@ -308,7 +313,7 @@ pub(crate) fn espi_file(
     }
     let mut gz = flate2::GzBuilder::new().mtime(0).write(
         Vec::with_capacity(xml.len() / 8),
-        flate2::Compression::default(),
+        flate2::Compression::new(GZIP_LEVEL),
     );
     gz.write_all(&xml)
         .map_err(|e| BillingError::output("green button feed", e))?;

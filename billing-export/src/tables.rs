@@ -527,6 +527,9 @@ fn window_start_in(span: Option<(i64, i64)>) -> impl Fn(&DataFile) -> bool {
     }
 }
 
+/// Per (device, channel): why its rows cannot be used (the first reason found).
+type Reasons = HashMap<(u32, u16), String>;
+
 /// What one usage file holds of the selection, in file order: its rows (with `variant`
 /// [`POISON`] or not yet assigned), the index of each row's (kind, unit) into `kinds`, and
 /// the first reason per series that a row cannot be used.
@@ -536,7 +539,7 @@ struct UsageFile {
     rows: Vec<URow>,
     kind_of: Vec<u32>,
     kinds: Vec<(String, String)>,
-    poison: Vec<((u32, u16), String)>,
+    poison: Reasons,
 }
 
 /// Reads the selected rows of one `usage_15m` file.
@@ -552,9 +555,8 @@ fn usage_file(
         rows: Vec::new(),
         kind_of: Vec::new(),
         kinds: Vec::new(),
-        poison: Vec::new(),
+        poison: HashMap::new(),
     };
-    let mut poisoned: std::collections::HashSet<(u32, u16)> = Default::default();
     for batch in reader {
         let b = batch.map_err(|e| BillingError::data(path, e))?;
         let dev = strings(path, &b, "device_id")?;
@@ -598,9 +600,7 @@ fn usage_file(
             let problem = problem.or_else(|| dec(path, v).err().map(|e| e.to_string()));
             let (variant, kind_of) = match problem {
                 Some(why) => {
-                    if poisoned.insert((d, c)) {
-                        out.poison.push(((d, c), why));
-                    }
+                    out.poison.entry((d, c)).or_insert(why);
                     (POISON, 0)
                 }
                 None => {
@@ -881,17 +881,15 @@ struct RRow {
 
 /// Reads the selected counter/delta readings of one `raw` file, in file order, and the
 /// first reason per channel that a reading cannot be used.
-#[allow(clippy::type_complexity)]
 fn raw_file(
     path: &Path,
     reader: ParquetRecordBatchReader,
     sel: &Selection,
-) -> Result<(Vec<RRow>, Vec<((u32, u16), String)>), BillingError> {
+) -> Result<(Vec<RRow>, Reasons), BillingError> {
     let ts_t = gridmeter_core::schema::ts_type();
     let value_t = gridmeter_core::schema::VALUE_TYPE;
     let mut rows = Vec::new();
-    let mut bad = Vec::new();
-    let mut seen_bad: std::collections::HashSet<(u32, u16)> = Default::default();
+    let mut bad = HashMap::new();
     for batch in reader {
         let b = batch.map_err(|e| BillingError::data(path, e))?;
         let dev = strings(path, &b, "device_id")?;
@@ -913,9 +911,7 @@ fn raw_file(
             let value = match dec(path, val.value(i)) {
                 Ok(v) => v,
                 Err(e) => {
-                    if seen_bad.insert((d, c)) {
-                        bad.push(((d, c), e.to_string()));
-                    }
+                    bad.entry((d, c)).or_insert_with(|| e.to_string());
                     continue;
                 }
             };
@@ -935,7 +931,8 @@ fn raw_file(
 
 /// Raw readings of the selected counter/delta channels, deduplicated by `(device_id, seq)`,
 /// sorted by `(ts, seq)` per channel, reduced channel by channel with `difference(device,
-/// channel, kind, readings)` so only one channel's readings are materialised at a time. Only `raw/date=YYYY-MM-DD/` partitions within
+/// channel, kind, readings)`, channels in parallel, each thread materialising one channel's
+/// readings at a time. Only `raw/date=YYYY-MM-DD/` partitions within
 /// `[from - 2 days, to + 2 days]` (UTC dates) are read: the boundary readings are found there.
 pub fn load_raw<T: Send>(
     tables: &Tables,
@@ -990,19 +987,17 @@ pub fn load_raw<T: Send>(
     }
     let out: HashMap<(u32, u16), T> = spans
         .into_par_iter()
-        .map(|span| {
+        .map_init(Vec::new, |readings, span| {
             let first = &rows[span.start];
-            let readings: Vec<RawReading> = rows[span]
-                .iter()
-                .map(|r| RawReading {
-                    ts: r.ts,
-                    seq: r.seq,
-                    value: r.value,
-                })
-                .collect();
+            readings.clear();
+            readings.extend(rows[span].iter().map(|r| RawReading {
+                ts: r.ts,
+                seq: r.seq,
+                value: r.value,
+            }));
             let kind = if first.counter { "counter" } else { "delta" };
             let key = (first.dev, first.chan);
-            (key, difference(key.0, key.1, kind, &readings))
+            (key, difference(key.0, key.1, kind, readings))
         })
         .collect();
     Ok(Raw { channels: out, bad })

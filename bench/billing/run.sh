@@ -33,9 +33,16 @@ fi
 cd "$DATA"
 echo "data: $(du -sh usage_15m | cut -f1) usage, $(du -sh raw | cut -f1) raw"
 field() { grep "$1" "$2" | awk '{print $NF}'; }
+# The previous run's files are moved aside, and deleted only at the end: on ext4 without a
+# journal, creating files right after deleting many makes each inode allocation skip the ones
+# freed in the last minute (up to six while their blocks are dirty), which would be timed as
+# the export's.
+TRASH="$WORK/.trash-$$"
+trap 'rm -rf "$TRASH"' EXIT
+mkdir -p "$TRASH"
 run() {
   local name=$1 config=$2
-  rm -rf exports
+  if [ -e exports ]; then mv exports "$TRASH/exports-$name"; fi
   /usr/bin/time -v "$BIN" run --config "$config" --period 2026-10 2> "time-$name.txt" | tail -2
   local user sys
   user=$(field 'User time' "time-$name.txt"); sys=$(field 'System time' "time-$name.txt")
@@ -45,8 +52,13 @@ run() {
   if [ -d exports/2026-10/run-0001/espi ]; then
     echo "  espi: $(du -sb exports/2026-10/run-0001/espi | cut -f1) bytes in $(ls exports/2026-10/run-0001/espi | wc -l) files"
   fi
-  grep -o 'load_s=[0-9.]* bill_s=[0-9.]* publish_s=[0-9.]*' "time-$name.txt" | sed 's/^/  stages: /' || true
+  # The log colours its fields; the stage times are read without the escape codes.
+  sed 's/\x1b\[[0-9;]*m//g' "time-$name.txt" | grep -o 'load_s=[0-9.]* bill_s=[0-9.]* publish_s=[0-9.]*' \
+    > "stages-$name.txt" || true
+  sed 's/^/  stages: /' "stages-$name.txt"
 }
+# Seconds of one stage of a run, from its stages file.
+stage() { grep -o "$1=[0-9.]*" "stages-$2.txt" | cut -d= -f2; }
 # Everything: statements, invoices (JSON + HTML), ESPI feeds gzip-compressed, raw reconciliation.
 cp billing.toml billing-gz.toml
 printf 'green_button_gzip = true\n' >> billing-gz.toml
@@ -66,6 +78,11 @@ SQL="COPY (SELECT device_id, sum(usage) AS wh FROM delta_scan('$DATA/usage_15m')
 /usr/bin/time -v "$VENV/bin/python" "$ROOT/scripts/duckdb_delta.py" "$SQL" 2> time-duckdb.txt
 echo "duckdb totals: wall $(field 'Elapsed (wall clock)' time-duckdb.txt)," \
      "CPU $(echo "$(field 'User time' time-duckdb.txt) + $(field 'System time' time-duckdb.txt)" | bc) s"
+# m:ss.ss or h:mm:ss as seconds.
+secs() { echo "$1" | awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s }'; }
+DUCK=$(secs "$(field 'Elapsed (wall clock)' time-duckdb.txt)")
+STEP=$(echo "$(stage load_s lean) + $(stage bill_s lean)" | bc)
+echo "totals step: export load + billing $STEP s vs DuckDB $DUCK s: ratio $(echo "scale=2; $STEP / $DUCK" | bc)"
 "$VENV/bin/python" "$ROOT/scripts/duckdb_delta.py" "SELECT
   (SELECT count(*) FROM read_parquet('$DATA/duckdb-totals.parquet')) AS customers,
   (SELECT sum(wh) FROM read_parquet('$DATA/duckdb-totals.parquet')) AS duckdb_wh,

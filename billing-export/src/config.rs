@@ -48,8 +48,9 @@ pub struct ExportConfig {
     /// `[[webhooks]]`: signed event endpoints.
     pub webhooks: Vec<crate::webhooks::WebhookConfig>,
     /// Customers billed per chunk (default [`DEFAULT_CHUNK_CUSTOMERS`], at least 1): a run
-    /// reads, bills and writes one chunk at a time, so its peak memory grows with this, not
-    /// with the number of customers. The outputs do not depend on it.
+    /// bills one chunk at a time and reads the next while it writes the last, so its peak
+    /// memory grows with this (about two chunks), not with the number of customers. The
+    /// outputs do not depend on it.
     pub chunk_customers: usize,
     /// Threads pricing and rendering customers in parallel; 0 (default): one per core. The
     /// outputs do not depend on it.

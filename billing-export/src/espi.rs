@@ -21,6 +21,7 @@
 //! rounding): Wh with up to 9 decimals gives at most 10^-9. The writer is per customer and
 //! holds nothing between customers.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::io;
 
@@ -324,31 +325,27 @@ fn reading_type_id(reverse: bool, power_of_ten: i64) -> String {
 /// most 9 decimals below 140 kWh per interval).
 fn value_scale(values: impl Iterator<Item = Decimal> + Clone) -> u32 {
     const INT48: i128 = 1 << 47;
-    let exact = values
-        .clone()
-        .map(|v| v.normalize().scale())
-        .max()
-        .unwrap_or(0);
-    let mut s = exact;
-    while s > 0 {
-        let fits = values.clone().all(|v| {
-            let mut m = v.normalize();
-            m.rescale(s);
-            m.mantissa().abs() < INT48
-        });
-        if fits {
-            break;
-        }
+    let mut s = values.clone().map(exact_scale).max().unwrap_or(0);
+    while s > 0 && !values.clone().all(|v| scaled(v, s).abs() < INT48) {
+        s -= 1;
+    }
+    s
+}
+
+/// The number of decimals `v` needs: its scale less the trailing zeros of its mantissa.
+fn exact_scale(v: Decimal) -> u32 {
+    let (mut m, mut s) = (v.mantissa(), v.scale());
+    while s > 0 && m % 10 == 0 {
+        m /= 10;
         s -= 1;
     }
     s
 }
 
 /// `v` × 10^`scale` as an integer (half-even if it has more decimals).
-fn scaled(v: Decimal, scale: u32) -> i128 {
-    let mut m = v.normalize();
-    m.rescale(scale);
-    m.mantissa()
+fn scaled(mut v: Decimal, scale: u32) -> i128 {
+    v.rescale(scale);
+    v.mantissa()
 }
 
 /// The feed XML of one customer.
@@ -538,8 +535,8 @@ pub fn feed(f: &Feed) -> io::Result<Vec<u8>> {
                     |x| {
                         x.open("espi:IntervalBlock")?;
                         x.open("espi:interval")?;
-                        x.leaf("espi:duration", &(end - start).to_string())?;
-                        x.leaf("espi:start", &start.to_string())?;
+                        x.leaf_int("espi:duration", end - start)?;
+                        x.leaf_int("espi:start", start)?;
                         x.close("espi:interval")?;
                         for (t, v, q) in &p.intervals[a..b] {
                             x.nl(5)?;
@@ -551,9 +548,9 @@ pub fn feed(f: &Feed) -> io::Result<Vec<u8>> {
                             }
                             x.open("espi:timePeriod")?;
                             x.leaf("espi:duration", "900")?;
-                            x.leaf("espi:start", &t.timestamp().to_string())?;
+                            x.leaf_int("espi:start", t.timestamp())?;
                             x.close("espi:timePeriod")?;
-                            x.leaf("espi:value", &scaled(*v, scale).to_string())?;
+                            x.leaf_int("espi:value", scaled(*v, scale))?;
                             x.close("espi:IntervalReading")?;
                         }
                         x.nl(4)?;
@@ -709,9 +706,17 @@ impl Xml {
                 ("type", ty),
             ])))
     }
+    /// An element holding an integer.
+    fn leaf_int(&mut self, name: &str, n: impl itoa::Integer) -> io::Result<()> {
+        self.leaf(name, itoa::Buffer::new().format(n))
+    }
     /// A line break and `depth` × 2 spaces (whitespace between elements).
     fn nl(&mut self, depth: usize) -> io::Result<()> {
-        let s = format!("\n{:w$}", "", w = depth * 2);
+        const INDENT: &str = concat!("\n", "                                ");
+        let s = INDENT.get(..1 + depth * 2).map_or_else(
+            || format!("\n{:w$}", "", w = depth * 2).into(),
+            Cow::Borrowed,
+        );
         self.0.write_event(Event::Text(BytesText::from_escaped(s)))
     }
 }

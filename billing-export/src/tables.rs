@@ -42,13 +42,45 @@ pub struct Selection {
     pub range_us: Vec<(i64, i64)>,
 }
 
+/// [`Selection::lookup`] for a run of rows: a file's rows come grouped by device, so the device
+/// index is looked up once per change of device, not hashed for every row.
+struct Lookup<'a> {
+    sel: &'a Selection,
+    device: String,
+    index: Option<u32>,
+}
+
+impl Lookup<'_> {
+    fn get(&mut self, device: &str, channel: &str) -> Option<(u32, u16)> {
+        if self.device != device || self.device.is_empty() {
+            self.device.clear();
+            self.device.push_str(device);
+            self.index = self.sel.devices.get(device).copied();
+        }
+        self.sel.channel(self.index?, channel)
+    }
+}
+
 impl Selection {
     fn lookup(&self, device: &str, channel: &str) -> Option<(u32, u16)> {
-        let d = *self.devices.get(device)?;
+        self.channel(*self.devices.get(device)?, channel)
+    }
+
+    /// Device `d` with the index of `channel` among its channels of interest.
+    fn channel(&self, d: u32, channel: &str) -> Option<(u32, u16)> {
         let c = self.channels[(d - self.base) as usize]
             .iter()
             .position(|c| c == channel)?;
         Some((d, c as u16))
+    }
+
+    /// A [`Lookup`] over this selection.
+    fn lookups(&self) -> Lookup<'_> {
+        Lookup {
+            sel: self,
+            device: String::new(),
+            index: None,
+        }
     }
 
     fn range(&self, d: u32) -> (i64, i64) {
@@ -557,6 +589,7 @@ fn usage_file(
         kinds: Vec::new(),
         poison: HashMap::new(),
     };
+    let mut lookup = sel.lookups();
     for batch in reader {
         let b = batch.map_err(|e| BillingError::data(path, e))?;
         let dev = strings(path, &b, "device_id")?;
@@ -570,7 +603,7 @@ fn usage_file(
         let avg = column(path, &b, "avg", &value)?.as_primitive::<Decimal128Type>();
         let rev = column(path, &b, "revision", &DataType::Int64)?.as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
+            let Some((d, c)) = lookup.get(dev.value(i), chan.value(i)) else {
                 continue;
             };
             let t = ws.value(i);
@@ -890,6 +923,7 @@ fn raw_file(
     let value_t = gridmeter_core::schema::VALUE_TYPE;
     let mut rows = Vec::new();
     let mut bad = HashMap::new();
+    let mut lookup = sel.lookups();
     for batch in reader {
         let b = batch.map_err(|e| BillingError::data(path, e))?;
         let dev = strings(path, &b, "device_id")?;
@@ -905,7 +939,7 @@ fn raw_file(
             if k == "gauge" {
                 continue;
             }
-            let Some((d, c)) = sel.lookup(dev.value(i), chan.value(i)) else {
+            let Some((d, c)) = lookup.get(dev.value(i), chan.value(i)) else {
                 continue;
             };
             let value = match dec(path, val.value(i)) {

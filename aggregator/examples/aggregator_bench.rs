@@ -1,7 +1,9 @@
 //! Benchmark (run by `bench/aggregator/run.sh`, release build):
 //! 1. one day of 1-minute counter data from N devices (default 10,000: 14.4 M readings) in
 //!    the `raw` Delta table (24 hourly commits of one file each, like collector segments);
-//! 2. `run_once` over it: readings/s and readings/s per core;
+//! 2. the aggregator over it: `gridmeter-aggregator run` (the release binary, a fresh
+//!    process, on its own copy of the table), then `run_once` in this process (whose heap the
+//!    generator has used); readings/s and readings/s per core of the latter;
 //! 3. the same windowed query (dedup by (device_id, seq), 15m/1h/1d buckets with count,
 //!    first/last ts, min/max and last-minus-first register) in DuckDB on the same files (the
 //!    table's files as its Delta log lists them), in the same run (python3 + duckdb, same
@@ -98,6 +100,37 @@ fn write(rt: &tokio::runtime::Runtime, dir: &std::path::Path, name: &str, b: Rec
     });
 }
 
+/// `gridmeter-aggregator run` (the release binary next to this example) over the raw table
+/// under `data_root`, every window final: its wall time in seconds.
+fn aggregator_process(data_root: &std::path::Path) -> f64 {
+    let conf = data_root.with_extension("toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "data_root = \"{}\"\nallowed_lateness = \"0s\"\n",
+            data_root.display()
+        ),
+    )
+    .unwrap();
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release/gridmeter-aggregator");
+    let t = Instant::now();
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&conf)
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("build the release binary first (bench/aggregator/run.sh does)");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secs
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(
@@ -155,7 +188,11 @@ fn main() {
         "{}-off",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
     ));
-    for copy in [&vee_dir, &off_dir] {
+    let process_dir = dir.with_file_name(format!(
+        "{}-process",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
+    ));
+    for copy in [&vee_dir, &off_dir, &process_dir] {
         let _ = std::fs::remove_dir_all(copy);
         let copied = std::process::Command::new("cp")
             .arg("-a")
@@ -177,7 +214,11 @@ fn main() {
     cfg.allowed_lateness = "0s".into();
     let metrics = Metrics::unregistered();
 
-    // 2. The aggregator.
+    // 2. The aggregator as deployed: the release binary in a fresh process, on its own copy.
+    let agg_process = aggregator_process(&process_dir);
+    eprintln!("aggregator process: {agg_process:.2}s");
+
+    // The same work in this process, whose heap the generator has used.
     let t = Instant::now();
     let s = rt
         .block_on(gridmeter_aggregator::run_once(&cfg, &metrics))
@@ -320,6 +361,11 @@ max_gap = "30m"
     println!(
         "duckdb_readings_per_s_per_core: {:.0}",
         readings as f64 / duck / cores as f64
+    );
+    println!("aggregator_process_s: {agg_process:.3}");
+    println!(
+        "ratio_aggregator_process_over_duckdb: {:.2}",
+        agg_process / duck
     );
     println!("ratio_aggregator_over_duckdb: {:.2}", agg / duck);
     println!("late_restatement_device_day_s: {late:.3}");

@@ -179,19 +179,15 @@ fn main() {
         write(&rt, &dir, &format!("bench-{hour:02}"), b);
     }
     let readings = n_devices as u64 * 1440 - (n_devices as u64).div_ceil(100) * 240;
-    // The same raw table for the VEE run (copied before any usage table exists).
-    let vee_dir = dir.with_file_name(format!(
-        "{}-vee",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
-    ));
-    let off_dir = dir.with_file_name(format!(
-        "{}-off",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
-    ));
-    let process_dir = dir.with_file_name(format!(
-        "{}-process",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
-    ));
+    // Copies of the raw table, made before any usage table exists: for the VEE run, the
+    // second VEE-off run and the aggregator process.
+    let sibling = |suffix: &str| {
+        dir.with_file_name(format!(
+            "{}-{suffix}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("bench")
+        ))
+    };
+    let (vee_dir, off_dir, process_dir) = (sibling("vee"), sibling("off"), sibling("process"));
     for copy in [&vee_dir, &off_dir, &process_dir] {
         let _ = std::fs::remove_dir_all(copy);
         let copied = std::process::Command::new("cp")

@@ -42,8 +42,10 @@ pub struct Selection {
     pub range_us: Vec<(i64, i64)>,
 }
 
-/// [`Selection::lookup`] for a run of rows: a file's rows come grouped by device, so the device
-/// index is looked up once per change of device, not hashed for every row.
+/// Finds the rows of a [`Selection`]: a row's device index and the index of its channel among
+/// the device's channels of interest, or `None` when the selection does not hold it. A file's
+/// rows come grouped by device, so the device id is hashed once per change of device, not for
+/// every row.
 struct Lookup<'a> {
     sel: &'a Selection,
     device: String,
@@ -62,10 +64,6 @@ impl Lookup<'_> {
 }
 
 impl Selection {
-    fn lookup(&self, device: &str, channel: &str) -> Option<(u32, u16)> {
-        self.channel(*self.devices.get(device)?, channel)
-    }
-
     /// Device `d` with the index of `channel` among its channels of interest.
     fn channel(&self, d: u32, channel: &str) -> Option<(u32, u16)> {
         let c = self.channels[(d - self.base) as usize]
@@ -842,6 +840,7 @@ pub fn load_exceptions(tables: &Tables, sel: &Selection) -> Result<Vec<Failure>,
     let schema = gridmeter_core::schema::exceptions();
     let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut out = Vec::new();
+    let mut lookup = sel.lookups();
     for file in candidates(&opened, &ids, in_time) {
         let path = &file.location;
         let Some(reader) = tables.open_file(&opened, file, &cols, &ids)? else {
@@ -852,7 +851,7 @@ pub fn load_exceptions(tables: &Tables, sel: &Selection) -> Result<Vec<Failure>,
             let rows = gridmeter_tables::exceptions::from_batch(&b)
                 .map_err(|e| BillingError::data(path, e))?;
             for row in rows {
-                let Some((d, c)) = sel.lookup(&row.device_id, &row.channel) else {
+                let Some((d, c)) = lookup.get(&row.device_id, &row.channel) else {
                     continue;
                 };
                 let (from, to) = sel.range(d);

@@ -11,6 +11,7 @@ stopping moto itself would lose what was already landed).
 import http.client
 import http.server
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -35,10 +36,37 @@ def bin_path(name, release=False):
     return str(p)
 
 
+def _ephemeral_low():
+    """The first port of the kernel's ephemeral range (outgoing connections' local ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_ports = random.Random()
+_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a listener on 127.0.0.1 that is free now and not handed out before in this
+    run. It is taken below the ephemeral range: a port from there (what binding port 0
+    returns) can become the local port of some outgoing connection before the process it is
+    meant for binds it, and that process then fails with "Address already in use"."""
+    high = min(_ephemeral_low(), 65536)
+    low = min(20000, high // 2)
+    for _ in range(1000):
+        port = _ports.randrange(low, high)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in [{low}, {high})")
 
 
 def wait_until(cond, timeout, what, interval=0.25):

@@ -104,8 +104,10 @@ fn properties(profile: Profile) -> Result<WriterProperties, TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::array::{
+        ArrayRef, Decimal128Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use parquet::arrow::ArrowWriter;
 
     /// The reference: one `ArrowWriter` over the whole batch.
@@ -122,6 +124,12 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("device_id", DataType::Utf8, false),
             Field::new("seq", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("value", DataType::Decimal128(38, 9), false),
             Field::new("quality", DataType::Utf8, true),
         ]));
         let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
@@ -133,7 +141,18 @@ mod tests {
         let quality: ArrayRef = Arc::new(StringArray::from_iter(
             (0..rows).map(|i| (i % 7 == 0).then_some("estimated")),
         ));
-        RecordBatch::try_new(schema, vec![ids, seqs, quality]).unwrap()
+        let ts: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                (0..rows as i64).map(|i| 1_795_000_000_000_000 + i * 60_000_000),
+            )
+            .with_timezone("UTC"),
+        );
+        let value: ArrayRef = Arc::new(
+            Decimal128Array::from_iter_values((0..rows as i128).map(|i| i * 1_250_000_000 + 7))
+                .with_precision_and_scale(38, 9)
+                .unwrap(),
+        );
+        RecordBatch::try_new(schema, vec![ids, seqs, ts, value, quality]).unwrap()
     }
 
     /// Parallel column encoding writes the bytes `ArrowWriter` writes, for empty batches, one

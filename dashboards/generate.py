@@ -195,13 +195,16 @@ def pipeline_health():
     b.row("Storage")
     b.panel("timeseries", "Bytes written", [
         (f"sum by (instance) (rate(gridmeter_collector_bytes_written_total[{R}]))", "{{instance}}"),
-    ], w=8, unit="Bps", description="Parquet bytes written to raw/, gaps/ and deadletter/.")
+    ], w=6, unit="Bps", description="Parquet bytes written to raw/, gaps/ and deadletter/.")
     b.panel("timeseries", "Write errors", [
         ("sum by (instance) (increase(gridmeter_collector_write_errors_total[5m]))", "{{instance}}"),
-    ], w=8, thresholds=[(1, "red")], description="Disk / object-store failures per 5 minutes.")
+    ], w=6, thresholds=[(1, "red")], description="Disk / object-store failures per 5 minutes.")
     b.panel("timeseries", "WAL size", [
         ("gridmeter_collector_wal_bytes", "{{instance}}"),
-    ], w=8, unit="bytes", description="Write-ahead log not yet flushed to Parquet; growth means flushes fail.")
+    ], w=6, unit="bytes", description="Write-ahead log not yet flushed to Parquet; growth means flushes fail.")
+    b.panel("timeseries", "Landing backpressure", [
+        (f"rate(gridmeter_collector_landing_wait_seconds_total[{R}])", "{{instance}}"),
+    ], w=6, unit="percentunit", description="Fraction of time ingest waited for the landing thread (Parquet and commits); near 100% means landing limits throughput.")
     b.row("Aggregation")
     b.panel("timeseries", "Aggregator throughput", [
         (f"sum(rate(gridmeter_aggregator_readings_processed_total[{R}]))", "processed"),

@@ -361,12 +361,16 @@ async fn main() {
     }
     let landed = t0.elapsed().as_secs_f64();
     let collector_cpu = proc_cpu_secs(collector.0.id());
+    let landing_wait = scrape(mport, "gridmeter_collector_landing_wait_seconds_total");
     let raw_bytes = dir_bytes(&dir.path().join("data/raw"));
     let (broker1, self1) = (proc_cpu_secs(broker.0.id()), self_cpu_secs());
     println!(
         "collector: durable+acked after {secs:.2} s = {rate:.0} readings/s ({:.0}% of the ceiling); in Parquet after {landed:.2} s = {:.0} readings/s",
         100.0 * rate / ceiling_rate,
         total_readings as f64 / landed
+    );
+    println!(
+        "ingest waited {landing_wait:.2} s for the landing thread (Parquet, commits) of the {secs:.2} s"
     );
     println!(
         "raw Parquet: {:.1} bytes per reading",

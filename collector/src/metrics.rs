@@ -5,8 +5,8 @@
 //! histogram over devices ([`Metrics::device_last_seen_age_seconds`]) plus two gauges.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry,
+    exponential_buckets, Counter, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// A device not heard from for longer than this counts as stale.
@@ -36,6 +36,9 @@ pub struct Metrics {
     pub write_errors: IntCounter,
     pub deadletter: IntCounterVec,
     pub wal_bytes: IntGauge,
+    /// Time the ingest thread waited to hand a sealed segment to the landing thread: landing
+    /// (Parquet, commits) is slower than ingest while it grows.
+    pub landing_wait_seconds: Counter,
     pub connected: IntGauge,
     pub confirmations_sent: IntCounter,
 }
@@ -143,6 +146,10 @@ impl Metrics {
                 "gridmeter_collector_wal_bytes",
                 "Bytes in WAL segments not yet landed",
             )?,
+            landing_wait_seconds: Counter::new(
+                "gridmeter_collector_landing_wait_seconds_total",
+                "Seconds the ingest thread waited for the landing thread to take a sealed WAL segment (backpressure from Parquet and commits)",
+            )?,
             connected: IntGauge::new(
                 "gridmeter_collector_connected",
                 "1 while connected to the broker",
@@ -175,6 +182,7 @@ impl Metrics {
         registry.register(Box::new(m.write_errors.clone()))?;
         registry.register(Box::new(m.deadletter.clone()))?;
         registry.register(Box::new(m.wal_bytes.clone()))?;
+        registry.register(Box::new(m.landing_wait_seconds.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.confirmations_sent.clone()))?;
         Ok(m)

@@ -20,7 +20,7 @@ use crate::dedup::DedupState;
 use crate::landing::{Landing, LandingError};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Incoming};
-use crate::process::{self, Policy, SegmentOutput};
+use crate::process::{self, Policy, RawRow, SegmentOutput};
 use crate::wal::{self, WalRecord, WalWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,53 @@ struct Sealed {
     /// Dedup state as of the end of the segment (goes into the checkpoint).
     state: DedupState,
     wal_bytes: u64,
+}
+
+/// The ingest thread's side of the flusher thread: sealed segments go out, and their row
+/// buffers come back emptied, to be filled again. A segment's rows are tens of megabytes; a
+/// fresh buffer per segment would have the kernel zero every page of it again.
+struct ToFlusher {
+    sealed: std_mpsc::SyncSender<Sealed>,
+    spare_rows: std_mpsc::Receiver<Vec<RawRow>>,
+}
+
+impl ToFlusher {
+    /// A pair of ends: this one for the ingest thread, the other for the flusher.
+    fn new() -> (Self, FromIngest) {
+        let (sealed, sealed_rx) = std_mpsc::sync_channel::<Sealed>(2);
+        // One spare: the flusher returns a buffer as it takes the next segment, which is
+        // when a waiting ingest thread seals its own.
+        let (spare_tx, spare_rows) = std_mpsc::sync_channel(1);
+        (
+            ToFlusher { sealed, spare_rows },
+            FromIngest {
+                sealed: sealed_rx,
+                spare_rows: spare_tx,
+            },
+        )
+    }
+
+    /// An empty output for the next segment, on a returned row buffer if there is one.
+    fn next_output(&self) -> SegmentOutput {
+        SegmentOutput {
+            raw: self.spare_rows.try_recv().unwrap_or_default(),
+            ..SegmentOutput::default()
+        }
+    }
+}
+
+/// The flusher thread's side of [`ToFlusher`].
+struct FromIngest {
+    sealed: std_mpsc::Receiver<Sealed>,
+    spare_rows: std_mpsc::SyncSender<Vec<RawRow>>,
+}
+
+impl FromIngest {
+    /// Hands a landed segment's row buffer back (dropped if a spare is already waiting).
+    fn give_back(&self, mut rows: Vec<RawRow>) {
+        rows.clear();
+        let _ = self.spare_rows.try_send(rows);
+    }
 }
 
 /// Runs the collector until `shutdown` resolves (or a fatal error): recovers the WAL,
@@ -163,7 +210,7 @@ pub async fn run(
     let ack_task = tokio::spawn(mqtt::ack_loop(client, ack_rx));
 
     // 3. Flusher thread.
-    let (seal_tx, seal_rx) = std_mpsc::sync_channel::<Sealed>(2);
+    let (to_flusher, from_ingest) = ToFlusher::new();
     let (flush_done_tx, flush_done_rx) = oneshot::channel();
     {
         let landing = landing.clone();
@@ -174,11 +221,13 @@ pub async fn run(
         std::thread::Builder::new()
             .name("collector-flush".into())
             .spawn(move || {
-                for s in seal_rx {
-                    let durable = land_sealed(&handle, &landing, &wal_dir, s, &metrics);
+                for mut s in &from_ingest.sealed {
+                    land_sealed(&handle, &landing, &wal_dir, &s, &metrics);
+                    let durable = std::mem::take(&mut s.out.durable);
                     if !durable.is_empty() {
                         let _ = confirm_tx.send(durable);
                     }
+                    from_ingest.give_back(std::mem::take(&mut s.out.raw));
                 }
                 let _ = flush_done_tx.send(());
             })
@@ -203,7 +252,7 @@ pub async fn run(
         std::thread::Builder::new()
             .name("collector-ingest".into())
             .spawn(move || {
-                let r = ingest.run(&handle, state, next_segment, in_rx, ack_tx, seal_tx);
+                let r = ingest.run(&handle, state, next_segment, in_rx, ack_tx, to_flusher);
                 let _ = ingest_done_tx.send(r);
             })
             .map_err(wal_err(&config.wal_dir))?;
@@ -232,15 +281,9 @@ pub async fn run(
 }
 
 /// Lands one sealed segment: Parquet, checkpoint, delete the segment. Retries until it
-/// succeeds (the data is safe in the WAL meanwhile; the broker has been acked). Returns what
-/// became durable, to be confirmed.
-fn land_sealed(
-    handle: &Handle,
-    landing: &Landing,
-    wal_dir: &Path,
-    s: Sealed,
-    metrics: &Metrics,
-) -> Durable {
+/// succeeds (the data is safe in the WAL meanwhile; the broker has been acked). What became
+/// durable is then `s.out.durable`, to be confirmed.
+fn land_sealed(handle: &Handle, landing: &Landing, wal_dir: &Path, s: &Sealed, metrics: &Metrics) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match handle.block_on(land_segment(
@@ -254,7 +297,7 @@ fn land_sealed(
                 metrics.bytes_written.inc_by(bytes);
                 metrics.devices_updated.inc_by(devices.devices as u64);
                 metrics.wal_bytes.sub(s.wal_bytes as i64);
-                return s.out.durable;
+                return;
             }
             Err(e) => {
                 metrics.write_errors.inc();
@@ -369,7 +412,7 @@ impl Ingest {
         mut segment: u64,
         mut rx: mpsc::Receiver<Incoming>,
         ack_tx: mpsc::UnboundedSender<Vec<rumqttc::Publish>>,
-        seal_tx: std_mpsc::SyncSender<Sealed>,
+        flusher: ToFlusher,
     ) -> Result<(), CollectorError> {
         let seg_path = |s| wal::segment_path(&self.wal_dir, s);
         let mut wal =
@@ -471,9 +514,14 @@ impl Ingest {
                     state: state.clone(),
                     wal_bytes: wal.len(),
                 };
-                if seal_tx.send(sealed).is_err() {
+                let waited = Instant::now();
+                if flusher.sealed.send(sealed).is_err() {
                     return Err(CollectorError::Thread("flush"));
                 }
+                self.metrics
+                    .landing_wait_seconds
+                    .inc_by(waited.elapsed().as_secs_f64());
+                out = flusher.next_output();
                 segment += 1;
                 wal =
                     WalWriter::open(&self.wal_dir, segment).map_err(wal_err(&seg_path(segment)))?;
@@ -707,10 +755,10 @@ mod tests {
         };
         let (tx, rx) = mpsc::channel(16);
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let (seal_tx, seal_rx) = std_mpsc::sync_channel(4);
+        let (to_flusher, from_ingest) = ToFlusher::new();
         let handle = Handle::current();
         let thread = std::thread::spawn(move || {
-            ingest.run(&handle, DedupState::default(), 1, rx, ack_tx, seal_tx)
+            ingest.run(&handle, DedupState::default(), 1, rx, ack_tx, to_flusher)
         });
         let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(1 << 20));
         for (dev, seqs) in [("good", 1..=5), ("test-poison", 10..=20), ("good", 6..=10)] {
@@ -744,7 +792,7 @@ mod tests {
             acked += g.len();
         }
         assert_eq!(acked, 3, "every message was made durable and acked");
-        let sealed: Vec<Sealed> = seal_rx.try_iter().collect();
+        let sealed: Vec<Sealed> = from_ingest.sealed.try_iter().collect();
         let dead: Vec<&str> = sealed
             .iter()
             .flat_map(|s| s.out.dead.iter().map(|d| d.reason.as_str()))

@@ -20,7 +20,10 @@ pub enum Profile {
     /// Raw readings, written at ingest speed: zstd level 1; min/max statistics where readers
     /// prune on them (device_id, seq, ts, value, received_at), none for the low-cardinality
     /// descriptive columns; seq, ts and received_at delta-encoded (sorted runs shrink to a
-    /// few bits a value), no dictionary for nearly unique columns. ≈ 4 bytes a reading.
+    /// few bits a value). No dictionaries: the string columns come in runs (rows sorted by
+    /// device) or from a handful of values, which zstd shrinks as well as a dictionary
+    /// would, and arrow-rs's dictionary encoder costs a hash lookup a value (more than half
+    /// of a segment's encoding time with dictionaries). ≈ 4 bytes a reading.
     Raw,
     /// Everything else: zstd, default encodings.
     Standard,
@@ -81,15 +84,14 @@ fn properties(profile: Profile) -> Result<WriterProperties, TableError> {
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     props = match profile {
         Profile::Raw => {
-            let mut p = props.set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?));
+            let mut p = props
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+                .set_dictionary_enabled(false);
             for column in ["channel", "kind", "unit", "quality"] {
                 p = p.set_column_statistics_enabled(
                     ColumnPath::from(column),
                     EnabledStatistics::None,
                 );
-            }
-            for column in ["seq", "ts", "received_at", "value"] {
-                p = p.set_column_dictionary_enabled(ColumnPath::from(column), false);
             }
             for column in ["seq", "ts", "received_at"] {
                 p = p.set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);

@@ -204,7 +204,7 @@ def pipeline_health():
     ], w=6, unit="bytes", description="Write-ahead log not yet flushed to Parquet; growth means flushes fail.")
     b.panel("timeseries", "Landing backpressure", [
         (f"rate(gridmeter_collector_landing_wait_seconds_total[{R}])", "{{instance}}"),
-    ], w=6, unit="percentunit", description="Fraction of time ingest waited for the landing thread (Parquet and commits); near 100% means landing limits throughput.")
+    ], w=6, unit="percentunit", description="Fraction of time ingest waited for the landing (Parquet and commits); near 100% means landing limits throughput.")
     b.row("Aggregation")
     b.panel("timeseries", "Aggregator throughput", [
         (f"sum(rate(gridmeter_aggregator_readings_processed_total[{R}]))", "processed"),

@@ -370,7 +370,7 @@ async fn main() {
         total_readings as f64 / landed
     );
     println!(
-        "ingest waited {landing_wait:.2} s for the landing thread (Parquet, commits) of the {secs:.2} s"
+        "ingest waited {landing_wait:.2} s for the landing (Parquet, commits) of the {secs:.2} s"
     );
     println!(
         "raw Parquet: {:.1} bytes per reading",

@@ -20,11 +20,12 @@
 use std::sync::Arc;
 
 use gridmeter_core::store::DataRoot;
+use gridmeter_tables::delta::Staged;
 use gridmeter_tables::parquet_io::Profile;
 use gridmeter_tables::{deadletter, devices, gaps, raw, Root, Table};
 
 use crate::config::CollectorConfig;
-use crate::process::SegmentOutput;
+use crate::process::{RawRow, SegmentOutput};
 
 pub use gridmeter_tables::raw::MAX_ROWS_PER_FILE;
 
@@ -108,9 +109,44 @@ impl Landing {
         segment: u64,
         out: &SegmentOutput,
     ) -> Result<(u64, devices::Upserted), LandingError> {
-        let name = format!("{}-{segment:016}", self.collector_id);
-        let version = i64::try_from(segment)
-            .map_err(|_| LandingError::Config(format!("segment {segment} is above 2^63 - 1")))?;
+        let raw = self.stage_raw(segment, &out.raw).await?;
+        self.commit_segment(segment, out, &raw).await
+    }
+
+    /// The first stage of [`Landing::write_segment`]: encodes and writes a segment's raw
+    /// data files, uncommitted (nothing if the segment's raw commit exists). The next
+    /// segment's files can be staged while this one commits; segments commit in order.
+    pub async fn stage_raw(
+        &self,
+        segment: u64,
+        rows: &[RawRow],
+    ) -> Result<StagedRaw, LandingError> {
+        let version = txn_version(segment)?;
+        let files = raw::plan(&self.file_prefix(segment), rows)?;
+        Ok(StagedRaw(
+            self.raw
+                .stage_once(
+                    &self.app_id(),
+                    version,
+                    files,
+                    Profile::Raw,
+                    CRASH_AFTER_DATA_FILES,
+                )
+                .await?,
+        ))
+    }
+
+    /// The second stage of [`Landing::write_segment`]: commits a segment's dead letters,
+    /// gaps and metadata documents, then its staged raw files. Returns the bytes of data
+    /// written by both stages.
+    pub async fn commit_segment(
+        &self,
+        segment: u64,
+        out: &SegmentOutput,
+        raw: &StagedRaw,
+    ) -> Result<(u64, devices::Upserted), LandingError> {
+        let name = self.file_prefix(segment);
+        let version = txn_version(segment)?;
         // Dead letters, gaps and devices first, raw last: a crash in between replays the
         // segment, and each table skips what it holds already.
         let mut bytes = self
@@ -132,16 +168,17 @@ impl Landing {
             )
             .await?;
         let updated = self.devices.upsert(&out.devices).await?;
-        bytes += self
-            .append(
-                &self.raw,
-                segment,
-                version,
-                raw::plan(&name, &out.raw)?,
-                Profile::Raw,
-            )
-            .await?;
+        if let Some(staged) = &raw.0 {
+            let r = self.raw.commit_staged(staged).await?;
+            log_retries(&self.raw, segment, r.retries);
+            bytes += r.bytes;
+        }
         Ok((bytes, updated))
+    }
+
+    /// The prefix of a segment's data file names.
+    fn file_prefix(&self, segment: u64) -> String {
+        format!("{}-{segment:016}", self.collector_id)
     }
 
     /// Appends one table's files of a segment exactly once; returns the bytes written.
@@ -162,14 +199,28 @@ impl Landing {
                 CRASH_AFTER_DATA_FILES,
             )
             .await?;
-        if r.retries > 0 {
-            tracing::debug!(
-                table = table.name(),
-                segment,
-                retries = r.retries,
-                "commit retried after concurrent commits"
-            );
-        }
+        log_retries(table, segment, r.retries);
         Ok(r.bytes)
+    }
+}
+
+/// A segment's raw data files, written and not yet committed ([`Landing::stage_raw`]).
+#[derive(Debug, Default)]
+pub struct StagedRaw(Option<Staged>);
+
+/// The Delta transaction version of a segment.
+fn txn_version(segment: u64) -> Result<i64, LandingError> {
+    i64::try_from(segment)
+        .map_err(|_| LandingError::Config(format!("segment {segment} is above 2^63 - 1")))
+}
+
+fn log_retries(table: &Table, segment: u64, retries: usize) {
+    if retries > 0 {
+        tracing::debug!(
+            table = table.name(),
+            segment,
+            retries,
+            "commit retried after concurrent commits"
+        );
     }
 }

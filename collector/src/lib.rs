@@ -10,9 +10,11 @@
 //! 3. The same thread decodes and validates the record ([`process`]): bad messages and bad
 //!    readings become dead letters, good readings are deduplicated by `(device_id, seq)`
 //!    ([`dedup`]) and buffered with the WAL segment they came from.
-//! 4. When a segment is sealed, the flusher ([`landing`]) writes its Parquet files under
-//!    deterministic names (`<collector>-<segment>-<part>`), then an atomic checkpoint of the
-//!    dedup state ([`checkpoint`]), then deletes the segment. Replaying a segment after a
+//! 4. When a segment is sealed, the landing ([`landing`]) writes its Parquet files under
+//!    deterministic names (`<collector>-<segment>-<part>`), commits them, then writes an
+//!    atomic checkpoint of the dedup state ([`checkpoint`]), then deletes the segment. Two
+//!    threads pipeline it: the stager writes segment N + 1's raw files while the flusher
+//!    commits segment N; commits stay in segment order. Replaying a segment after a
 //!    crash re-derives exactly the same files from the same WAL bytes and the same
 //!    checkpointed state, so a crash anywhere neither loses nor duplicates a reading.
 //! 5. Then ([`confirm`]) each device is told which of its seqs are now durable, on

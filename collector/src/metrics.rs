@@ -36,7 +36,7 @@ pub struct Metrics {
     pub write_errors: IntCounter,
     pub deadletter: IntCounterVec,
     pub wal_bytes: IntGauge,
-    /// Time the ingest thread waited to hand a sealed segment to the landing thread: landing
+    /// Time the ingest thread waited to hand a sealed segment to the landing: landing
     /// (Parquet, commits) is slower than ingest while it grows.
     pub landing_wait_seconds: Counter,
     pub connected: IntGauge,
@@ -148,7 +148,7 @@ impl Metrics {
             )?,
             landing_wait_seconds: Counter::new(
                 "gridmeter_collector_landing_wait_seconds_total",
-                "Seconds the ingest thread waited for the landing thread to take a sealed WAL segment (backpressure from Parquet and commits)",
+                "Seconds the ingest thread waited for the landing to take a sealed WAL segment (backpressure from Parquet and commits)",
             )?,
             connected: IntGauge::new(
                 "gridmeter_collector_connected",

@@ -17,7 +17,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::config::CollectorConfig;
 use crate::confirm::{self, ConfirmAfter, Durable};
 use crate::dedup::DedupState;
-use crate::landing::{Landing, LandingError};
+use crate::landing::{Landing, LandingError, StagedRaw};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Incoming};
 use crate::process::{self, Policy, RawRow, SegmentOutput};
@@ -67,19 +67,27 @@ struct Sealed {
     wal_bytes: u64,
 }
 
-/// The ingest thread's side of the flusher thread: sealed segments go out, and their row
-/// buffers come back emptied, to be filled again. A segment's rows are tens of megabytes; a
-/// fresh buffer per segment would have the kernel zero every page of it again.
+/// A sealed segment whose raw data files are written, on its way to be committed.
+struct Staged {
+    sealed: Sealed,
+    raw: StagedRaw,
+}
+
+/// The ingest thread's side of the landing: sealed segments go out, and their row buffers
+/// come back emptied, to be filled again. A segment's rows are tens of megabytes; a fresh
+/// buffer per segment would have the kernel zero every page of it again.
 struct ToFlusher {
     sealed: std_mpsc::SyncSender<Sealed>,
     spare_rows: std_mpsc::Receiver<Vec<RawRow>>,
 }
 
 impl ToFlusher {
-    /// A pair of ends: this one for the ingest thread, the other for the flusher.
+    /// A pair of ends: this one for the ingest thread, the other for the stager.
     fn new() -> (Self, FromIngest) {
-        let (sealed, sealed_rx) = std_mpsc::sync_channel::<Sealed>(2);
-        // One spare: the flusher returns a buffer as it takes the next segment, which is
+        // One segment waits while one is staged and one commits (the memory bound of
+        // collector/README.md).
+        let (sealed, sealed_rx) = std_mpsc::sync_channel::<Sealed>(1);
+        // One spare: the stager returns a buffer as it takes the next segment, which is
         // when a waiting ingest thread seals its own.
         let (spare_tx, spare_rows) = std_mpsc::sync_channel(1);
         (
@@ -100,14 +108,14 @@ impl ToFlusher {
     }
 }
 
-/// The flusher thread's side of [`ToFlusher`].
+/// The stager thread's side of [`ToFlusher`].
 struct FromIngest {
     sealed: std_mpsc::Receiver<Sealed>,
     spare_rows: std_mpsc::SyncSender<Vec<RawRow>>,
 }
 
 impl FromIngest {
-    /// Hands a landed segment's row buffer back (dropped if a spare is already waiting).
+    /// Hands a staged segment's row buffer back (dropped if a spare is already waiting).
     fn give_back(&self, mut rows: Vec<RawRow>) {
         rows.clear();
         let _ = self.spare_rows.try_send(rows);
@@ -209,9 +217,30 @@ pub async fn run(
     }
     let ack_task = tokio::spawn(mqtt::ack_loop(client, ack_rx));
 
-    // 3. Flusher thread.
+    // 3. Landing threads: the stager writes a segment's raw data files while the flusher
+    // commits the segment before it (in order), checkpoints it and deletes it from the WAL.
     let (to_flusher, from_ingest) = ToFlusher::new();
+    let (staged_tx, staged_rx) = std_mpsc::sync_channel::<Staged>(0);
     let (flush_done_tx, flush_done_rx) = oneshot::channel();
+    {
+        let landing = landing.clone();
+        let metrics = metrics.clone();
+        let handle = Handle::current();
+        std::thread::Builder::new()
+            .name("collector-stage".into())
+            .spawn(move || {
+                for mut sealed in &from_ingest.sealed {
+                    let raw = until_done("staging", sealed.segment, &metrics, || {
+                        Ok(handle.block_on(landing.stage_raw(sealed.segment, &sealed.out.raw))?)
+                    });
+                    from_ingest.give_back(std::mem::take(&mut sealed.out.raw));
+                    if staged_tx.send(Staged { sealed, raw }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(wal_err(&config.wal_dir))?;
+    }
     {
         let landing = landing.clone();
         let wal_dir = config.wal_dir.clone();
@@ -221,13 +250,11 @@ pub async fn run(
         std::thread::Builder::new()
             .name("collector-flush".into())
             .spawn(move || {
-                for mut s in &from_ingest.sealed {
-                    land_sealed(&handle, &landing, &wal_dir, &s, &metrics);
-                    let durable = std::mem::take(&mut s.out.durable);
+                for staged in staged_rx {
+                    let durable = commit_staged(&handle, &landing, &wal_dir, staged, &metrics);
                     if !durable.is_empty() {
                         let _ = confirm_tx.send(durable);
                     }
-                    from_ingest.give_back(std::mem::take(&mut s.out.raw));
                 }
                 let _ = flush_done_tx.send(());
             })
@@ -280,40 +307,59 @@ pub async fn run(
     result
 }
 
-/// Lands one sealed segment: Parquet, checkpoint, delete the segment. Retries until it
-/// succeeds (the data is safe in the WAL meanwhile; the broker has been acked). What became
-/// durable is then `s.out.durable`, to be confirmed.
-fn land_sealed(handle: &Handle, landing: &Landing, wal_dir: &Path, s: &Sealed, metrics: &Metrics) {
-    let mut backoff = Duration::from_millis(100);
+/// Commits a staged segment, checkpoints it and deletes it from the WAL, retrying until it
+/// succeeds; returns what became durable, to be confirmed.
+fn commit_staged(
+    handle: &Handle,
+    landing: &Landing,
+    wal_dir: &Path,
+    staged: Staged,
+    metrics: &Metrics,
+) -> Durable {
+    let Staged { sealed: s, raw } = staged;
+    let (bytes, devices) = until_done("landing", s.segment, metrics, || {
+        let written = handle.block_on(landing.commit_segment(s.segment, &s.out, &raw))?;
+        finish_segment(wal_dir, s.segment, s.state.clone())?;
+        Ok(written)
+    });
+    metrics.bytes_written.inc_by(bytes);
+    metrics.devices_updated.inc_by(devices.devices as u64);
+    metrics.wal_bytes.sub(s.wal_bytes as i64);
+    s.out.durable
+}
+
+/// Runs a landing step until it succeeds: the segment is safe in the WAL meanwhile and the
+/// broker has been acked, so there is nothing to give up to. Waits from 100 ms, doubling to
+/// 10 s.
+fn until_done<T>(
+    step: &str,
+    segment: u64,
+    metrics: &Metrics,
+    mut attempt: impl FnMut() -> Result<T, CollectorError>,
+) -> T {
+    use backon::BackoffBuilder;
+    let mut delays = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     loop {
-        match handle.block_on(land_segment(
-            landing,
-            wal_dir,
-            s.segment,
-            &s.out,
-            s.state.clone(),
-        )) {
-            Ok((bytes, devices)) => {
-                metrics.bytes_written.inc_by(bytes);
-                metrics.devices_updated.inc_by(devices.devices as u64);
-                metrics.wal_bytes.sub(s.wal_bytes as i64);
-                return;
-            }
+        match attempt() {
+            Ok(v) => return v,
             Err(e) => {
                 metrics.write_errors.inc();
-                tracing::error!(
-                    segment = s.segment,
-                    "landing failed, retrying in {backoff:?}: {e}"
-                );
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let wait = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::error!(segment, "{step} failed, retrying in {wait:?}: {e}");
+                std::thread::sleep(wait);
             }
         }
     }
 }
 
-/// Parquet files, then checkpoint, then delete the WAL segment. Each step is idempotent, so
-/// a crash between any two of them is repaired by replaying the segment.
+/// Lands a segment in one go (recovery): Parquet files and commits, then checkpoint, then
+/// delete the WAL segment. Each step is idempotent, so a crash between any two of them is
+/// repaired by replaying the segment.
 async fn land_segment(
     landing: &Landing,
     wal_dir: &Path,
@@ -322,6 +368,12 @@ async fn land_segment(
     state: DedupState,
 ) -> Result<(u64, Upserted), CollectorError> {
     let written = landing.write_segment(segment, out).await?;
+    finish_segment(wal_dir, segment, state)?;
+    Ok(written)
+}
+
+/// After a segment's commits: the checkpoint, then the WAL segment's deletion.
+fn finish_segment(wal_dir: &Path, segment: u64, state: DedupState) -> Result<(), CollectorError> {
     checkpoint::store(
         wal_dir,
         &Checkpoint {
@@ -335,7 +387,7 @@ async fn land_segment(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(wal_err(&path)(e)),
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Replays the WAL segments newer than the checkpoint and lands them; returns the state,

@@ -645,6 +645,24 @@ pub struct Appended {
     pub retries: usize,
 }
 
+/// The data files of one append, written and not yet committed: the first half of
+/// [`Table::append_once`] ([`Table::stage_once`]), for writers that encode the next append
+/// while this one commits ([`Table::commit_staged`]).
+#[derive(Debug, Clone)]
+pub struct Staged {
+    app_id: String,
+    version: i64,
+    adds: Vec<Action>,
+    bytes: u64,
+}
+
+impl Staged {
+    /// Bytes of data written.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 impl Table {
     /// Appends `files` exactly once for the transaction id `(app_id, version)`: if the table
     /// already holds a commit of `app_id` at `version` or later, nothing is written. The data
@@ -660,40 +678,116 @@ impl Table {
         profile: crate::parquet_io::Profile,
         crash_point: &str,
     ) -> Result<Appended, TableError> {
-        let mut out = Appended::default();
-        if files.is_empty() {
-            return Ok(out);
+        match self
+            .stage(app_id, version, files, profile, crash_point)
+            .await?
+        {
+            Some((staged, checked)) => self.commit_from(&staged, checked).await,
+            None => Ok(Appended::default()),
         }
-        let mut adds: Option<Vec<Action>> = None;
-        for _ in 0..crate::MAX_REPLANS {
-            let snapshot = self.snapshot().await?;
-            if self
-                .committed_version(&snapshot, app_id)
-                .await?
-                .is_some_and(|v| v >= version)
-            {
-                return Ok(out);
+    }
+
+    /// The first half of [`Table::append_once`]: writes the data files of `(app_id,
+    /// version)`, or returns `None` if there are none or that version (or a later one) of
+    /// `app_id` is committed. Appends of one `app_id` must be committed in `version` order:
+    /// stage the next while this one commits, never commit it first.
+    pub async fn stage_once(
+        &self,
+        app_id: &str,
+        version: i64,
+        files: Vec<NewFile>,
+        profile: crate::parquet_io::Profile,
+        crash_point: &str,
+    ) -> Result<Option<Staged>, TableError> {
+        Ok(self
+            .stage(app_id, version, files, profile, crash_point)
+            .await?
+            .map(|(staged, _)| staged))
+    }
+
+    /// The second half of [`Table::append_once`]: commits staged files with their
+    /// transaction id (nothing if it was committed meanwhile); commits lost to concurrent
+    /// writers are retried.
+    pub async fn commit_staged(&self, staged: &Staged) -> Result<Appended, TableError> {
+        self.commit_from(staged, None).await
+    }
+
+    /// Writes the files unless `(app_id, version)` is committed; returns them with the
+    /// snapshot that was checked, if one had to be read: a writer's own commits are known
+    /// without reading the log.
+    async fn stage(
+        &self,
+        app_id: &str,
+        version: i64,
+        files: Vec<NewFile>,
+        profile: crate::parquet_io::Profile,
+        crash_point: &str,
+    ) -> Result<Option<(Staged, Option<Snapshot>)>, TableError> {
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let own = self.own_txns.lock().await.get(app_id).copied();
+        let (committed, checked) = match own {
+            Some(v) => (Some(v), None),
+            None => {
+                let snapshot = self.snapshot().await?;
+                (
+                    self.committed_version(&snapshot, app_id).await?,
+                    Some(snapshot),
+                )
             }
-            let actions = match &adds {
-                Some(a) => a.clone(),
+        };
+        if committed.is_some_and(|v| v >= version) {
+            return Ok(None);
+        }
+        let mut staged = Staged {
+            app_id: app_id.to_string(),
+            version,
+            adds: Vec::with_capacity(files.len()),
+            bytes: 0,
+        };
+        for f in &files {
+            let add = self
+                .write_file(&f.path, f.date, &f.batch, profile, &f.tags)
+                .await?;
+            staged.bytes += add.size as u64;
+            staged.adds.push(Action::Add(add));
+        }
+        crate::failpoint::crash_point(crash_point);
+        Ok(Some((staged, checked)))
+    }
+
+    /// Commits `staged` on `checked` (a snapshot on which it was found uncommitted) or, on
+    /// every later attempt, on the latest snapshot.
+    async fn commit_from(
+        &self,
+        staged: &Staged,
+        mut checked: Option<Snapshot>,
+    ) -> Result<Appended, TableError> {
+        let (app_id, version) = (staged.app_id.as_str(), staged.version);
+        let mut out = Appended {
+            bytes: staged.bytes,
+            ..Appended::default()
+        };
+        for _ in 0..crate::MAX_REPLANS {
+            let snapshot = match checked.take() {
+                Some(s) => s,
                 None => {
-                    let mut a = Vec::with_capacity(files.len());
-                    for f in &files {
-                        let add = self
-                            .write_file(&f.path, f.date, &f.batch, profile, &f.tags)
-                            .await?;
-                        out.bytes += add.size as u64;
-                        a.push(Action::Add(add));
+                    let s = self.snapshot().await?;
+                    if self
+                        .committed_version(&s, app_id)
+                        .await?
+                        .is_some_and(|v| v >= version)
+                    {
+                        return Ok(out);
                     }
-                    crate::failpoint::crash_point(crash_point);
-                    adds = Some(a.clone());
-                    a
+                    s
                 }
             };
             match self
                 .commit(
                     &snapshot,
-                    actions,
+                    staged.adds.clone(),
                     append_op(self.spec.partitioned),
                     Some((app_id, version)),
                 )

@@ -804,7 +804,12 @@ impl Table {
                     out.retries += 1;
                     tracing::debug!(table = %self.spec.name, app_id, version, "commit conflict, retrying: {e}");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The commit may have landed all the same (an error after the log entry
+                    // was written): a retry must read the log, not trust what it knew.
+                    self.own_txns.lock().await.remove(app_id);
+                    return Err(e);
+                }
             }
         }
         Err(TableError::Conflict {

@@ -169,7 +169,7 @@ async fn staged_appends_commit_in_order_exactly_once() {
     let restarted = raw::open(&root).await.unwrap();
     assert!(stage(&restarted, 1).await.is_none());
     assert!(stage(&restarted, 2).await.is_none());
-    // A commit repeated (a retry after an error that hid its success) adds nothing.
+    // Committing the same staged files again (a retry) adds nothing.
     assert_eq!(table.commit_staged(&s2).await.unwrap().version, None);
     let s3 = stage(&restarted, 3).await.expect("segment 3 is new");
     assert!(restarted

@@ -450,6 +450,20 @@ impl Table {
         Ok(v)
     }
 
+    /// Whether `snapshot` (or this writer's own commits) holds a commit of `app_id` at
+    /// `version` or later.
+    async fn is_committed(
+        &self,
+        snapshot: &Snapshot,
+        app_id: &str,
+        version: i64,
+    ) -> Result<bool, TableError> {
+        Ok(self
+            .committed_version(snapshot, app_id)
+            .await?
+            .is_some_and(|v| v >= version))
+    }
+
     /// Encodes `batch` as Parquet (`profile`), puts it at `path` (relative to the table) and
     /// returns its `add` action (statistics of [`TableSpec::stats_columns`], `tags`).
     pub async fn write_file(
@@ -727,19 +741,17 @@ impl Table {
             return Ok(None);
         }
         let own = self.own_txns.lock().await.get(app_id).copied();
-        let (committed, checked) = match own {
-            Some(v) => (Some(v), None),
+        let checked = match own {
+            Some(v) if v >= version => return Ok(None),
+            Some(_) => None,
             None => {
                 let snapshot = self.snapshot().await?;
-                (
-                    self.committed_version(&snapshot, app_id).await?,
-                    Some(snapshot),
-                )
+                if self.is_committed(&snapshot, app_id, version).await? {
+                    return Ok(None);
+                }
+                Some(snapshot)
             }
         };
-        if committed.is_some_and(|v| v >= version) {
-            return Ok(None);
-        }
         let mut staged = Staged {
             app_id: app_id.to_string(),
             version,
@@ -774,11 +786,7 @@ impl Table {
                 Some(s) => s,
                 None => {
                     let s = self.snapshot().await?;
-                    if self
-                        .committed_version(&s, app_id)
-                        .await?
-                        .is_some_and(|v| v >= version)
-                    {
+                    if self.is_committed(&s, app_id, version).await? {
                         return Ok(out);
                     }
                     s
